@@ -1,0 +1,294 @@
+"""Partitions (cut points) -> blocks, connectors and stepping-stone networks.
+
+A partition names n-1 cut atoms on each side; block k runs the atoms after cut k-1 up to
+and including cut k. Stone i joins one network's first i blocks to the other's remaining
+blocks through connector C_i (DESIGN.md, "The method").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .zoo.atoms import Chain, Decomposition, atom_shapes, decompose
+
+ORDERS = ("shallow_first", "deep_first")
+CONNECTORS = ("conv1x1", "conv3x3", "identity")
+
+Shape = tuple[int, ...]
+
+
+class PartitionError(ValueError):
+    """A partition that cannot be built; the message names the cut and the shapes."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Cut atoms on each side; both lists have n-1 names for n blocks."""
+
+    teacher: tuple[str, ...]
+    student: tuple[str, ...]
+
+    @property
+    def num_blocks(self) -> int:
+        """Return n, the number of blocks on each side."""
+        return len(self.teacher) + 1
+
+
+def split_blocks(dec: Decomposition, cuts: Sequence[str], side: str = "model") -> list[Chain]:
+    """Return the n blocks of ``dec`` cut after each atom in ``cuts`` (in order).
+
+    Raises:
+        PartitionError: unknown atom, cuts out of order or repeated, or a cut after the
+            last atom (the last block would be empty).
+    """
+    names = dec.names
+    bounds = []
+    for cut in cuts:
+        if cut not in names:
+            raise PartitionError(f"{side} has no atom {cut!r}; its atoms are {', '.join(names)}")
+        bounds.append(names.index(cut) + 1)
+    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+        raise PartitionError(f"{side} cuts must be distinct and in network order: {list(cuts)}")
+    if bounds and bounds[-1] >= len(names):
+        raise PartitionError(f"{side} cut {cuts[-1]!r} is the last atom: the last block would be empty")
+    edges = [0, *bounds, len(names)]
+    return [Chain(*(m for _, m in dec.atoms[a:b])) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def _resampler(src: Shape, dst: Shape) -> nn.Module | None:
+    """Return a module taking src's spatial size to dst's, None when equal; raise otherwise."""
+    (_, hs, ws), (_, hd, wd) = src, dst
+    if (hs, ws) == (hd, wd):
+        return None
+    if hs % hd == 0 and ws % wd == 0 and hs // hd == ws // wd:
+        return nn.AvgPool2d(hs // hd)
+    if hd % hs == 0 and wd % ws == 0 and hd // hs == wd // ws:
+        return nn.Upsample(scale_factor=hd // hs, mode="nearest")
+    raise PartitionError(f"spatial size {hs}x{ws} cannot be resampled to {hd}x{wd} by an integer factor")
+
+
+def make_connector(kind: str, src: Shape, dst: Shape) -> nn.Module:
+    """Return a connector mapping features of shape ``src`` (C, H, W) to ``dst``.
+
+    ``conv1x1``/``conv3x3``: optional resampling (average pooling down, nearest upsampling up)
+    then conv + BN. ``identity``: only when the shapes already match.
+
+    Raises:
+        PartitionError: identity between different shapes, or spatial sizes that are not an
+            integer factor apart; unknown kind.
+    """
+    if kind == "identity":
+        if tuple(src) != tuple(dst):
+            raise PartitionError(f"identity connector needs equal shapes, got {src} -> {dst}")
+        return nn.Identity()
+    if kind not in CONNECTORS:
+        raise PartitionError(f"unknown connector {kind!r}; choose one of {', '.join(CONNECTORS)}")
+    layers = [r] if (r := _resampler(src, dst)) is not None else []
+    k = 1 if kind == "conv1x1" else 3
+    layers += [nn.Conv2d(src[0], dst[0], k, padding=k // 2, bias=False), nn.BatchNorm2d(dst[0])]
+    return nn.Sequential(*layers)
+
+
+def cut_shapes(model: nn.Module, cuts: Sequence[str], input_size: Shape) -> list[Shape]:
+    """Return the feature shape after each cut and after the last atom (n shapes)."""
+    shapes = dict(atom_shapes(model, input_size))
+    last = decompose(model).names[-1]
+    return [shapes[c] for c in (*cuts, last)]
+
+
+def stage_ends(model: nn.Module, input_size: Shape) -> list[tuple[str, int]]:
+    """Return ``(atom, spatial size)`` for each atom after which the resolution changes."""
+    shapes = atom_shapes(model, input_size)
+    return [
+        (name, shape[-1])
+        for (name, shape), (_, nxt) in zip(shapes, shapes[1:], strict=False)
+        if nxt[-2:] != shape[-2:]
+    ]
+
+
+def stage_aligned(teacher: nn.Module, student: nn.Module, input_size: Shape) -> Partition:
+    """Return the partition cutting both networks where they leave the same resolution.
+
+    For resnet110 -> resnet32 at 32x32 this is ``[layer1.17, layer2.17]`` /
+    ``[layer1.4, layer2.4]``. Heterogeneous pairs are cut at the resolutions both share.
+    """
+    t_ends = dict((size, name) for name, size in reversed(stage_ends(teacher, input_size)))
+    s_ends = dict((size, name) for name, size in reversed(stage_ends(student, input_size)))
+    common = [size for size in t_ends if size in s_ends]
+    common.sort(reverse=True)
+    return Partition(tuple(t_ends[s] for s in common), tuple(s_ends[s] for s in common))
+
+
+def _spread(names: Sequence[str], start: int, stop: int, pieces: int) -> list[str]:
+    """Return pieces-1 cut names splitting names[start:stop] into near-equal runs."""
+    length = stop - start
+    return [names[start + round(j * length / pieces) - 1] for j in range(1, pieces)]
+
+
+def per_stage(teacher: nn.Module, student: nn.Module, input_size: Shape, k: int) -> Partition:
+    """Return the stage-aligned partition with each stage further cut into ``k`` near-equal
+    runs of atoms (n = stages * k blocks).
+
+    Raises:
+        PartitionError: a stage has fewer than k atoms on one side.
+    """
+    base = stage_aligned(teacher, student, input_size)
+    out = []
+    for model, cuts in ((teacher, base.teacher), (student, base.student)):
+        names = decompose(model).names
+        edges = [0, *(names.index(c) + 1 for c in cuts), len(names)]
+        result: list[str] = []
+        for a, b in zip(edges, edges[1:], strict=False):
+            if b - a < k:
+                raise PartitionError(f"a stage of {b - a} atoms cannot be cut into {k} blocks")
+            result += _spread(names, a, b, k)
+            if b < len(names):
+                result.append(names[b - 1])
+        out.append(tuple(result))
+    return Partition(*out)
+
+
+def uniform(teacher: nn.Module, student: nn.Module, n: int) -> Partition:
+    """Return the partition cutting both networks at the same fractions of their atom lists
+    into ``n`` blocks.
+
+    Raises:
+        PartitionError: a network has fewer than n atoms.
+    """
+    cuts = []
+    for model in (teacher, student):
+        names = decompose(model).names
+        if len(names) < n:
+            raise PartitionError(f"{len(names)} atoms cannot form {n} blocks")
+        cuts.append(tuple(_spread(names, 0, len(names), n)))
+    return Partition(*cuts)
+
+
+class StoneOutputs(NamedTuple):
+    """Logits of one Block-KD forward: student, teacher (no grad) and active stones."""
+
+    student: Tensor
+    teacher: Tensor
+    stones: list[Tensor]
+
+
+class SteppingStones(nn.Module):
+    """Teacher, student and the connectors of the active stepping-stones.
+
+    ``forward(x)`` runs the student once (keeping the features at every cut), the teacher
+    once under ``no_grad``, and each active stone on top of the cached features. The teacher
+    is frozen: no gradients into its weights and its BN stays in eval mode, while gradients
+    of ``shallow_first`` stones still flow *through* its blocks into the student.
+
+    Raises (constructor):
+        PartitionError: a cut whose features cannot be connected, or a stone index outside
+            the order's range.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        partition: Partition,
+        *,
+        order: str = "shallow_first",
+        connector: str = "conv1x1",
+        active: Sequence[int] | None = None,
+        input_size: Shape = (3, 32, 32),
+    ) -> None:
+        super().__init__()
+        if order not in ORDERS:
+            raise PartitionError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+        if len(partition.teacher) != len(partition.student):
+            raise PartitionError(
+                f"teacher has {len(partition.teacher)} cuts but student {len(partition.student)}"
+            )
+        self.order = order
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.student = student
+        t_dec, s_dec = decompose(teacher), decompose(student)
+        n = partition.num_blocks
+        self.num_blocks = n
+        self._t_blocks = split_blocks(t_dec, partition.teacher, "teacher")
+        self._s_blocks = split_blocks(s_dec, partition.student, "student")
+        # Plain attributes, not submodules: blocks and heads are views over teacher/student.
+        self._t_head, self._s_head = _View(t_dec.head), _View(s_dec.head)
+        possible = range(1, n + 1) if order == "shallow_first" else range(1, n)
+        self.active = list(possible) if active is None else sorted(set(active))
+        bad = [i for i in self.active if i not in possible]
+        if bad:
+            raise PartitionError(
+                f"stones {bad} do not exist for {order} with {n} blocks "
+                f"(valid: {list(possible)})"
+            )
+        t_shapes = cut_shapes(teacher, partition.teacher, input_size)
+        s_shapes = cut_shapes(student, partition.student, input_size)
+        cut_names = [*zip(partition.teacher, partition.student, strict=True), ("end", "end")]
+        self.connectors = nn.ModuleDict()
+        for i in self.active:
+            src, dst = (s_shapes, t_shapes) if order == "shallow_first" else (t_shapes, s_shapes)
+            try:
+                self.connectors[str(i)] = make_connector(connector, src[i - 1], dst[i - 1])
+            except PartitionError as exc:
+                t_cut, s_cut = cut_names[i - 1]
+                raise PartitionError(
+                    f"stone {i} ({order}): student cut {s_cut!r} {s_shapes[i - 1]} cannot be "
+                    f"connected to teacher cut {t_cut!r} {t_shapes[i - 1]}: {exc}"
+                ) from None
+
+    def train(self, mode: bool = True) -> SteppingStones:
+        """Set train mode on student and connectors; the teacher always stays in eval."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, x: Tensor) -> StoneOutputs:
+        """Return student, teacher and active-stone logits for the batch ``x``."""
+        if self.order == "shallow_first":
+            feats = []
+            h = x
+            for block in self._s_blocks:
+                h = block(h)
+                feats.append(h)
+            y_s = self._s_head(h)
+            with torch.no_grad():
+                y_t = self._t_head(_run(self._t_blocks, x))
+            stones = []
+            for i in self.active:
+                z = self.connectors[str(i)](feats[i - 1])
+                stones.append(self._t_head(_run(self._t_blocks[i:], z)))
+            return StoneOutputs(y_s, y_t, stones)
+        with torch.no_grad():
+            feats = []
+            h = x
+            for block in self._t_blocks:
+                h = block(h)
+                feats.append(h)
+            y_t = self._t_head(h)
+        y_s = self._s_head(_run(self._s_blocks, x))
+        stones = []
+        for i in self.active:
+            z = self.connectors[str(i)](feats[i - 1])
+            stones.append(self._s_head(_run(self._s_blocks[i:], z)))
+        return StoneOutputs(y_s, y_t, stones)
+
+
+def _run(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+class _View:
+    """Holds a module without registering it, so it adds nothing to state_dict()."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.module(x)

@@ -1,0 +1,197 @@
+"""The ``bkdsearch`` command line (click). Exit codes: 0 ok, 1 runtime failure, 2 bad input."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from . import __version__
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+STUDIES = Path("studies")
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from .blocks import PartitionError
+    from .data import DataError
+    from .spec import SpecError
+    from .zoo import WeightsError
+
+    return (SpecError, PartitionError, DataError, WeightsError)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known errors into a short message and exit code (2 bad input, 1 runtime)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except _bad_input_errors() as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {exc}", markup=True, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _load(spec_path: str) -> Any:
+    from .spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        err.print(exc.format(spec_path), soft_wrap=True)
+        err.print(f"{len(exc.errors)} error(s) in {spec_path}")
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bkdsearch")
+def main() -> None:
+    """Declarative AutoML for block-wise logit distillation (Block-KD)."""
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@handle_errors
+def validate(spec_path: str) -> None:
+    """Check a spec: exit 0 with a summary, or 2 listing every bad field with its line."""
+    from .spec import searched
+
+    spec = _load(spec_path)
+    space = searched(spec)
+    teacher = spec.teacher.arch if spec.teacher else "-"
+    out.print(f"[bold]{spec.name}[/]: {teacher} -> {spec.student.arch} on {spec.data.dataset}")
+    for name, cand in spec.partitions.items():
+        out.print(f"  partition {name}: {_describe_partition(spec, name, cand)}")
+    out.print(f"  searched parameters ({len(space)}): {', '.join(space) or 'none'}")
+    out.print(f"  space size: {_space_size(space)}")
+    out.print("[green]ok[/]")
+
+
+def _describe_partition(spec: Any, name: str, cand: Any) -> str:
+    from .partitions import resolve_partition
+
+    if spec.teacher is None:
+        return "unused (no teacher)"
+    part = resolve_partition(spec, name)
+    return f"n={len(part.teacher) + 1} teacher {part.teacher} / student {part.student}"
+
+
+def _space_size(space: dict[str, Any]) -> str:
+    from .spec import Choice, IntRange
+
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, Choice):
+            size *= len(dist.choice)
+        elif isinstance(dist, IntRange):
+            low, high = dist.int_range
+            size *= (high - low) // dist.step + 1
+        else:
+            return "continuous"
+    return str(size)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec format (for editor completion)."""
+    from .spec import Spec
+
+    click.echo(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
+
+
+def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
+    from .spec import Defaults, parse_overrides, resolve
+
+    spec = _load(spec_path)
+    overrides = parse_overrides(list(sets))
+    return spec, resolve(spec, Defaults(overrides), overrides=overrides)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a parameter (e.g. train.lr=0.1, blockkd.tau=4); repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default studies/runs/<name>-<hash>).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@click.option("--no-resume", is_flag=True, help="Start from epoch 0 even if a checkpoint exists.")
+@handle_errors
+def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: str | None,
+          no_resume: bool) -> None:
+    """Train one run with fixed values (searched entries take their default or --set)."""
+    from .engine import Trainer
+    from .teacher import teacher_weights
+
+    spec, cfg = _run_config(spec_path, sets)
+    run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
+    weights = teacher_weights(cfg, STUDIES / "teachers")
+    trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=device)
+    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    result = trainer.fit(resume=not no_resume)
+    out.print(f"val acc {_pct(result.val_acc)}  test acc {_pct(result.test_acc)}  "
+              f"({result.images_per_s:.0f} img/s)")
+    out.print(f"student weights: {result.student_path}")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@handle_errors
+def teacher(spec_path: str, device: str | None) -> None:
+    """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
+    from .engine import Trainer, evaluate
+    from .spec import Defaults, resolve
+    from .teacher import teacher_run_config, teacher_weights
+
+    spec = _load(spec_path)
+    if spec.teacher is None:
+        raise click.UsageError("the spec has no teacher")
+    cfg = resolve(spec, Defaults()).model_copy(update={"method": "kd"}) if spec.method == "ce" else resolve(spec, Defaults())
+    path = teacher_weights(cfg, STUDIES / "teachers")
+    tcfg = teacher_run_config(cfg)
+    trainer = Trainer(tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})}),
+                      Path(path).parent, device=device, progress=False)
+    acc = evaluate(trainer.method.student, trainer.data.test, trainer.autocast)
+    out.print(f"teacher {tcfg.student.arch}: {path}")
+    out.print(f"test accuracy {acc:.2f}%")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@handle_errors
+def flops(spec_path: str, sets: tuple[str, ...]) -> None:
+    """FLOP and parameter table: teacher, student, stones and the train step."""
+    from .flops import run_flops, render_flops_table
+
+    _, cfg = _run_config(spec_path, sets)
+    render_flops_table(run_flops(cfg), out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

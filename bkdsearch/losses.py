@@ -1,0 +1,122 @@
+"""Losses as pure functions of tensors: KD, DKD and the Block-KD objective (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LogitLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``loss(student_logits, teacher_logits, target) -> scalar``: a logit-matching loss."""
+
+
+def kd_loss(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
+    """Return ``tau^2 * KL(softmax(teacher/tau) || softmax(student/tau))``, batch mean.
+
+    The ``tau^2`` factor keeps gradient magnitudes comparable across temperatures
+    (Hinton et al. 2015). Computed in float32 whatever the autocast dtype.
+    """
+    log_p_student = F.log_softmax(student.float() / tau, dim=1)
+    log_p_teacher = F.log_softmax(teacher.float() / tau, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * tau**2
+
+
+def dkd_loss(
+    student: Tensor, teacher: Tensor, target: Tensor, tau: float, alpha: float, beta: float
+) -> Tensor:
+    """Return Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD``.
+
+    TCKD is the binary KL between (target, non-target) probability masses; NCKD the KL
+    between the distributions over non-target classes only. Both carry ``tau^2`` and are
+    averaged over the batch.
+    """
+    s = student.float() / tau
+    t = teacher.float() / tau
+    gt = F.one_hot(target, s.shape[1]).bool()
+    p_s = F.softmax(s, dim=1)
+    p_t = F.softmax(t, dim=1)
+    # Binary (target vs rest) masses; clamp keeps log finite when a mass underflows.
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean()
+    # Masking the target logit out (-inf would give nan*0) renormalises over the others.
+    masked_s = s.masked_fill(gt, -1e9)
+    masked_t = t.masked_fill(gt, -1e9)
+    nckd = F.kl_div(
+        F.log_softmax(masked_s, dim=1), F.log_softmax(masked_t, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    return (alpha * tckd + beta * nckd) * tau**2
+
+
+def make_logit_loss(kind: str, tau: float, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> LogitLoss:
+    """Return the logit-matching loss ``kind`` (``"kl"`` or ``"dkd"``) as ``f(s, t, target)``.
+
+    Raises:
+        ValueError: unknown kind.
+    """
+    if kind == "kl":
+        return lambda s, t, target: kd_loss(s, t, tau)
+    if kind == "dkd":
+        return lambda s, t, target: dkd_loss(s, t, target, tau, dkd_alpha, dkd_beta)
+    raise ValueError(f"unknown logit loss {kind!r}; choose 'kl' or 'dkd'")
+
+
+def stone_weights(order: str, stone_indices: Sequence[int], num_blocks: int, decay: float) -> list[float]:
+    """Return ``w_i = decay ** (number of teacher blocks in stone i)`` for 1-based stones.
+
+    ``shallow_first`` stone i holds the teacher's blocks i+1..n (n-i of them);
+    ``deep_first`` stone i holds teacher blocks 1..i.
+    """
+    if order == "shallow_first":
+        return [decay ** (num_blocks - i) for i in stone_indices]
+    if order == "deep_first":
+        return [decay**i for i in stone_indices]
+    raise ValueError(f"unknown order {order!r}")
+
+
+class BlockKDLoss(NamedTuple):
+    """The Block-KD objective and its three terms (before their alpha/beta/gamma weights)."""
+
+    total: Tensor
+    ce: Tensor
+    kd: Tensor
+    ensemble: Tensor
+
+
+def blockkd_loss(
+    student: Tensor,
+    teacher: Tensor,
+    stones: Sequence[Tensor],
+    weights: Sequence[float],
+    target: Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    tau: float,
+    logit_loss: LogitLoss,
+) -> BlockKDLoss:
+    """Return the Block-KD objective of DESIGN.md::
+
+        L = alpha * [CE(y_S,t) + sum_i w_i CE(y_i,t)]
+          + beta  * [LL(y_S,y_T) + sum_i w_i LL(y_i,y_T)]
+          + gamma * [KD(y_S,e) + sum_i KD(y_i,e)],   e = mean_i y_i (detached)
+
+    ``LL`` is ``logit_loss`` (KD or DKD); the ensemble term always uses KD at ``tau``.
+    With no stones the ensemble term is zero.
+    """
+    ce = F.cross_entropy(student.float(), target)
+    kd = logit_loss(student, teacher, target)
+    for w, y in zip(weights, stones, strict=True):
+        ce = ce + w * F.cross_entropy(y.float(), target)
+        kd = kd + w * logit_loss(y, teacher, target)
+    ensemble = student.new_zeros((), dtype=torch.float32)
+    if stones and gamma != 0.0:
+        e = torch.stack([y.float() for y in stones]).mean(0).detach()
+        ensemble = kd_loss(student, e, tau) + sum(kd_loss(y, e, tau) for y in stones)
+    total = alpha * ce + beta * kd + gamma * ensemble
+    return BlockKDLoss(total, ce.detach(), kd.detach(), ensemble.detach())

@@ -1,0 +1,144 @@
+"""Distillation methods, one small module each (mdistiller style).
+
+A method wraps the student (and a frozen teacher) and maps a batch to its training loss;
+the training loop knows nothing of any particular method.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import Partition, SteppingStones
+from .losses import blockkd_loss, dkd_loss, kd_loss, make_logit_loss, stone_weights
+from .spec import RunConfig
+
+
+class StepOut(NamedTuple):
+    """Result of one training forward: the loss to minimise and the student's logits."""
+
+    loss: Tensor
+    logits: Tensor
+
+
+class Method(nn.Module):
+    """Base: holds ``student`` and optionally a frozen ``teacher`` kept in eval mode."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.requires_grad_(False).eval() if teacher is not None else None
+
+    def train(self, mode: bool = True) -> Method:
+        """Train mode for what learns; the teacher's BN always stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Return the state dict of everything that learns (student, connectors), not the
+        frozen teacher: what a checkpoint must hold."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`trainable_state` returned."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise KeyError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def _teacher_logits(self, x: Tensor) -> Tensor:
+        assert self.teacher is not None
+        with torch.no_grad():
+            return self.teacher(x)
+
+
+class CE(Method):
+    """Plain cross-entropy training of the student (the no-distillation baseline)."""
+
+    def forward(self, x: Tensor, y: Tensor) -> StepOut:
+        logits = self.student(x)
+        return StepOut(F.cross_entropy(logits.float(), y), logits)
+
+
+class KD(Method):
+    """Hinton KD: ``alpha * CE + beta * KD(tau)``."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float) -> None:
+        super().__init__(student, teacher)
+        self.tau, self.alpha, self.beta = tau, alpha, beta
+
+    def forward(self, x: Tensor, y: Tensor) -> StepOut:
+        logits = self.student(x)
+        t = self._teacher_logits(x)
+        loss = self.alpha * F.cross_entropy(logits.float(), y) + self.beta * kd_loss(logits, t, self.tau)
+        return StepOut(loss, logits)
+
+
+class DKD(Method):
+    """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta)``."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float,
+                 dkd_alpha: float, dkd_beta: float) -> None:
+        super().__init__(student, teacher)
+        self.tau, self.alpha, self.beta = tau, alpha, beta
+        self.dkd_alpha, self.dkd_beta = dkd_alpha, dkd_beta
+
+    def forward(self, x: Tensor, y: Tensor) -> StepOut:
+        logits = self.student(x)
+        t = self._teacher_logits(x)
+        loss = self.alpha * F.cross_entropy(logits.float(), y) + self.beta * dkd_loss(
+            logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
+        return StepOut(loss, logits)
+
+
+class BlockKD(Method):
+    """Block-wise logit distillation through stepping-stones (DESIGN.md)."""
+
+    def __init__(self, stones: SteppingStones, cfg: RunConfig) -> None:
+        super().__init__(stones.student, stones.teacher)
+        self.connectors = stones.connectors
+        self._stones = (stones,)  # not a submodule: its modules are registered above
+        loss = cfg.loss
+        self.weights = stone_weights(stones.order, stones.active, stones.num_blocks, loss.decay)
+        self.logit_loss = make_logit_loss(loss.logit_loss, loss.tau, loss.dkd_alpha, loss.dkd_beta)
+        self.alpha, self.beta, self.gamma, self.tau = loss.alpha, loss.beta, loss.gamma, loss.tau
+
+    def forward(self, x: Tensor, y: Tensor) -> StepOut:
+        out = self._stones[0](x)
+        parts = blockkd_loss(out.student, out.teacher, out.stones, self.weights, y,
+                             alpha=self.alpha, beta=self.beta, gamma=self.gamma, tau=self.tau,
+                             logit_loss=self.logit_loss)
+        return StepOut(parts.total, out.student)
+
+
+def build_method(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                 input_size: tuple[int, int, int]) -> Method:
+    """Return the method module of ``cfg.method`` around ``student`` (and ``teacher``).
+
+    Raises:
+        ValueError: unknown method or a distillation method without teacher.
+        bkdsearch.blocks.PartitionError: an impossible partition.
+    """
+    if cfg.method == "ce":
+        return CE(student)
+    if teacher is None:
+        raise ValueError(f"method {cfg.method!r} needs a teacher")
+    loss = cfg.loss
+    if cfg.method == "kd":
+        return KD(student, teacher, loss.tau, loss.alpha, loss.beta)
+    if cfg.method == "dkd":
+        return DKD(student, teacher, loss.tau, loss.alpha, loss.beta, loss.dkd_alpha, loss.dkd_beta)
+    if cfg.method == "blockkd":
+        b = cfg.blockkd
+        if b is None:
+            raise ValueError("method 'blockkd' needs a blockkd section (partition)")
+        stones = SteppingStones(teacher, student, Partition(tuple(b.partition.teacher), tuple(b.partition.student)),
+                                order=b.order, connector=b.connector, active=b.stones,
+                                input_size=input_size)
+        return BlockKD(stones, cfg)
+    raise ValueError(f"unknown method {cfg.method!r}; choose ce, kd, dkd or blockkd")

@@ -1,0 +1,111 @@
+"""Candidate partitions of a spec: resolving generators to cut atoms, and checking that every
+candidate can be built for every order and connector the spec may choose."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from torch import nn
+
+from .blocks import Partition, PartitionError, SteppingStones, per_stage, stage_aligned, uniform
+from .spec import Choice, ExplicitPartition, PartitionConfig, Spec
+from .zoo import create_model, decompose, list_models, model_entry
+
+
+def input_size_of(spec_data: Any) -> tuple[int, int, int]:
+    """Return the (C, H, W) the models see for a data config (Fashion-MNIST is padded to
+    32x32 and repeated to 3 channels so CIFAR models take it unchanged)."""
+    if spec_data.dataset == "imagefolder":
+        return (3, 224, 224)
+    size = int((spec_data.synthetic or {}).get("image_size", 32)) if spec_data.dataset == "synthetic" else 32
+    return (3, size, size)
+
+
+@functools.lru_cache(maxsize=32)
+def _model(arch: str) -> nn.Module:
+    # Shapes and atom names do not depend on the number of classes.
+    return create_model(arch, num_classes=10).eval()
+
+
+def build_partition(teacher: str, student: str, candidate: Any, input_size: tuple[int, int, int]) -> Partition:
+    """Return the concrete partition of ``candidate`` (explicit or a generator) for a pair.
+
+    Raises:
+        PartitionError: the generator cannot produce it for this pair.
+    """
+    t, s = _model(teacher), _model(student)
+    if candidate == "stage_aligned":
+        part = stage_aligned(t, s, input_size)
+        if not part.teacher:
+            raise PartitionError(f"{teacher} and {student} share no resolution change to cut at")
+        return part
+    if isinstance(candidate, ExplicitPartition):
+        return Partition(tuple(candidate.teacher), tuple(candidate.student))
+    if candidate.per_stage is not None:
+        return per_stage(t, s, input_size, candidate.per_stage)
+    return uniform(t, s, candidate.uniform)
+
+
+def resolve_partition(spec: Spec, name: str) -> PartitionConfig:
+    """Return the cut atoms of the spec's candidate partition ``name``.
+
+    Raises:
+        KeyError: no such candidate. PartitionError: it cannot be built.
+    """
+    assert spec.teacher is not None
+    part = build_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name],
+                           input_size_of(spec.data))
+    return PartitionConfig(name=name, teacher=list(part.teacher), student=list(part.student))
+
+
+def _choices(value: Any) -> list[Any]:
+    return list(value.choice) if isinstance(value, Choice) else [value]
+
+
+def check_spec(spec: Spec) -> list[tuple[str, str]]:
+    """Return ``(path, message)`` for every semantic problem pydantic cannot see: unknown
+    architectures, and candidate partitions that cannot be built or connected for some order,
+    connector or stone set the spec allows."""
+    problems: list[tuple[str, str]] = []
+    known = set(list_models())
+    for path, arch in (("student.arch", spec.student.arch),
+                       ("teacher.arch", spec.teacher.arch if spec.teacher else None)):
+        if arch is not None and arch not in known:
+            problems.append((path, f"unknown model {arch!r}; known: {', '.join(sorted(known))}"))
+    if problems or spec.teacher is None:
+        return problems
+    size = input_size_of(spec.data)
+    for arch, path in ((spec.teacher.arch, "teacher.arch"), (spec.student.arch, "student.arch")):
+        if model_entry(arch).input_size[1:] != size[1:] and model_entry(arch).family == "cifar":
+            problems.append((path, f"{arch} is a 32x32 CIFAR model but the data gives {size[1]}x{size[2]}"))
+    if problems or "blockkd" not in _choices(spec.method):
+        return problems
+    used = _choices(spec.blockkd.partition)
+    for name in used:
+        path = f"partitions.{name}"
+        try:
+            part = build_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name], size)
+            for order in _choices(spec.blockkd.order):
+                for connector in _choices(spec.blockkd.connector):
+                    for stones in _choices(spec.blockkd.stones):
+                        active = None if stones == "all" else _stone_list(stones)
+                        SteppingStones(_model(spec.teacher.arch), _model(spec.student.arch), part,
+                                       order=order, connector=connector, active=active,
+                                       input_size=size)
+        except PartitionError as exc:
+            problems.append((path, str(exc)))
+        except (ValueError, TypeError) as exc:
+            problems.append((path, f"invalid stones: {exc}"))
+    return problems
+
+
+def _stone_list(value: Any) -> list[int]:
+    if isinstance(value, str):
+        return [int(s) for s in value.split(",") if s.strip()]
+    return [int(v) for v in value]
+
+
+def atom_names(arch: str) -> list[str]:
+    """Return the atom names of ``arch`` (for messages and `bkdsearch flops`)."""
+    return decompose(_model(arch)).names

@@ -1,0 +1,58 @@
+"""The spec's teacher: a given checkpoint, or one trained with CE and cached under studies/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .spec import ModelConfig, Recipe, RunConfig
+from .zoo import WeightsError
+
+DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
+
+
+def teacher_run_config(cfg: RunConfig) -> RunConfig:
+    """Return the CE run that trains ``cfg``'s teacher (same data, seed and runtime)."""
+    assert cfg.teacher is not None
+    return RunConfig(
+        name=f"{cfg.name}-teacher", seed=cfg.seed, method="ce", data=cfg.data, teacher=None,
+        student=ModelConfig(arch=cfg.teacher.arch), train=cfg.teacher_recipe or DEFAULT_TEACHER_RECIPE,
+        runtime=cfg.runtime,
+    )
+
+
+def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
+    """Return where the CE-trained teacher of ``cfg`` is cached: keyed by a hash of its
+    architecture, data and recipe."""
+    tcfg = teacher_run_config(cfg)
+    return Path(cache_dir) / f"{tcfg.student.arch}-{tcfg.digest()}" / "student.pt"
+
+
+def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: bool = True,
+                    progress: bool = True) -> str | None:
+    """Return the path of ``cfg``'s teacher weights: the spec's checkpoint, else the cached
+    CE-trained teacher (training it first when ``train_if_missing``).
+
+    Raises:
+        WeightsError: the named checkpoint does not exist, or no cached teacher and
+            ``train_if_missing`` is False.
+    """
+    if cfg.teacher is None or cfg.method == "ce":
+        return None
+    if cfg.teacher.checkpoint:
+        path = Path(cfg.teacher.checkpoint)
+        if not path.is_file():
+            raise WeightsError(
+                f"teacher checkpoint not found: {path} (fix teacher.checkpoint in the spec, or "
+                "remove it to train the teacher with `bkdsearch teacher SPEC`)"
+            )
+        return str(path)
+    cached = cached_teacher_path(cfg, cache_dir)
+    if cached.is_file():
+        return str(cached)
+    if not train_if_missing:
+        raise WeightsError(f"no teacher checkpoint and no cached teacher at {cached}; "
+                           "run `bkdsearch teacher SPEC` first")
+    from .engine import Trainer
+
+    Trainer(teacher_run_config(cfg), cached.parent, progress=progress).fit()
+    return str(cached)
