@@ -101,7 +101,7 @@ def cut_shapes(model: nn.Module, cuts: Sequence[str], input_size: Shape) -> list
     return [shapes[c] for c in (*cuts, last)]
 
 
-def stage_ends(model: nn.Module, input_size: Shape) -> list[tuple[str, int]]:
+def resolution_changes(model: nn.Module, input_size: Shape) -> list[tuple[str, int]]:
     """Return ``(atom, spatial size)`` for each atom after which the resolution changes."""
     shapes = atom_shapes(model, input_size)
     return [
@@ -117,8 +117,8 @@ def stage_aligned(teacher: nn.Module, student: nn.Module, input_size: Shape) -> 
     For resnet110 -> resnet32 at 32x32 this is ``[layer1.17, layer2.17]`` /
     ``[layer1.4, layer2.4]``. Heterogeneous pairs are cut at the resolutions both share.
     """
-    t_ends = dict((size, name) for name, size in reversed(stage_ends(teacher, input_size)))
-    s_ends = dict((size, name) for name, size in reversed(stage_ends(student, input_size)))
+    t_ends = dict((size, name) for name, size in reversed(resolution_changes(teacher, input_size)))
+    s_ends = dict((size, name) for name, size in reversed(resolution_changes(student, input_size)))
     common = [size for size in t_ends if size in s_ends]
     common.sort(reverse=True)
     return Partition(tuple(t_ends[s] for s in common), tuple(s_ends[s] for s in common))

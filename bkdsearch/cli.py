@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 
@@ -23,10 +24,11 @@ STUDIES = Path("studies")
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from .blocks import PartitionError
     from .data import DataError
+    from .search import NotFound, StorageError
     from .spec import SpecError
     from .zoo import WeightsError
 
-    return (SpecError, PartitionError, DataError, WeightsError)
+    return (SpecError, PartitionError, DataError, WeightsError, StorageError, NotFound)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,13 +43,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except click.ClickException:
             raise
         except _bad_input_errors() as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
             sys.exit(1)
 
     return wrapper
@@ -59,7 +61,7 @@ def _load(spec_path: str) -> Any:
     try:
         return load_spec(spec_path)
     except SpecError as exc:
-        err.print(exc.format(spec_path), soft_wrap=True)
+        err.print(exc.format(spec_path), soft_wrap=True, markup=False)
         err.print(f"{len(exc.errors)} error(s) in {spec_path}")
         sys.exit(2)
 
@@ -187,10 +189,119 @@ def teacher(spec_path: str, device: str | None) -> None:
 @handle_errors
 def flops(spec_path: str, sets: tuple[str, ...]) -> None:
     """FLOP and parameter table: teacher, student, stones and the train step."""
-    from .flops import run_flops, render_flops_table
+    from .flops import render_flops_table, run_flops
 
     _, cfg = _run_config(spec_path, sets)
     render_flops_table(run_flops(cfg), out)
+
+
+def _storage_for(spec_path: str | None, storage: str | None) -> str:
+    if storage:
+        return storage
+    if spec_path:
+        return _load(spec_path).default_storage()
+    raise click.UsageError("give --storage URL (or a SPEC whose storage to use)")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db).")
+@click.option("--study", "study_name", default=None, help="Study name (default: the spec's name).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Cap on the study's finished trials, across all workers.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop starting trials after S seconds.")
+@click.option("--devices", default="auto", show_default=True, help="auto, cpu, or GPU indices 0,1,...")
+@click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="Trials trained at once on each device (one CUDA stream each).")
+@click.option("--quiet", is_flag=True, help="No per-epoch progress.")
+@handle_errors
+def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
+        timeout: float | None, devices: str, trials_per_device: int, quiet: bool) -> None:
+    """Run (or resume) the spec's study: trials until the cap is reached."""
+    from .search import devices_for, open_study, run_workers
+    from .urls import redact
+
+    spec = _load(spec_path)
+    url = storage or spec.default_storage()
+    try:
+        devs = devices_for(devices)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--devices") from None
+    study = open_study(spec, url, study_name)
+    cap = n_trials or spec.search.n_trials
+    out.print(f"study [bold]{study.study_name}[/] in {redact(url)}; cap {cap} trials; "
+              f"devices {', '.join(str(d) for d in devs)} x {trials_per_device}")
+    report = run_workers(spec, study, n_trials=cap, devices=devs, trials_per_device=trials_per_device,
+                         studies_dir=STUDIES, timeout=timeout or spec.search.timeout,
+                         progress=not quiet, log=lambda m: out.print(m, markup=False))
+    out.print(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
+
+
+@main.command()
+@click.argument("spec_path", metavar="[SPEC]", required=False)
+@click.option("--storage", default=None, help="SQLAlchemy URL.")
+@click.option("--study", "study_name", default=None, help="Study name (default: all studies).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(spec_path: str | None, storage: str | None, study_name: str | None, as_json: bool) -> None:
+    """Show the studies in a storage: trials by state and the best trials."""
+    from .report import study_status, render_status
+
+    url = _storage_for(spec_path, storage)
+    if spec_path and not study_name:
+        study_name = _load(spec_path).name
+    rows = study_status(url, study_name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        render_status(rows, out)
+
+
+@main.command()
+@click.option("--storage", required=True, help="SQLAlchemy URL.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@handle_errors
+def dashboard(storage: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the storage."""
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise click.UsageError("optuna-dashboard is not installed: pip install 'bkdsearch[dashboard]'") from None
+    from .search import make_storage
+
+    run_server(make_storage(storage), host=host, port=port)
+
+
+@main.command()
+@click.option("--storage", required=True, help="SQLAlchemy URL.")
+@click.option("--study", "study_name", required=True, help="Study name.")
+@click.option("--trial", "trial_ref", default="best", show_default=True, help="best or a trial number.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Script to write.")
+@handle_errors
+def export(storage: str, study_name: str, trial_ref: str, output: str) -> None:
+    """Write a standalone PyTorch training script for one trial's configuration."""
+    from .export import export_trial
+
+    if trial_ref != "best" and not trial_ref.isdigit():
+        raise click.BadParameter("best or a trial number", param_hint="--trial")
+    path = export_trial(storage, study_name, trial_ref, Path(output))
+    out.print(f"wrote {path}")
+
+
+@main.command()
+@click.option("--storage", required=True, help="SQLAlchemy URL.")
+@click.option("--study", "study_name", required=True, help="Study name.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@handle_errors
+def report(storage: str, study_name: str, output: str) -> None:
+    """Write PNG plots and summary.md for a study."""
+    from .report import write_report
+
+    files = write_report(storage, study_name, Path(output))
+    for f in files:
+        out.print(f"wrote {f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

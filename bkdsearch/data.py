@@ -28,7 +28,7 @@ import random
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +221,7 @@ def clear_cache() -> None:
     _load_synthetic_cached.cache_clear()
 
 
-def _load_cifar(
-    name: str, root: Path, split: str, download: bool
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -233,6 +231,11 @@ def _load_cifar(
         ds = cls(str(root), train=(split == "train"), download=download)
     except RuntimeError as exc:
         # torchvision says "not found or corrupted" after an md5 check of every batch file.
+        if download:
+            raise DataError(
+                f"{pretty}: download into {root} failed or gave a corrupt copy ({exc}); "
+                f"delete {folder} and retry, or copy {cls.base_folder}/ there by hand"
+            ) from exc
         where = "is incomplete or corrupt" if folder.exists() else "does not exist"
         hint = (
             "delete it and pass download: true to fetch a fresh copy"
@@ -319,9 +322,7 @@ def _fashion_mnist_dirs(root: Path) -> list[Path]:
     ]
 
 
-def _load_fashion_mnist(
-    root: Path, split: str, download: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     img_stem, lbl_stem = _IDX_NAMES[split]
     for folder in _fashion_mnist_dirs(root):
         img_path, lbl_path = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
@@ -384,12 +385,15 @@ def _download_fashion_mnist(root: Path, split: str) -> tuple[torch.Tensor, torch
 class SyntheticConfig:
     """Parameters of the built-in synthetic image-classification task.
 
-    Each class is a mixture of ``modes_per_class`` prototypes: windowed oriented gratings
-    plus a smooth coloured blob. Classes come in groups of ``group_size`` siblings that share
-    colour, orientation and frequency, so siblings are easily confused and a teacher's soft
-    labels carry real information. Every sample is a prototype, partly blended with a
-    prototype of a sibling class, randomly rotated, scaled, translated and mirrored, with
-    colour jitter, class-independent smooth clutter and pixel noise.
+    Each class owns ``modes_per_class`` **motifs**: small, windowed, coloured random
+    textures with an oriented grating through them. Classes come in groups of
+    ``group_size`` siblings whose motifs are perturbations of shared group motifs, with one
+    colour per group, so telling siblings apart takes fine detail. A sample is one motif of
+    its class placed at a random position, rotation, scale and mirroring on smooth clutter,
+    often with a fainter **distractor** motif of another class (a sibling half of the
+    time) elsewhere in the image, plus colour jitter and pixel noise. Remembering many
+    random motifs rewards capacity; sibling similarity and distractors make a trained
+    teacher's soft labels informative.
 
     Attributes:
         num_classes: number of classes (>= 2).
@@ -397,14 +401,16 @@ class SyntheticConfig:
         channels: 1 (grey) or 3 (colour).
         train_size: samples in the training split.
         test_size: samples in the test split.
-        modes_per_class: prototypes per class.
+        modes_per_class: motifs per class.
         group_size: classes per sibling group (1: no groups).
-        mix: largest weight of a sibling's prototype blended into a sample (0..0.5).
+        sibling_gap: how far a class's motifs stray from its group's shared ones (0: siblings
+            identical, 1: as different as unrelated motifs).
+        mix: largest contrast of a distractor relative to the labelled motif, in [0, 1).
         label_noise: fraction of training labels replaced by a random other class; test
             labels are always clean, so test accuracy measures the signal.
         clutter: amplitude of the class-independent smooth background.
         pixel_noise: standard deviation of per-pixel Gaussian noise.
-        max_shift: largest translation, as a fraction of the image size.
+        max_shift: largest translation of a motif, as a fraction of the image size.
         max_rotation: largest rotation in degrees.
     """
 
@@ -413,14 +419,16 @@ class SyntheticConfig:
     channels: int = 3
     train_size: int = 5000
     test_size: int = 1000
-    modes_per_class: int = 3
+    modes_per_class: int = 4
     group_size: int = 2
-    mix: float = 0.35
+    sibling_gap: float = 0.6
+    mix: float = 0.7
+    class_tint: float = 0.6
     label_noise: float = 0.05
-    clutter: float = 0.6
-    pixel_noise: float = 0.25
-    max_shift: float = 0.2
-    max_rotation: float = 20.0
+    clutter: float = 0.5
+    pixel_noise: float = 0.3
+    max_shift: float = 0.25
+    max_rotation: float = 15.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -430,7 +438,9 @@ class SyntheticConfig:
             (self.train_size >= 1 and self.test_size >= 1, "split sizes must be >= 1"),
             (self.modes_per_class >= 1, "modes_per_class must be >= 1"),
             (1 <= self.group_size <= self.num_classes, "group_size must be in 1..num_classes"),
-            (0.0 <= self.mix <= 0.5, "mix must be in [0, 0.5]"),
+            (0.0 <= self.sibling_gap <= 1.0, "sibling_gap must be in [0, 1]"),
+            (0.0 <= self.mix < 1.0, "mix must be in [0, 1)"),
+            (self.class_tint >= 0, "class_tint must be >= 0"),
             (0.0 <= self.label_noise < 1.0, "label_noise must be in [0, 1)"),
             (self.clutter >= 0 and self.pixel_noise >= 0, "noise levels must be >= 0"),
             (0.0 <= self.max_shift <= 0.5, "max_shift must be in [0, 0.5]"),
@@ -439,6 +449,20 @@ class SyntheticConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"SyntheticConfig: {msg}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> SyntheticConfig:
+        """Build a config from a spec's ``data.synthetic`` mapping (None: defaults).
+
+        Raises:
+            ValueError: an unknown key (the message lists the known ones) or a bad value.
+        """
+        values = dict(values or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown synthetic option(s) {unknown}; known: {', '.join(known)}")
+        return cls(**values)
 
 
 def _derive_seed(*parts: int) -> int:
@@ -453,10 +477,23 @@ def _cpu_generator(*parts: int) -> torch.Generator:
     return g
 
 
+def _smooth_basis(size: int, grid: int) -> torch.Tensor:
+    """(size, grid) Gaussian bumps centred on a coarse grid, rows normalised to unit norm."""
+    pos = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    basis = torch.exp(-0.5 * ((pos[:, None] - centres[None, :]) * grid / 0.8) ** 2)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
 def _smooth_field(n: int, channels: int, size: int, grid: int, g: torch.Generator) -> torch.Tensor:
-    """Random smooth fields (n, channels, size, size), roughly unit variance."""
-    coarse = torch.randn(n, channels, grid, grid, generator=g)
-    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    """Random smooth fields (n, channels, size, size), roughly unit variance.
+
+    A separable sum of Gaussian bumps with random weights, computed as one GEMM with the
+    Kronecker basis: much cheaper than upsampling, and smooth by construction.
+    """
+    coarse = torch.randn(n * channels, grid * grid, generator=g)
+    basis = _smooth_basis(size, grid)
+    return (coarse @ torch.kron(basis, basis).T).view(n, channels, size, size)
 
 
 def _unit_colours(n: int, channels: int, g: torch.Generator) -> torch.Tensor:
@@ -467,67 +504,76 @@ def _unit_colours(n: int, channels: int, g: torch.Generator) -> torch.Tensor:
 
 
 _TAG_PROTOTYPES, _TAG_TRAIN, _TAG_TEST = 0x5EED, 0x7A1, 0x7E5
+_MOTIF_SIGMA = 0.16  # window width, as a fraction of the image size
+_TEXTURE_GRID = 6  # texture detail: bumps across the image
+
+
+def _motif_parts(n: int, cfg: SyntheticConfig, colour: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(n, C, S, S) unwindowed motif content: a coloured texture plus a coloured grating."""
+    c, s = cfg.channels, cfg.image_size
+    texture = _smooth_field(n, c, s, _TEXTURE_GRID, g)
+    theta = torch.rand(n, generator=g) * math.pi
+    freq = 2.0 + 3.0 * torch.rand(n, generator=g)  # cycles per image
+    phase = 2 * math.pi * torch.rand(n, generator=g)
+    coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    proj = xx * torch.cos(theta).view(n, 1, 1) + yy * torch.sin(theta).view(n, 1, 1)
+    grating = torch.cos(2 * math.pi * freq.view(n, 1, 1) * proj + phase.view(n, 1, 1))
+    return texture + grating[:, None] * colour.view(n, c, 1, 1)
 
 
 def _prototypes(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
-    """(num_classes, modes, C, S, S) unit-variance prototype patterns, shared by both splits."""
+    """(num_classes * modes, C, S, S) centred motifs of unit RMS, shared by both splits.
+
+    Motif ``y * modes + m`` is mode ``m`` of class ``y``.
+    """
     g = _cpu_generator(seed, _TAG_PROTOTYPES)
     k, m, c, s = cfg.num_classes, cfg.modes_per_class, cfg.channels, cfg.image_size
     n_groups = math.ceil(k / cfg.group_size)
     group = torch.arange(k) // cfg.group_size
-
-    # Group themes: siblings share a colour, an orientation and a frequency band.
-    g_colour = _unit_colours(n_groups, c, g)
-    g_theta = torch.rand(n_groups, generator=g) * math.pi
-    g_freq = 1.5 + 2.5 * torch.rand(n_groups, generator=g)  # cycles per image
-
-    colour = g_colour[group] + 0.6 * torch.randn(k, c, generator=g) * (c > 1)
-    theta = g_theta[group] + 0.35 * torch.randn(k, generator=g)
-    freq = g_freq[group] * torch.exp(0.2 * torch.randn(k, generator=g))
-
-    # Per mode: jittered orientation/frequency/phase, a localised window and a blob.
-    theta_m = theta[:, None] + 0.25 * torch.randn(k, m, generator=g)
-    freq_m = freq[:, None] * torch.exp(0.1 * torch.randn(k, m, generator=g))
-    phase = 2 * math.pi * torch.rand(k, m, generator=g)
-
+    colour = _unit_colours(n_groups, c, g)
+    # Siblings start from their group's motifs and each strays by sibling_gap.
+    shared = _motif_parts(n_groups * m, cfg, colour.repeat_interleave(m, 0), g).view(n_groups, m, c, s, s)
+    own = _motif_parts(k * m, cfg, colour[group].repeat_interleave(m, 0), g).view(k, m, c, s, s)
+    gap = cfg.sibling_gap
+    motifs = math.sqrt(1 - gap**2) * shared[group] + gap * own
+    tint = _unit_colours(k, c, g)
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    proj = xx * torch.cos(theta_m)[..., None, None] + yy * torch.sin(theta_m)[..., None, None]
-    grating = torch.cos(2 * math.pi * freq_m[..., None, None] * proj + phase[..., None, None])
-    window = torch.sigmoid(2.5 * _smooth_field(k * m, 1, s, 3, g) + 1.0).view(k, m, s, s)
-    pattern = (grating * window)[:, :, None] * colour[:, None, :, None, None]
-
-    blob_colour = _unit_colours(k * m, c, g).view(k, m, c, 1, 1)
-    blob = _smooth_field(k * m, 1, s, 3, g).view(k, m, 1, s, s) * blob_colour
-    protos = pattern + 0.6 * blob
-    protos = protos - protos.mean(dim=(2, 3, 4), keepdim=True)
-    return protos / protos.std(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
+    window = torch.exp(-(xx**2 + yy**2) / (2 * _MOTIF_SIGMA**2))
+    motifs = motifs.reshape(k * m, c, s, s) * window
+    rms = motifs.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)
+    # Unit RMS over the window's footprint rather than the whole canvas.
+    return motifs / rms * window.mean().sqrt(), tint
 
 
 def _affine_grid(n: int, cfg: SyntheticConfig, g: torch.Generator) -> torch.Tensor:
+    """(n, S, S, 2) sampling grids of random rotations, scalings, shifts and mirrorings."""
     angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(cfg.max_rotation)
     scale = torch.exp((torch.rand(n, generator=g) * 2 - 1) * 0.15)
     mirror = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * cfg.max_shift)  # grid units: [-1, 1]
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * cfg.max_shift)  # grid units
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
-            torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
     s = cfg.image_size
-    return F.affine_grid(theta, [n, 1, s, s], align_corners=False)
+    coords = (torch.arange(s, dtype=torch.float32) * 2 + 1) / s - 1
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    xx, yy = xx.reshape(1, s * s) - shift[:, :1], yy.reshape(1, s * s) - shift[:, 1:]
+    # Output (x, y) reads the motif at the inverse transform of (x, y) - shift.
+    src_x = mirror[:, None] * (cos[:, None] * xx - sin[:, None] * yy)
+    src_y = sin[:, None] * xx + cos[:, None] * yy
+    return torch.stack([src_x, src_y], dim=-1).view(n, s, s, 2)
 
 
-def make_synthetic(
-    cfg: SyntheticConfig, seed: int, split: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _place(motifs: torch.Tensor, cfg: SyntheticConfig, g: torch.Generator) -> torch.Tensor:
+    grid = _affine_grid(motifs.shape[0], cfg, g)
+    return F.grid_sample(motifs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def make_synthetic(cfg: SyntheticConfig, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one split of the synthetic dataset.
 
     Deterministic: the same ``(cfg, seed, split)`` gives identical tensors. Both splits share
-    the prototypes (drawn from ``seed``) and differ in their samples (independent streams).
+    the motifs (drawn from ``seed``) and differ in their samples (independent streams).
 
     Returns:
         ``(images, labels)``: uint8 (N, C, S, S) and int64 (N,), N = ``train_size`` or
@@ -537,45 +583,44 @@ def make_synthetic(
         ValueError: ``split`` is not ``"train"`` or ``"test"``.
     """
     _check_split(split)
-    protos = _prototypes(cfg, seed)
+    motifs, tint = _prototypes(cfg, seed)
     k, m, c, s = cfg.num_classes, cfg.modes_per_class, cfg.channels, cfg.image_size
     n = cfg.train_size if split == "train" else cfg.test_size
     g = _cpu_generator(seed, _TAG_TRAIN if split == "train" else _TAG_TEST)
     chunks_x, chunks_y = [], []
     # Chunks bound the memory of the float intermediates for large configurations.
     chunk = max(1, 2_000_000 // (c * s * s))
+    gs = cfg.group_size
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
         y = torch.randint(0, k, (b,), generator=g)
-        mode = torch.randint(0, m, (b,), generator=g)
-        x = protos[y, mode]
+        x = _place(motifs.index_select(0, y * m + torch.randint(0, m, (b,), generator=g)), cfg, g)
 
-        # Blend in a sibling (another class of the same group; any class without groups).
-        gs = cfg.group_size
+        # A fainter distractor from another class: a sibling half of the time.
+        anyone = (y + 1 + torch.randint(0, k - 1, (b,), generator=g)) % k
         if gs > 1:
             base = (y // gs) * gs
             size = torch.clamp(k - base, max=gs)
-            other = base + (y - base + 1 + (torch.rand(b, generator=g) * (size - 1)).long()) % size
+            step = 1 + (torch.rand(b, generator=g) * (size - 1)).long()
+            sibling = base + (y - base + step) % size
+            other = torch.where(torch.rand(b, generator=g) < 0.5, sibling, anyone)
         else:
-            other = (y + 1 + torch.randint(0, k - 1, (b,), generator=g)) % k
-        lam = cfg.mix * torch.rand(b, generator=g) * (torch.rand(b, generator=g) < 0.7)
-        lam = lam.view(b, 1, 1, 1)
-        x = (1 - lam) * x + lam * protos[other, torch.randint(0, m, (b,), generator=g)]
-
-        x = F.grid_sample(
-            x,
-            _affine_grid(b, cfg, g),
-            mode="bilinear",
-            padding_mode="reflection",
-            align_corners=False,
+            other = anyone
+        weight = cfg.mix * torch.rand(b, generator=g) * (torch.rand(b, generator=g) < 0.75)
+        distractor = _place(
+            motifs.index_select(0, other * m + torch.randint(0, m, (b,), generator=g)), cfg, g
         )
-        contrast = torch.exp(0.3 * torch.randn(b, 1, 1, 1, generator=g))
-        gain = 1 + 0.2 * torch.randn(b, c, 1, 1, generator=g)
-        bias = 0.3 * torch.randn(b, c, 1, 1, generator=g)
-        clutter = cfg.clutter * _smooth_field(b, c, s, 4, g)
-        noise = cfg.pixel_noise * torch.randn(b, c, s, s, generator=g)
-        x = x * contrast * gain + bias + clutter + noise
-        chunks_x.append(torch.clamp(torch.round(127.5 + 48.0 * x), 0, 255).to(torch.uint8))
+        x = x.add_(distractor.mul_(weight.view(b, 1, 1, 1)))
+
+        contrast = torch.exp(0.25 * torch.randn(b, 1, 1, 1, generator=g))
+        gain = 1 + 0.25 * torch.randn(b, c, 1, 1, generator=g)
+        bias = 0.3 * torch.randn(b, c, 1, 1, generator=g) + cfg.class_tint * tint[y].view(b, c, 1, 1)
+        clutter = _smooth_field(b, c, s, 4, g)
+        noise = torch.randn(b, c, s, s, generator=g)
+        # Fold the 0..255 mapping into the per-image factors to save full-size passes.
+        x = x.mul_(contrast * gain * 48.0).add_(bias * 48.0 + 127.5)
+        x = x.add_(clutter, alpha=48.0 * cfg.clutter).add_(noise, alpha=48.0 * cfg.pixel_noise)
+        chunks_x.append(x.round_().clamp_(0, 255).to(torch.uint8))
 
         if split == "train" and cfg.label_noise > 0:
             flip = torch.rand(b, generator=g) < cfg.label_noise
@@ -622,9 +667,7 @@ def stratified_split_indices(
     n = labels.numel()
     n_val = round(n * val_fraction)
     if n_val < 1 or n_val >= n:
-        raise ValueError(
-            f"val_fraction {val_fraction} of {n} samples leaves an empty train or val split"
-        )
+        raise ValueError(f"val_fraction {val_fraction} of {n} samples leaves an empty train or val split")
     classes, counts = torch.unique(labels, return_counts=True)
     quota = counts.double() * (n_val / n)
     take = quota.floor().long()
@@ -633,13 +676,16 @@ def stratified_split_indices(
         # Largest remainders first; ties broken by class order, so the result is stable.
         order = torch.argsort(quota - take.double(), descending=True, stable=True)
         take[order[:remainder]] += 1
+    # A random order, then a stable sort by class: each class's members end up contiguous
+    # and randomly ordered, and the first take[class] of them go to validation.
     g = _cpu_generator(seed, 0x5B117)
-    val_parts = []
-    for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
-        members = torch.nonzero(labels == cls).flatten()
-        val_parts.append(members[torch.randperm(members.numel(), generator=g)[:k]])
+    shuffled = torch.randperm(n, generator=g)
+    by_class = shuffled[torch.argsort(labels[shuffled], stable=True)]
+    cls_index = torch.searchsorted(classes, labels[by_class])
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - start[cls_index]
     is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[torch.cat(val_parts)] = True
+    is_val[by_class[rank < take[cls_index]]] = True
     return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
 
 
@@ -679,8 +725,9 @@ class DeviceLoader:
     The uint8 images are copied to ``device`` once. Each batch is gathered, augmented
     (training only: random crop after zero padding by ``crop_padding`` pixels, a different
     offset per image, then a random horizontal flip) and normalised there, as
-    ``(x / 255 - mean) / std``, the exact arithmetic of torchvision's ``ToTensor`` +
-    ``Normalize``. Zero padding pads black pixels (0 before normalisation), like
+    ``(x / 255 - mean) / std``: the arithmetic of torchvision's ``ToTensor`` + ``Normalize``
+    (bit for bit on the CPU; within 1e-6 on CUDA, where PyTorch divides by a scalar through
+    its reciprocal). Zero padding pads black pixels (0 before normalisation), like
     ``transforms.RandomCrop(size, padding)`` on uint8/PIL images.
 
     Reproducibility: epoch ``e`` (set by :meth:`set_epoch`, otherwise counted up by each
@@ -746,6 +793,10 @@ class DeviceLoader:
         self._rows = torch.arange(h, device=self.device)
         self._cols = torch.arange(w, device=self.device)
         self._epoch = 0
+        if self.device.type == "cuda":
+            # The copies ran on the constructing thread's current stream; the loader may be
+            # iterated on another one (one stream per trial), so finish them here, once.
+            torch.cuda.current_stream(self.device).synchronize()
 
     @property
     def epoch(self) -> int:
@@ -1038,8 +1089,12 @@ class FolderLoader:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._sampler.epoch = self._epoch
+        epoch = self._epoch
         self._epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._sampler.epoch = epoch
         non_blocking = self.device.type == "cuda"
         for x, y in self._loader:
             x = x.to(self.device, non_blocking=non_blocking)
@@ -1278,3 +1333,9 @@ def dataset_info(
     if name == "imagefolder":
         return DatasetInfo(None, (3, image_size, image_size))
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+def input_size_of(data_cfg: Any) -> tuple[int, int, int]:
+    """Return the (C, H, W) the models see for a run's data section."""
+    synthetic = SyntheticConfig(**(data_cfg.synthetic or {})) if data_cfg.dataset == "synthetic" else None
+    return dataset_info(data_cfg.dataset, synthetic=synthetic).input_size

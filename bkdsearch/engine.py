@@ -6,12 +6,13 @@ callbacks): several runs may train at once in one process without sharing state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import DataBundle, build_data
+from typing import TYPE_CHECKING
+
+from .data import DataBundle, build_data, input_size_of
 from .methods import Method, build_method
-from .partitions import input_size_of
-from .spec import Recipe, RunConfig
-from .zoo import create_model, load_weights
+from .zoo.registry import create_model
+from .zoo.weights import load_weights
+
+if TYPE_CHECKING:
+    from .spec import Recipe, RunConfig
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``callback(epoch, metrics)`` after each epoch (1-based); may raise to stop the run."""
@@ -60,15 +65,31 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) -> tuple[nn.Module, nn.Module | None]:
-    """Return (student, teacher) for ``cfg``: the student initialised from ``cfg.seed``, the
-    teacher loaded from ``teacher_weights`` (weights-only). Raises WeightsError on a bad file."""
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's global generator seeded with ``seed``, restoring it afterwards; one
+    run at a time, so concurrent runs in one process stay reproducible."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        student = create_model(cfg.student.arch, num_classes=num_classes)
-        teacher = None
-        if cfg.teacher is not None and cfg.method != "ce":
-            teacher = create_model(cfg.teacher.arch, num_classes=num_classes)
+        torch.manual_seed(seed)
+        yield
+
+
+def build_method_for(cfg: RunConfig, num_classes: int, input_size: tuple[int, int, int],
+                     teacher_weights: str | None) -> Method:
+    """Return the method module of ``cfg``: student and connectors initialised from
+    ``cfg.seed``, teacher loaded from ``teacher_weights``. Raises WeightsError on a bad file."""
+    with seeded(cfg.seed):
+        student, teacher = build_models(cfg, num_classes, teacher_weights)
+        return build_method(cfg, student, teacher, input_size)
+
+
+def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) -> tuple[nn.Module, nn.Module | None]:
+    """Return (student, teacher) for ``cfg`` (initialised from the global generator: call
+    under :func:`seeded`), the teacher loaded from ``teacher_weights`` (weights-only)."""
+    student = create_model(cfg.student.arch, num_classes=num_classes)
+    teacher = None
+    if cfg.teacher is not None and cfg.method != "ce":
+        teacher = create_model(cfg.teacher.arch, num_classes=num_classes)
     if cfg.student.checkpoint:
         load_weights(student, cfg.student.checkpoint)
     if teacher is not None:
@@ -78,6 +99,14 @@ def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) 
     return student, teacher
 
 
+def milestones_of(recipe: Recipe) -> list[int]:
+    """Return the multistep milestones (epochs): given, or 5/8, 6/8, 7/8 of the run
+    (150/180/210 of 240, the published CIFAR schedule)."""
+    if recipe.milestones is not None:
+        return list(recipe.milestones)
+    return [round(recipe.epochs * f) for f in (0.625, 0.75, 0.875)]
+
+
 def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Return the learning rate at 0-based ``epoch`` and ``step`` within it: linear warmup over
     ``warmup_epochs``, then multistep (x lr_decay at each milestone), cosine or constant."""
@@ -85,7 +114,7 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
     if recipe.warmup_epochs and progress < recipe.warmup_epochs:
         return recipe.lr * (progress + 1 / steps_per_epoch) / recipe.warmup_epochs
     if recipe.schedule == "multistep":
-        passed = sum(1 for m in recipe.resolved_milestones() if epoch >= m)
+        passed = sum(1 for m in milestones_of(recipe) if epoch >= m)
         return recipe.lr * recipe.lr_decay**passed
     if recipe.schedule == "cosine":
         span = max(recipe.epochs - recipe.warmup_epochs, 1e-9)
@@ -94,13 +123,104 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
     return recipe.lr
 
 
-def make_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """Return SGD (momentum, optional Nesterov) or AdamW over ``params``."""
+def make_optimizer(recipe: Recipe, params: list[nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
+    """Return SGD (momentum, optional Nesterov) or AdamW over ``params``.
+
+    ``capturable``: the learning rate lives in a device tensor and the step launches no host
+    synchronisation, so a CUDA graph can capture it and replay it with a changing lr.
+    """
+    device = params[0].device if params else torch.device("cpu")
+    lr: float | torch.Tensor = torch.tensor(recipe.lr, device=device) if capturable else recipe.lr
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                               nesterov=recipe.nesterov and recipe.momentum > 0,
-                               weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        cls = CapturableSGD if capturable else torch.optim.SGD
+        return cls(params, lr=lr, momentum=recipe.momentum,
+                   nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, capturable=capturable)
+
+
+class CapturableSGD(torch.optim.SGD):
+    """torch.optim.SGD's update (dampening 0), written with foreach ops that read the
+    learning rate from a device tensor, so the step can live inside a CUDA graph.
+
+    State (``momentum_buffer``) has the same layout as torch.optim.SGD's, so checkpoints are
+    interchangeable.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
+        """Apply one update to every parameter with a gradient."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if momentum:
+                bufs = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state or state["momentum_buffer"] is None:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    bufs.append(state["momentum_buffer"])
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            if isinstance(lr, torch.Tensor):
+                torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+            else:
+                torch._foreach_add_(params, grads, alpha=-lr)
+
+
+class GraphedStep:
+    """A whole training step (forward, backward, optimizer) captured once in a CUDA graph.
+
+    Capture needs warm-up iterations, which would change the weights: the state of the
+    method and optimizer is snapshotted before and restored after, so the first replayed
+    step starts exactly where the eager path would. Inputs are copied into static buffers;
+    the learning rate is read from the optimizer's device tensor at each replay.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: nn.Module,
+                 optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, warmup: int = 3) -> None:
+        self.static_x = x.clone()
+        self.static_y = y.clone()
+        # Optimizer state (momentum buffers) must exist before capture so it is not
+        # allocated inside the graph's private pool.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if isinstance(optimizer, CapturableSGD) and group["momentum"]:
+                    optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+        saved_model = {k: v.clone() for k, v in method.state_dict().items()}
+        saved_opt = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+                     for p, st in optimizer.state.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step(self.static_x, self.static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = step(self.static_x, self.static_y)
+        with torch.no_grad():
+            for k, v in method.state_dict().items():
+                v.copy_(saved_model[k])
+            for p, st in optimizer.state.items():
+                before = saved_opt.get(p)
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor):
+                        # State born during warm-up (AdamW's moments and step) restarts at zero.
+                        v.copy_(before[k]) if before is not None else v.zero_()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Copy the batch in, replay the step, return the loss (valid until the next call)."""
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss.clone()
 
 
 @torch.no_grad()
@@ -153,23 +273,28 @@ class Trainer:
             val_fraction=cfg.data.val_fraction, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed, device=self.device,
             augment=cfg.data.augment, num_workers=cfg.data.num_workers,
-            synthetic=_synthetic(cfg), input_size=input_size_of(cfg.data),
+            synthetic=_synthetic(cfg),
         )
-        student, teacher = build_models(cfg, self.data.num_classes, teacher_weights)
-        self.method: Method = build_method(cfg, student, teacher, self.data.input_size).to(self.device)
+        self.method: Method = build_method_for(cfg, self.data.num_classes, self.data.input_size,
+                                               teacher_weights).to(self.device)
         cuda = self.device.type == "cuda"
         self.autocast = cuda and cfg.runtime.amp in ("auto", "bf16")
         if cuda and cfg.runtime.channels_last in ("auto", "on"):
-            self.method.to(memory_format=torch.channels_last)
+            self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(cfg.train, params)
-        self.step_fn = self._eager_step
+        self.use_graph = cuda and cfg.runtime.cuda_graph in ("auto", "on") and not cfg.runtime.compile
+        self.optimizer = make_optimizer(cfg.train, params, capturable=self.use_graph)
+        self.channels_last = cuda and cfg.runtime.channels_last in ("auto", "on")
+        self._graph: GraphedStep | None = None
+        self.step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager_step
         if cfg.runtime.compile:
             self.step_fn = torch.compile(self._eager_step)
 
     # ------------------------------------------------------------------ steps
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+        # Autocast's weight-cast cache cannot live across CUDA graph replays.
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.use_graph):
             out = self.method(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -178,7 +303,24 @@ class Trainer:
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # a device tensor: captured graphs read it each replay
+            else:
+                group["lr"] = lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Run one optimisation step on the batch and return its loss (a device tensor).
+
+        On CUDA the first call captures the whole step (forward, backward, optimizer) into
+        a CUDA graph that later calls replay; batches are copied into its static buffers.
+        """
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.use_graph:
+            return self.step_fn(x, y)
+        if self._graph is None:
+            self._graph = GraphedStep(self._eager_step, self.method, self.optimizer, x, y)
+        return self._graph(x, y)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -201,6 +343,9 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path} belongs to a different run configuration")
         self.method.load_trainable_state(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.use_graph:  # keep the learning rate a device tensor the graph can read
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
         return int(state["epoch"]), list(state["history"])
 
     # ------------------------------------------------------------------ loop
@@ -232,9 +377,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 for i, (x, y) in enumerate(train_loader):
                     self._set_lr(lr_at(recipe, epoch, i, steps))
-                    if self.device.type == "cuda" and self.method.training:
-                        x = x.contiguous(memory_format=torch.channels_last) if self.autocast else x
-                    loss_sum += self.step_fn(x, y)
+                    loss_sum += self.train_step(x, y)
                 epoch_loss = (loss_sum / max(steps, 1)).item()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -290,7 +433,13 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       TimeRemainingColumn(), TextColumn("{task.fields[info]}"))

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore scripts a focal loss at import time, which newer torch flags as deprecated.
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 from .blocks import Partition, SteppingStones, split_blocks
 from .zoo import atom_shapes, create_model, decompose
@@ -89,7 +94,7 @@ def run_flops(cfg: Any, num_classes: int | None = None) -> FlopReport:
     """Return the :class:`FlopReport` of a RunConfig: student inference, teacher, each
     stone's forward and the training step per image (teacher forward + student and active
     stones, forward and backward)."""
-    from .partitions import input_size_of
+    from .data import input_size_of
 
     size = input_size_of(cfg.data)
     classes = num_classes or 100

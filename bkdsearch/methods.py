@@ -6,7 +6,7 @@ the training loop knows nothing of any particular method.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from .blocks import Partition, SteppingStones
 from .losses import blockkd_loss, dkd_loss, kd_loss, make_logit_loss, stone_weights
-from .spec import RunConfig
+
+if TYPE_CHECKING:
+    from .spec import RunConfig
 
 
 class StepOut(NamedTuple):

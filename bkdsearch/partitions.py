@@ -9,17 +9,9 @@ from typing import Any
 from torch import nn
 
 from .blocks import Partition, PartitionError, SteppingStones, per_stage, stage_aligned, uniform
+from .data import input_size_of
 from .spec import Choice, ExplicitPartition, PartitionConfig, Spec
 from .zoo import create_model, decompose, list_models, model_entry
-
-
-def input_size_of(spec_data: Any) -> tuple[int, int, int]:
-    """Return the (C, H, W) the models see for a data config (Fashion-MNIST is padded to
-    32x32 and repeated to 3 channels so CIFAR models take it unchanged)."""
-    if spec_data.dataset == "imagefolder":
-        return (3, 224, 224)
-    size = int((spec_data.synthetic or {}).get("image_size", 32)) if spec_data.dataset == "synthetic" else 32
-    return (3, size, size)
 
 
 @functools.lru_cache(maxsize=32)

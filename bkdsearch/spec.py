@@ -151,13 +151,6 @@ class Recipe(_Strict):
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
 
-    def resolved_milestones(self) -> list[int]:
-        """Return the multistep milestones (epochs): given, or 5/8, 6/8, 7/8 of the run
-        (150/180/210 of 240, the published CIFAR schedule)."""
-        if self.milestones is not None:
-            return list(self.milestones)
-        return [round(self.epochs * f) for f in (0.625, 0.75, 0.875)]
-
 
 class LossConfig(_Strict):
     """Loss weights and temperature; which terms apply depends on the method."""
@@ -521,24 +514,80 @@ class SpecError(Exception):
         return "\n".join(lines)
 
     @classmethod
-    def from_validation(cls, exc: ValidationError, lines: Mapping[str, int] | None = None) -> SpecError:
-        """Build from a pydantic error, mapping each location to its YAML line."""
-        errors = []
+    def from_validation(cls, exc: ValidationError, lines: Mapping[str, int] | None = None,
+                        data: Any = None) -> SpecError:
+        """Build from a pydantic error, mapping each location to its YAML line.
+
+        Where a value may take several forms (a number or a distribution, say), only the
+        errors of the form the user evidently meant are kept (``{float: ...}`` means a
+        float range); a value that fits no form gets one message listing the forms.
+        """
+        plain: list[tuple[tuple[Any, ...], str, str]] = []
+        unions: dict[tuple[Any, ...], dict[str, list[tuple[tuple[Any, ...], str, str]]]] = {}
         for err in exc.errors():
-            path = _loc_path(err["loc"])
+            loc = tuple(err["loc"])
+            cut = next((i for i, item in enumerate(loc) if _is_tag(item)), None)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling)"
-            errors.append((path, msg, _line_of(path, lines or {})))
-        # One error per path: unions report each failed alternative, keep the first.
-        seen: dict[str, tuple[str, str, int | None]] = {}
-        for e in errors:
-            seen.setdefault(e[0], e)
-        return cls(list(seen.values()))
+            if cut is None:
+                plain.append((loc, msg, err["type"]))
+            else:
+                rest = tuple(i for i in loc[cut + 1:] if not _is_tag(i))
+                unions.setdefault(loc[:cut], {}).setdefault(_member_name(loc[cut]), []).append(
+                    (loc[:cut] + rest, msg, err["type"]))
+        for where, members in unions.items():
+            value = _value_at(data, where)
+            meant = _meant_member(value, members)
+            if meant is not None:
+                plain += members[meant]
+            else:
+                forms = " | ".join(_FORM_NAMES.get(m, m) for m in members)
+                plain.append((where, f"invalid value {value!r}: expected {forms}", "union"))
+        errors: list[tuple[str, str, int | None]] = []
+        seen = set()
+        for loc, msg, _ in plain:
+            path = _loc_path(loc)
+            if (path, msg) not in seen:
+                seen.add((path, msg))
+                errors.append((path, msg, _line_of(path, lines or {})))
+        return cls(errors)
 
 
-_UNION_TAGS = {"FloatRange", "IntRange", "Choice", "ExplicitPartition", "GeneratedPartition",
-               "float", "int", "bool", "str", "list[int]", "literal['all']"}
+_FORM_NAMES = {"FloatRange": "{float: [low, high]}", "IntRange": "{int: [low, high]}",
+               "Choice": "{choice: [...]}", "ExplicitPartition": "{teacher: [...], student: [...]}",
+               "GeneratedPartition": "{per_stage: k} or {uniform: n}", "float": "a number",
+               "int": "an integer", "bool": "true/false", "str": "a string", "list[int]": "a list of integers"}
+_MEMBER_KEYS = {"FloatRange": {"float"}, "IntRange": {"int"}, "Choice": {"choice"},
+                "ExplicitPartition": {"teacher", "student"}, "GeneratedPartition": {"per_stage", "uniform"}}
+
+
+def _member_name(tag: str) -> str:
+    """``function-after[_check(), FloatRange]`` -> ``FloatRange``."""
+    if tag.startswith("function-"):
+        return tag.rsplit(", ", 1)[-1].rstrip("]")
+    return tag
+
+
+def _is_tag(item: Any) -> bool:
+    return isinstance(item, str) and (item in _FORM_NAMES or item.startswith(("literal[", "function-")))
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    for key in loc:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _meant_member(value: Any, members: Mapping[str, Any]) -> str | None:
+    if isinstance(value, dict):
+        for member, keys in _MEMBER_KEYS.items():
+            if member in members and keys & set(value):
+                return member
+    return None
 
 
 def _loc_path(loc: tuple[Any, ...]) -> str:
@@ -546,9 +595,7 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif isinstance(item, str) and (item in _UNION_TAGS or item.startswith(("literal[", "function-"))):
-            continue
-        else:
+        elif not _is_tag(item):
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
 
@@ -596,7 +643,7 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError.from_validation(exc, lines) from None
+        raise SpecError.from_validation(exc, lines, data) from None
     from .partitions import check_spec
 
     problems = check_spec(spec)

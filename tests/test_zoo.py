@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from bkdsearch.zoo import (
     list_models,
     load_weights,
     model_entry,
-    run_atoms,
 )
 
 COMPAT = json.loads((Path(__file__).parent / "data" / "cifar_state_dicts.json").read_text())
@@ -29,23 +29,41 @@ IMAGENET_NAMES = ["mobilenet_v2", "resnet18", "resnet34", "resnet50"]
 IMAGENET_TEST_SIZE = (3, 64, 64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Batches here are tiny: one intra-op thread is faster, and does not collapse when
+    another process holds a core (OpenMP threads wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _test_input_size(name: str) -> tuple[int, int, int]:
     entry = model_entry(name)
     return IMAGENET_TEST_SIZE if entry.family == "imagenet" else entry.input_size
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every parameter and BN statistic a non-default value, so that a skipped or
-    reordered BN, or a buffer that fails to load, changes the outputs."""
+    """Give every BN weight, bias and statistic (and every other bias) a non-default value,
+    so that a skipped or reordered BN, or a buffer that fails to load, changes the outputs.
+    Weight tensors keep their random initialisation, which keeps activations in range."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + (1.0 if p.dim() == 1 else 0.0))
+            if p.dim() == 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1 + 1.0)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     return model
+
+
+@functools.cache
+def _randomized(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomize(create_model(name, num_classes=10))
 
 
 def _atoms_then_head(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +128,8 @@ def test_upstream_checkpoint_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_atoms_then_head_equal_forward(name: str, mode: str) -> None:
+    model = _randomized(name)
     torch.manual_seed(0)
-    model = _randomize(create_model(name, num_classes=10))
     x = torch.randn(2, *_test_input_size(name))
     # Two copies: train-mode BN updates its running stats on every pass.
     whole, parts = copy.deepcopy(model), copy.deepcopy(model)
@@ -123,6 +141,7 @@ def test_atoms_then_head_equal_forward(name: str, mode: str) -> None:
         torch.manual_seed(1)
         got = _atoms_then_head(parts, x)
     assert expected.shape == (2, 10)
+    assert torch.isfinite(expected).all() and expected.std() > 0
     assert torch.equal(got, expected)
 
 
@@ -243,6 +262,18 @@ def test_shufflev2_unit_passes_first_half_through() -> None:
         out = unit(x)
     # The untouched half lands on the even channels after the 2-group shuffle.
     assert torch.equal(out[:, 0::2], x[:, :58])
+
+
+def test_shufflev1_downsampling_unit_concatenates_pooled_input() -> None:
+    model = _randomize(create_model("ShuffleV1")).eval()
+    unit = model.layer2[0]  # 240 -> 480 channels: 240 computed, then the pooled input
+    x = torch.randn(1, 240, 8, 8)
+    with torch.no_grad():
+        out = unit(x)
+    pooled = nn.functional.avg_pool2d(x, 3, stride=2, padding=1)
+    assert torch.equal(out[:, 240:], torch.relu(pooled))
+    # The stem has too few channels for grouped 1x1 convs: the first unit uses one group.
+    assert model.layer1[0].conv1.groups == 1 and model.layer1[1].conv1.groups == 3
 
 
 def test_wrn_projection_block_preactivates_its_shortcut() -> None:

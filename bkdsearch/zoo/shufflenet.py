@@ -162,7 +162,9 @@ class ShuffleNetV2(nn.Module):
     """RepDistiller's ``ShuffleNetV2(net_size)`` for 32x32 inputs."""
 
     def __init__(
-        self, out_channels: tuple[int, int, int, int], num_blocks: tuple[int, int, int],
+        self,
+        out_channels: tuple[int, int, int, int],
+        num_blocks: tuple[int, int, int],
         num_classes: int = 100,
     ) -> None:
         super().__init__()

@@ -87,8 +87,8 @@ class VGG(nn.Module):
     def _make_block(widths: list[int], in_channels: int) -> nn.Sequential:
         layers: list[nn.Module] = []
         for v in widths:
-            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.BatchNorm2d(v),
-                       nn.ReLU()]
+            conv = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+            layers += [conv, nn.BatchNorm2d(v), nn.ReLU()]
             in_channels = v
         # Upstream drops the block's last ReLU and applies it in forward.
         return nn.Sequential(*layers[:-1])

@@ -55,8 +55,7 @@ class NetworkBlock(nn.Module):
         super().__init__()
         self.layer = nn.Sequential(
             *[
-                WideBasicBlock(in_planes if i == 0 else out_planes, out_planes,
-                               stride if i == 0 else 1)
+                WideBasicBlock(out_planes if i else in_planes, out_planes, 1 if i else stride)
                 for i in range(nb_layers)
             ]
         )

@@ -1,0 +1,66 @@
+"""Shared test setup.
+
+The suite runs under pytest-xdist with one worker per core; each worker uses one torch
+thread, since oversubscribed BLAS/OpenMP threads slow CPU convolutions down many times.
+"""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` on a laptop, but fail in CI (where everything must run)."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+TINY_SPEC = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "synthetic", "val_fraction": 0.2, "batch_size": 32, "eval_batch_size": 256,
+             # An easy variant of the synthetic task, so that 2-3 CPU epochs learn it.
+             "synthetic": {"num_classes": 10, "train_size": 1200, "test_size": 320, "modes_per_class": 1,
+                           "group_size": 1, "mix": 0.2, "max_rotation": 0.0, "pixel_noise": 0.1,
+                           "clutter": 0.2, "max_shift": 0.1}},
+    "teacher": {"arch": "resnet14", "recipe": {"epochs": 3, "lr": 0.1, "schedule": "cosine"}},
+    "student": {"arch": "resnet8"},
+    "method": "blockkd",
+    "train": {"epochs": 2, "lr": 0.1, "schedule": "cosine"},
+    "partitions": {"stage": "stage_aligned"},
+    "runtime": {"device": "cpu"},
+}
+
+
+def write_spec(path, spec: dict) -> str:
+    """Write ``spec`` as YAML to ``path`` and return the path as a string."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> str:
+    """A resnet14 teacher trained with CE on TINY_SPEC's data, shared by the xdist workers."""
+    from filelock import FileLock
+
+    from bkdsearch.spec import Defaults, Spec, resolve
+    from bkdsearch.teacher import cached_teacher_path, teacher_weights
+
+    shared = tmp_path_factory.getbasetemp().parent
+    cfg = resolve(Spec.model_validate(TINY_SPEC), Defaults())
+    with FileLock(str(shared / "teacher.lock")):
+        path = cached_teacher_path(cfg, shared / "teachers")
+        if not path.exists():
+            teacher_weights(cfg, shared / "teachers", progress=False)
+    return str(path)
