@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/bkdsearch run $(SPEC)
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check bkdsearch tests bench

@@ -47,9 +47,16 @@ def config(method: str, batch: int, graph: bool, device: str, epochs: int = 1, l
 
 
 def teacher_file() -> str:
+    """An untrained resnet110 whose residual branches are damped (bn2 scale 0.2), so its
+    logits stay in a trained network's range instead of growing with depth."""
     torch.manual_seed(1)
+    teacher = create_model("resnet110", num_classes=100)
+    with torch.no_grad():
+        for name, module in teacher.named_modules():
+            if name.endswith("bn2"):
+                module.weight.fill_(0.2)
     path = Path(tempfile.mkdtemp()) / "teacher.pt"
-    torch.save(create_model("resnet110", num_classes=100).state_dict(), path)
+    torch.save(teacher.state_dict(), path)
     return str(path)
 
 

@@ -149,6 +149,7 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
     weights = teacher_weights(cfg, STUDIES / "teachers")
     trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=device)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     result = trainer.fit(resume=not no_resume)
     out.print(f"val acc {_pct(result.val_acc)}  test acc {_pct(result.test_acc)}  "

@@ -21,6 +21,7 @@ and the exporter.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import math
@@ -48,9 +49,11 @@ __all__ = [
     "DeviceLoader",
     "FolderLoader",
     "SyntheticConfig",
+    "as_cifar_input",
     "build_data",
     "clear_cache",
     "dataset_info",
+    "input_size_of",
     "load_arrays",
     "make_synthetic",
     "open_image_folder",
@@ -391,9 +394,10 @@ class SyntheticConfig:
     colour per group, so telling siblings apart takes fine detail. A sample is one motif of
     its class placed at a random position, rotation, scale and mirroring on smooth clutter,
     often with a fainter **distractor** motif of another class (a sibling half of the
-    time) elsewhere in the image, plus colour jitter and pixel noise. Remembering many
-    random motifs rewards capacity; sibling similarity and distractors make a trained
-    teacher's soft labels informative.
+    time) elsewhere in the image, plus a global tint of its group's colour, colour jitter
+    and pixel noise. The tint is learnt within a few hundred steps (short runs get well
+    above chance); beyond it, remembering many random motifs rewards capacity, and sibling
+    similarity and distractors make a trained teacher's soft labels informative.
 
     Attributes:
         num_classes: number of classes (>= 2).
@@ -406,6 +410,8 @@ class SyntheticConfig:
         sibling_gap: how far a class's motifs stray from its group's shared ones (0: siblings
             identical, 1: as different as unrelated motifs).
         mix: largest contrast of a distractor relative to the labelled motif, in [0, 1).
+        class_tint: strength of the group's global colour tint (0: motifs alone identify
+            the class).
         label_noise: fraction of training labels replaced by a random other class; test
             labels are always clean, so test accuracy measures the signal.
         clutter: amplitude of the class-independent smooth background.
@@ -537,7 +543,9 @@ def _prototypes(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
     own = _motif_parts(k * m, cfg, colour[group].repeat_interleave(m, 0), g).view(k, m, c, s, s)
     gap = cfg.sibling_gap
     motifs = math.sqrt(1 - gap**2) * shared[group] + gap * own
-    tint = _unit_colours(k, c, g)
+    # A global tint per group: an easy, early-learned cue that narrows a sample down to its
+    # siblings and leaves the finer motif detail to separate them.
+    tint = _unit_colours(n_groups, c, g)[group]
     coords = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     window = torch.exp(-(xx**2 + yy**2) / (2 * _MOTIF_SIGMA**2))
@@ -1142,6 +1150,15 @@ class DataBundle:
 _DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": True}
 
 
+def as_cifar_input(ds: ArrayDataset) -> ArrayDataset:
+    """Return 1x28x28 images zero-padded to 32x32 and repeated to 3 channels, so the CIFAR
+    zoo models (3-channel stem, 8x8 final pooling) take them unchanged."""
+    if ds.images.shape[1:] != (1, 28, 28):
+        return ds
+    images = F.pad(ds.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+    return dataclasses.replace(ds, images=images, mean=ds.mean * 3, std=ds.std * 3)
+
+
 def build_data(
     name: str,
     *,
@@ -1183,7 +1200,8 @@ def build_data(
         image_size: crop size of ``imagefolder`` images.
 
     Returns:
-        A :class:`DataBundle`.
+        A :class:`DataBundle`. Fashion-MNIST comes zero-padded to 3x32x32
+        (:func:`as_cifar_input`), so the CIFAR zoo takes it unchanged.
 
     Raises:
         DataError: data missing, misplaced or corrupt (message says how to fix it).
@@ -1209,6 +1227,8 @@ def build_data(
         )
     full = load_arrays(name, root, "train", download=download, seed=data_seed, synthetic=synthetic)
     test = load_arrays(name, root, "test", download=download, seed=data_seed, synthetic=synthetic)
+    if name == "fashion_mnist":
+        full, test = as_cifar_input(full), as_cifar_input(test)
     train, val = split_train_val(full, val_fraction, data_seed)
     use_flip = _DEFAULT_FLIP[name] if flip is None else flip
     train_loader = DeviceLoader(
@@ -1325,8 +1345,8 @@ def dataset_info(
         return DatasetInfo(10, (3, 32, 32))
     if name == "cifar100":
         return DatasetInfo(100, (3, 32, 32))
-    if name == "fashion_mnist":
-        return DatasetInfo(10, (1, 28, 28))
+    if name == "fashion_mnist":  # served padded to 3x32x32 by build_data
+        return DatasetInfo(10, (3, 32, 32))
     if name == "synthetic":
         cfg = synthetic or SyntheticConfig()
         return DatasetInfo(cfg.num_classes, (cfg.channels, cfg.image_size, cfg.image_size))
@@ -1336,6 +1356,14 @@ def dataset_info(
 
 
 def input_size_of(data_cfg: Any) -> tuple[int, int, int]:
-    """Return the (C, H, W) the models see for a run's data section."""
-    synthetic = SyntheticConfig(**(data_cfg.synthetic or {})) if data_cfg.dataset == "synthetic" else None
-    return dataset_info(data_cfg.dataset, synthetic=synthetic).input_size
+    """Return the (C, H, W) the models see for a run's data section.
+
+    ``data_cfg`` needs ``dataset`` and ``synthetic`` (a mapping or None) attributes; an
+    ``image_size`` attribute, where present, sets the crop size of image folders.
+
+    Raises:
+        ValueError: unknown dataset, or bad synthetic options.
+    """
+    synthetic = SyntheticConfig.from_dict(data_cfg.synthetic) if data_cfg.dataset == "synthetic" else None
+    image_size = getattr(data_cfg, "image_size", None) or 224
+    return dataset_info(data_cfg.dataset, synthetic=synthetic, image_size=image_size).input_size

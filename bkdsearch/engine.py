@@ -22,7 +22,7 @@ from torch import nn
 
 from typing import TYPE_CHECKING
 
-from .data import DataBundle, build_data, input_size_of
+from .data import DataBundle, SyntheticConfig, build_data
 from .methods import Method, build_method
 from .zoo.registry import create_model
 from .zoo.weights import load_weights
@@ -414,12 +414,10 @@ class Trainer:
         return result
 
 
-def _synthetic(cfg: RunConfig) -> Any:
+def _synthetic(cfg: RunConfig) -> SyntheticConfig | None:
     if cfg.data.dataset != "synthetic":
         return None
-    from .data import SyntheticConfig
-
-    return SyntheticConfig(**(cfg.data.synthetic or {}))
+    return SyntheticConfig.from_dict(cfg.data.synthetic)
 
 
 class _Progress:

@@ -71,6 +71,8 @@ def _strip(source: str, name: str) -> tuple[str, list[str]]:
             drop.update(span)
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node is tree.body[0]:
             drop.update(span)  # the module docstring
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            drop.update(span)
     body = "\n".join(line for i, line in enumerate(lines) if i not in drop).strip("\n")
     return f"# {'-' * 20} from bkdsearch/{name}\n{body}\n", imports
 

@@ -2,15 +2,42 @@
 
 A worker pulls trials from the study and trains them; several workers (threads of one
 process sharing a device, processes, machines) share one study through its storage.
-``n_trials`` is a cap on the study's finished (complete or pruned) trials, across workers.
+``n_trials`` is a cap on the study's finished (complete or pruned) trials, across workers:
+a worker stops when that many trials have finished, and while the running trials of other
+workers would fill the cap it waits for them (one of them may still fail and need a
+replacement) instead of starting more.
+
+Failures:
+
+- a trial that raises (NaN/inf loss, out of memory, an impossible configuration) ends FAIL
+  with ``fail_reason`` in its user attrs; the worker goes on (until
+  :data:`MAX_CONSECUTIVE_FAILURES` in a row, which stops it: something is wrong beyond one
+  configuration);
+- every running trial records a heartbeat; a trial whose worker died (SIGKILL, a lost
+  machine) is failed by the next worker that looks, after the grace period, and queued again
+  with the same parameters; the retry resumes from the last epoch checkpoint the dead trial
+  saved to the artifact store and records ``resumed_from = {trial, epoch}``;
+- Ctrl-C: the running trials end FAIL (``interrupted``) and are queued again, so the next
+  ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING.
+
+Heartbeat interval and grace period come from ``BKDSEARCH_HEARTBEAT_S`` (default 10 s) and
+``BKDSEARCH_GRACE_S`` (default 30 s); checkpoints of running trials go to
+``BKDSEARCH_ARTIFACT_DIR`` (default ``studies/<study>/artifacts``; give every machine of a
+shared study the same shared path so that a retry on another machine finds them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
+import random
+import shutil
 import threading
 import time
 import traceback
+import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +45,39 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from . import __version__
 from .engine import NonFiniteLoss, Trainer, pick_device
 from .flops import run_flops
-from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, resolve
+from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, SpecError, resolve
 from .teacher import teacher_weights
 from .urls import redact
 
+# Heartbeats, stale-trial retry and grouped TPE are "experimental" in Optuna's terms, stable in
+# practice; the warnings would repeat on every run.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MAX_CONSECUTIVE_FAILURES = 5
 OBJECTIVE_NAMES = {"val_acc": "val_acc", "train_gflops": "train_gflops", "student_mflops": "student_mflops"}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 10
+"""Default seconds between heartbeats of a running trial (``BKDSEARCH_HEARTBEAT_S``)."""
 GRACE_S = 30
+"""Default seconds without a heartbeat after which a running trial counts as dead
+(``BKDSEARCH_GRACE_S``)."""
 MAX_RETRY = 3
+"""How many times a trial whose worker died is queued again."""
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+# User attrs that describe how one attempt ended; a retry must not inherit them.
+_ATTEMPT_ATTRS = ("fail_reason", "pruned_reason", "resumed_from", "resume_note", "test_acc",
+                  "wall_time_s", "images_per_s")
 
 
 class StorageError(Exception):
@@ -44,37 +88,118 @@ class NotFound(LookupError):
     """No such study or trial in the storage (bad input: exit 2)."""
 
 
+class TrialsKeepFailing(RuntimeError):
+    """Several trials in a row failed: something is wrong beyond one configuration."""
+
+
 class Interrupted(Exception):
     """The worker was asked to stop (Ctrl-C): the running trial ends as FAIL."""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise StorageError(f"{name}={raw!r}: expected a whole number of seconds") from None
+    if value < 1:
+        raise StorageError(f"{name}={raw!r}: must be at least 1 second")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Return (heartbeat interval, grace period) in seconds from the environment
+    (``BKDSEARCH_HEARTBEAT_S``, ``BKDSEARCH_GRACE_S``) or the defaults.
+
+    Raises:
+        StorageError: a value that is not a positive whole number, or a grace period not
+            longer than the interval (a live trial would look dead).
+    """
+    beat = _env_seconds("BKDSEARCH_HEARTBEAT_S", HEARTBEAT_S)
+    grace = _env_seconds("BKDSEARCH_GRACE_S", max(GRACE_S, 3 * beat))
+    if grace <= beat:
+        raise StorageError(f"BKDSEARCH_GRACE_S ({grace}) must be longer than BKDSEARCH_HEARTBEAT_S ({beat})")
+    return beat, grace
 
 
 # --------------------------------------------------------------------------- storage & study
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """Return an RDB storage for ``url`` with heartbeats and retry of failed trials.
+def _clean(text: str, secret: str | None) -> str:
+    """``text`` with URL passwords (and the literal ``secret``) replaced by ``***``."""
+    text = redact(text)
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _creation_race(exc: BaseException) -> bool:
+    """True for the errors of several processes creating Optuna's tables at once."""
+    text = str(exc).lower()
+    return any(s in text for s in ("already exists", "duplicate", "unique", "deadlock", "lock wait"))
+
+
+def make_storage(url: str, *, create: bool = True) -> RDBStorage:
+    """Return an RDB storage for ``url`` with heartbeats and retry of trials whose worker died.
 
     SQLite gets a busy timeout and WAL journaling so several local workers do not hit
-    "database is locked".
+    "database is locked"; PostgreSQL a connect timeout. ``create=False`` refuses a SQLite
+    file that does not exist yet (for commands that only read, e.g. ``status``).
 
     Raises:
-        StorageError: malformed URL, missing driver or unreachable server (password redacted).
+        StorageError: malformed URL, missing driver, missing SQLite file (``create=False``)
+            or unreachable server; the message never contains the password.
     """
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 60}}
+    from sqlalchemy.engine import make_url
+
     try:
-        storage = RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
-        )
-    except Exception as exc:  # sqlalchemy raises many types; all mean "this URL does not work"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"cannot open storage {redact(url)}: {redact(first)}") from None
-    if url.startswith("sqlite"):
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - sqlalchemy raises ArgumentError, ValueError, ...
+        raise StorageError(
+            f"malformed storage URL {redact(url)!r}: expected e.g. sqlite:///studies/NAME.db, "
+            "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB") from None
+    secret = parsed.password if isinstance(parsed.password, str) and parsed.password else None
+    shown = _clean(url, secret)
+    beat, grace = heartbeat_settings()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database or ""
+        if db and db != ":memory:" and not db.startswith("file:"):
+            path = Path(db)
+            if not create and not path.is_file():
+                raise StorageError(f"no SQLite database at {path} (storage {shown})")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the folder of {shown}: {exc.strerror or exc}") from None
+        kwargs = {"connect_args": {"timeout": 60}}
+    elif backend == "postgresql" and "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    attempts = 6
+    for attempt in range(attempts):
+        try:
+            storage = RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=beat, grace_period=grace,
+                heartbeat_stale_trial_callback=_Retry(max_retry=MAX_RETRY, inherit_intermediate_values=True),
+            )
+            break
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many types; all mean "this URL does not work"
+            if attempt < attempts - 1 and _creation_race(exc):
+                time.sleep(0.2 + random.random())
+                continue
+            raise StorageError(f"cannot open storage {shown}: {_clean(_first_line(exc), secret)}") from None
+    if backend == "sqlite":
         with contextlib.suppress(Exception), storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
@@ -108,31 +233,96 @@ def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
 def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
     """Create the study of ``spec`` in ``storage_url`` or load it when it exists (resume).
 
-    The spec's ``search.enqueue`` configurations (e.g. the published one) are enqueued once,
-    when the study is created.
+    The process that creates the study records the spec and enqueues the spec's
+    ``search.enqueue`` configurations (e.g. the published one), once; workers that start at
+    the same moment load it.
 
     Raises:
-        StorageError: the storage cannot be opened.
+        StorageError: the storage cannot be opened, or the study exists with other objectives.
     """
     storage = make_storage(storage_url)
+    secret = _password(storage_url)
     name = study_name or spec.name
     directions = ["maximize"] + ["minimize"] * (len(spec.search.objectives) - 1)
+    created = False
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=directions,
-                                    sampler=_sampler(spec), pruner=_pruner(spec), load_if_exists=True)
-    except Exception as exc:
-        raise StorageError(f"cannot create study {name!r} in {redact(storage_url)}: "
-                           f"{redact(str(exc).splitlines()[0])}") from None
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                        sampler=_sampler(spec), pruner=_pruner(spec))
+            created = True
+        except DuplicatedStudyError:
+            study = optuna.load_study(storage=storage, study_name=name, sampler=_sampler(spec),
+                                      pruner=_pruner(spec))
+    except Exception as exc:  # noqa: BLE001 - database errors of any driver
+        raise StorageError(f"cannot create study {name!r} in {_clean(storage_url, secret)}: "
+                           f"{_clean(_first_line(exc), secret)}") from None
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                             else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise StorageError(f"study {name!r} exists with other objectives; use another --study name")
-    if "bkdsearch:spec" not in study.system_attrs:
+    if created or "spec" not in study.user_attrs:
         study.set_metric_names([OBJECTIVE_NAMES[o] for o in spec.search.objectives])
-        study.set_user_attr("spec", spec.model_dump(mode="json", by_alias=True))
-        study._storage.set_study_system_attr(study._study_id, "bkdsearch:spec", spec.name)
+        study.set_user_attr("spec", _redacted_spec(spec))
+    if created:
         for params in spec.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def _password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(url).password
+    except Exception:  # noqa: BLE001
+        return None
+    return pw if isinstance(pw, str) and pw else None
+
+
+# --------------------------------------------------------------------------- retries
+
+
+class _Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker died (same parameters, its user attrs so the
+    ``checkpoint`` of the dead trial travels), minus the attrs describing how that attempt
+    ended."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS}
+        super().__call__(study, trial)
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose heartbeat stopped more than the grace period ago
+    (``fail_reason``: worker lost) and queue their retries; return their numbers.
+
+    Like :func:`optuna.storages.fail_stale_trials`, and safe when several workers call it at
+    once (each stale trial is failed, and retried, by one of them).
+    """
+    storage = study._storage
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        return []
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        with contextlib.suppress(Exception):
+            storage.set_trial_user_attr(
+                trial_id, "fail_reason",
+                f"worker lost: no heartbeat for over {grace} s (killed, or its machine went away); "
+                "queued again with the same parameters")
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        frozen = copy.deepcopy(storage.get_trial(trial_id))
+        numbers.append(frozen.number)
+        if callback is not None:
+            callback(study, frozen)
+    return numbers
 
 
 # --------------------------------------------------------------------------- suggestions
@@ -154,6 +344,8 @@ class TrialSuggest:
         assert isinstance(dist, Choice)
         encoded = [_encode(c) for c in dist.choice]
         picked = self.trial.suggest_categorical(name, encoded)
+        if picked not in encoded:  # a fixed (enqueued or retried) value outside the choices
+            raise SpecError([(name, f"value {picked!r} is not one of {encoded}", None)])
         return dist.choice[encoded.index(picked)]
 
 
@@ -178,20 +370,21 @@ class WorkerReport:
 
 
 class _Heartbeat:
-    """Records a heartbeat for a running trial every HEARTBEAT_S seconds in a thread."""
+    """Records a heartbeat for a running trial every ``interval`` seconds in a thread."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.interval):
             with contextlib.suppress(Exception):
                 self.storage.record_heartbeat(self.trial_id)
 
     def __enter__(self) -> _Heartbeat:
-        self.storage.record_heartbeat(self.trial_id)
+        with contextlib.suppress(Exception):
+            self.storage.record_heartbeat(self.trial_id)
         self._thread.start()
         return self
 
@@ -211,6 +404,9 @@ class Worker:
         studies_dir: home of run folders, artifacts and cached teachers.
         timeout: stop starting new trials after this many seconds.
         progress: show per-epoch progress.
+        artifact_dir: where epoch checkpoints of running trials go (default
+            ``BKDSEARCH_ARTIFACT_DIR``, else ``studies_dir/<study>/artifacts``).
+        log: where progress lines go.
     """
 
     def __init__(self, spec: Spec, study: optuna.Study, *, n_trials: int, device: torch.device,
@@ -219,82 +415,176 @@ class Worker:
         self.spec, self.study, self.n_trials, self.device = spec, study, n_trials, device
         self.studies_dir = Path(studies_dir)
         self.run_root = self.studies_dir / study.study_name
-        self.artifacts = FileSystemArtifactStore(str(artifact_dir or self.run_root / "artifacts"))
-        (artifact_dir or self.run_root / "artifacts").mkdir(parents=True, exist_ok=True)
+        env_dir = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
+        artifacts = Path(artifact_dir or (Path(env_dir) / study.study_name if env_dir else None)
+                         or self.run_root / "artifacts")
+        artifacts.mkdir(parents=True, exist_ok=True)
+        self.artifacts = FileSystemArtifactStore(str(artifacts))
         self.deadline = time.monotonic() + timeout if timeout else None
         self.progress = progress
         self.log = log
         self.stop = threading.Event()
+        """Set to interrupt: the running trial ends FAIL (queued again) at its next step."""
+        self.drain = threading.Event()
+        """Set to finish the running trial and start no other."""
         self.report = WorkerReport()
+        self.error: BaseException | None = None
+        self.current: optuna.Trial | None = None
         self._lock = threading.Lock()
+        self._consecutive_failures = 0
+        self.last_failure = ""
+        storage = study._storage
+        self._beat = float(getattr(storage, "heartbeat_interval", None) or HEARTBEAT_S)
+        self._poll_s = min(2.0, self._beat)
 
     # ---------------------------------------------------------------- cap
     def _counts(self) -> dict[TrialState, int]:
-        trials = self.study.get_trials(deepcopy=False)
         counts: dict[TrialState, int] = {}
-        for t in trials:
+        for t in self.study.get_trials(deepcopy=False):
             counts[t.state] = counts.get(t.state, 0) + 1
         return counts
 
-    def _cap_reached(self) -> bool:
-        c = self._counts()
-        taken = sum(c.get(s, 0) for s in (*FINISHED, TrialState.RUNNING))
-        return taken >= self.n_trials
-
     def _surplus(self, trial: optuna.Trial) -> bool:
-        """True when lower-numbered live or finished trials already fill the cap (a race
-        between workers asking at the same moment)."""
+        """True when lower-numbered trials (finished, running, or queued: ``ask`` takes those
+        first) already fill the cap: workers that asked at the same moment."""
+        live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
         ahead = [t for t in self.study.get_trials(deepcopy=False)
-                 if t.number < trial.number and t.state in (*FINISHED, TrialState.RUNNING)]
+                 if t.number < trial.number and t.state in live]
         return len(ahead) >= self.n_trials
 
+    def _drop_surplus(self, trial: optuna.Trial) -> None:
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", "surplus: other workers had already filled the cap")
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if frozen.system_attrs.get("fixed_params") or frozen.params:
+            # A queued trial (enqueued, or a retry): put it back in the queue.
+            self.study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+                user_attrs=frozen.user_attrs, system_attrs=frozen.system_attrs))
+
     # ---------------------------------------------------------------- loop
+    def _stopping(self) -> bool:
+        if self.stop.is_set() or self.drain.is_set():
+            return True
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def run(self) -> WorkerReport:
-        """Pull and train trials until the cap, the timeout or a stop request."""
-        while not self.stop.is_set():
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                break
-            optuna.storages.fail_stale_trials(self.study)
+        """Pull and train trials until the cap, the timeout or a stop request.
+
+        Raises:
+            TrialsKeepFailing: :data:`MAX_CONSECUTIVE_FAILURES` trials in a row failed.
+            KeyboardInterrupt: after failing (and re-queueing) the running trial.
+        """
+        waiting_logged = False
+        while not self._stopping():
+            fail_stale_trials(self.study)
             with self._lock:
-                if self._cap_reached():
+                c = self._counts()
+                finished = sum(c.get(s, 0) for s in FINISHED)
+                if finished >= self.n_trials:
                     break
-                trial = self.study.ask()
-            if self._surplus(trial):
-                self.study.tell(trial, state=TrialState.FAIL)
-                break
+                trial = None
+                if finished + c.get(TrialState.RUNNING, 0) < self.n_trials:
+                    trial = self.study.ask()
+                    self.current = trial
+                    with contextlib.suppress(Exception):  # stale-able from its first moment
+                        self.study._storage.record_heartbeat(trial._trial_id)
+            if trial is None:
+                if not waiting_logged:
+                    self.log(f"waiting: {c.get(TrialState.RUNNING, 0)} running trial(s) of other workers "
+                             f"may fill the cap of {self.n_trials}")
+                    waiting_logged = True
+                self.stop.wait(self._poll_s)
+                continue
+            waiting_logged = False
+            try:
+                if self._surplus(trial):
+                    self._drop_surplus(trial)
+                    continue
+            except KeyboardInterrupt:
+                self._interrupted(trial)
+                raise
+            failed_before = self.report.failed
             self.run_trial(trial)
+            self._consecutive_failures = (self._consecutive_failures + 1
+                                          if self.report.failed > failed_before else 0)
+            if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise TrialsKeepFailing(
+                    f"{self._consecutive_failures} trials in a row failed; the last: {self.last_failure}")
         return self.report
 
     def run_trial(self, trial: optuna.Trial) -> None:
         """Train one asked trial and tell the study how it ended (never raises, except
         :class:`KeyboardInterrupt` after telling)."""
-        storage = self.study._storage
+        self.current = trial
         try:
-            with _Heartbeat(storage, trial._trial_id):
+            with _Heartbeat(self.study._storage, trial._trial_id, self._beat):
                 values = self._objective(trial)
         except optuna.TrialPruned as exc:
-            trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
-            self.study.tell(trial, state=TrialState.PRUNED)
-            self.report.pruned += 1
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
+            if self._tell(trial, TrialState.PRUNED):
+                self.report.pruned += 1
         except KeyboardInterrupt:
-            self._fail(trial, "interrupted (Ctrl-C)")
+            self._interrupted(trial)
             raise
         except Interrupted:
-            self._fail(trial, "interrupted (worker stopped)")
+            self._interrupted(trial)
         except Exception as exc:  # noqa: BLE001 - a failing trial ends alone
             self._fail(trial, _reason(exc))
         else:
-            self.study.tell(trial, values)
-            self.report.complete += 1
+            if self._tell(trial, TrialState.COMPLETE, values):
+                self.report.complete += 1
         self.report.trials.append(trial.number)
-        self._line()
+        self.current = None
+        with contextlib.suppress(Exception):
+            self._line()
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> bool:
+        """Tell the study; False (and a log line) when another worker had already ended the
+        trial (it lost its heartbeat for longer than the grace period)."""
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            self.log(f"trial {trial.number} had already been ended by another worker (its heartbeat "
+                     "stopped for longer than the grace period); its retry carries on")
+            return False
+        self.study.tell(trial, values, state=state, skip_if_finished=True)
+        return True
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
         with contextlib.suppress(Exception):
             trial.set_user_attr("fail_reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._tell(trial, TrialState.FAIL)
         self.report.failed += 1
+        self.last_failure = f"trial {trial.number}: {reason}"
         self.log(f"trial {trial.number} failed: {reason}")
+
+    def _interrupted(self, trial: optuna.Trial) -> None:
+        """Fail ``trial`` as interrupted and queue it again (same parameters, its last
+        checkpoint): the next ``run`` resumes it."""
+        storage = self.study._storage
+        frozen = storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            return
+        saved = frozen.user_attrs.get("checkpoint") or {}
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}; queued again, the next run resumes it "
+                                               f"after epoch {saved.get('epoch', 0)}")
+        self._tell(trial, TrialState.FAIL)
+        self.report.failed += 1
+        self.current = None
+        with contextlib.suppress(Exception):
+            _Retry(max_retry=None, inherit_intermediate_values=True)(
+                self.study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+        self.log(f"trial {trial.number} {INTERRUPTED}; queued again to resume")
+
+    def abandon(self) -> None:
+        """From another thread, when this worker cannot stop in time: fail its running trial
+        as interrupted (and queue it again)."""
+        trial = self.current
+        if trial is not None:
+            with contextlib.suppress(Exception):
+                self._interrupted(trial)
 
     def _line(self) -> None:
         c = self._counts()
@@ -321,22 +611,34 @@ class Worker:
         if self.spec.search.max_train_gflops is not None:
             trial.set_user_attr("constraint", [train_gflops - self.spec.search.max_train_gflops])
         run_dir = self.run_root / f"trial-{trial.number}"
-        self._resume_from_failed(trial, run_dir)
-        weights = teacher_weights(cfg, self.studies_dir / "teachers", progress=self.progress)
+        _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
+        saved = self._resume_from_failed(trial, run_dir, cfg)
+        weights = self._teacher(cfg)
+        last_artifact = [saved]
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            self._save_artifact(trial, run_dir, epoch)
+            last_artifact[0] = self._save_artifact(trial, run_dir, epoch, last_artifact[0])
             if self.stop.is_set():
                 raise Interrupted()
             value = row.get("val_acc")
             if value is None:
                 return
+            if len(self.study.directions) > 1:
+                return  # Optuna prunes (and records intermediate values for) single-objective only
             trial.report(value, epoch)
-            if len(self.study.directions) == 1 and trial.should_prune():
+            if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
 
         trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=self.device,
                           on_epoch=on_epoch, progress=self.progress)
+        step = trainer.train_step
+
+        def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if self.stop.is_set():  # Ctrl-C: stop within one step, not one epoch
+                raise Interrupted()
+            return step(x, y)
+
+        trainer.train_step = train_step  # type: ignore[method-assign]
         result = trainer.fit(resume=True)
         if result.val_acc is None:
             raise ValueError("no validation split: set data.val_fraction > 0 for a search")
@@ -347,33 +649,92 @@ class Worker:
                       "student_mflops": report.student / 1e6}
         return [objectives[o] for o in self.spec.search.objectives]
 
-    def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int) -> None:
-        ckpt = run_dir / "last.pt"
-        artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(ckpt),
-                                      study_or_trial=trial)
-        trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+    def _teacher(self, cfg: RunConfig) -> str | None:
+        """The teacher's weights; one worker of this machine trains a missing teacher while
+        the others wait for it (they would write the same cache files)."""
+        from filelock import FileLock, Timeout
 
-    def _resume_from_failed(self, trial: optuna.Trial, run_dir: Path) -> None:
-        """For a retry of a failed trial, fetch that trial's last checkpoint into run_dir."""
-        original = RetryFailedTrialCallback.retried_trial_number(trial)
-        if original is None:
-            return
-        # The latest checkpoint may sit on any trial of the retry chain.
-        chain = RetryFailedTrialCallback.retry_history(trial)
-        best: dict[str, Any] | None = None
-        source = original
-        for number in chain:
-            attrs = self.study.trials[number].user_attrs.get("checkpoint")
-            if attrs and (best is None or attrs["epoch"] > best["epoch"]):
-                best, source = attrs, number
-        if best is None:
-            trial.set_user_attr("resumed_from", {"trial": original, "epoch": 0})
-            return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        download_artifact(artifact_store=self.artifacts, file_path=str(run_dir / "last.pt"),
-                          artifact_id=best["artifact_id"])
-        trial.set_user_attr("resumed_from", {"trial": source, "epoch": best["epoch"]})
-        self.log(f"trial {trial.number} retries trial {source}, resuming after epoch {best['epoch']}")
+        cache = self.studies_dir / "teachers"
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / ".train.lock"))
+        while True:
+            try:
+                lock.acquire(timeout=1)
+                break
+            except Timeout:
+                if self.stop.is_set():
+                    raise Interrupted() from None
+        try:
+            return teacher_weights(cfg, cache, progress=self.progress)
+        finally:
+            lock.release()
+
+    def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
+        """Store the checkpoint of ``epoch`` in the artifact store, record it in the trial's
+        ``checkpoint`` user attr, remove the previous one; return its artifact id."""
+        artifact_id = uuid.uuid4().hex
+        with (run_dir / "last.pt").open("rb") as f:
+            self.artifacts.write(artifact_id, f)
+        trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+        if previous:
+            with contextlib.suppress(Exception):
+                self.artifacts.remove(previous)
+        return artifact_id
+
+    def _resume_from_failed(self, trial: optuna.Trial, run_dir: Path, cfg: RunConfig) -> str | None:
+        """For the retry of a trial whose worker died (or was interrupted), fetch the last
+        checkpoint that trial saved into ``run_dir``; record ``resumed_from`` and return the
+        checkpoint's artifact id (None when not a retry).
+
+        The retry inherits the dead trial's user attrs, so ``checkpoint`` names the newest
+        checkpoint of the whole retry chain. A checkpoint that cannot be fetched (another
+        machine's local artifact folder) or belongs to another configuration means starting
+        from epoch 0, with ``resume_note`` saying why.
+        """
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        if not history:
+            return None
+        source = history[-1]
+        saved = frozen.user_attrs.get("checkpoint")
+        epoch, note = 0, None
+        if saved:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / "last.pt.download"
+            try:
+                with self.artifacts.open_reader(saved["artifact_id"]) as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                state = torch.load(tmp, map_location="cpu", weights_only=True)
+                if state.get("config_digest") != cfg.digest():
+                    note = "the saved checkpoint belongs to another configuration; started from epoch 0"
+                else:
+                    os.replace(tmp, run_dir / "last.pt")
+                    epoch = int(saved["epoch"])
+            except Exception as exc:  # noqa: BLE001 - any failure means: start over
+                note = (f"checkpoint {saved.get('artifact_id')} not available ({_first_line(exc)}); "
+                        "started from epoch 0")
+            finally:
+                tmp.unlink(missing_ok=True)
+        trial.set_user_attr("resumed_from", {"trial": source, "epoch": epoch})
+        if note:
+            trial.set_user_attr("resume_note", note)
+            self.log(f"trial {trial.number} retries trial {source}: {note}")
+            return None
+        self.log(f"trial {trial.number} retries trial {source}, resuming after epoch {epoch}")
+        return saved["artifact_id"] if saved else None
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    for name in ("last.pt", "metrics.jsonl", "student.pt"):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+
+
+def _redacted_spec(spec: Spec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json", by_alias=True)
+    if data.get("storage"):
+        data["storage"] = _clean(data["storage"], _password(data["storage"]))
+    return data
 
 
 def _reason(exc: BaseException) -> str:
@@ -381,6 +742,8 @@ def _reason(exc: BaseException) -> str:
         return f"non-finite loss: {exc}"
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "CUDA out of memory"
+    if isinstance(exc, SpecError):
+        return f"invalid configuration: {exc}".replace("\n", "; ")
     last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     where = f" at {Path(last.filename).name}:{last.lineno}" if last else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -424,31 +787,48 @@ def _stream(device: torch.device) -> Iterator[None]:
 
 def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list[torch.device],
                 trials_per_device: int, studies_dir: Path, timeout: float | None,
-                progress: bool, log: Callable[[str], None] = print) -> WorkerReport:
-    """Run ``trials_per_device`` concurrent trial loops per device in this process (each on
-    its own CUDA stream) and return the combined report. Ctrl-C fails the running trials
-    cleanly and re-raises ``KeyboardInterrupt``."""
+                progress: bool, log: Callable[[str], None] = print,
+                artifact_dir: Path | None = None) -> WorkerReport:
+    """Run ``trials_per_device`` concurrent trial loops per device in this process (threads,
+    each on its own CUDA stream) and return the combined report.
+
+    Ctrl-C stops every loop within one training step: the running trials end FAIL
+    (``interrupted``) and are queued again, then ``KeyboardInterrupt`` is re-raised. A second
+    Ctrl-C does not wait (for a teacher being trained, say): it fails the running trials
+    from here at once.
+
+    Raises:
+        TrialsKeepFailing: a loop saw too many failures in a row (the others finish their
+            running trial first).
+        KeyboardInterrupt: after Ctrl-C, with nothing left RUNNING.
+    """
     workers = [Worker(spec, study, n_trials=n_trials, device=d, studies_dir=studies_dir,
-                      timeout=timeout, progress=progress and len(devices) * trials_per_device == 1, log=log)
+                      timeout=timeout, progress=progress and len(devices) * trials_per_device == 1,
+                      artifact_dir=artifact_dir, log=log)
                for d in devices for _ in range(trials_per_device)]
     shared = threading.Lock()
     for w in workers:
         w._lock = shared
-    if len(workers) == 1:
-        return workers[0].run()
-    threads = [threading.Thread(target=_run_in_stream, args=(w,), daemon=True) for w in workers]
+    threads = [threading.Thread(target=_run_in_stream, args=(w, workers), daemon=True, name=f"worker-{i}")
+               for i, w in enumerate(workers)]
     for t in threads:
         t.start()
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
+        _join(threads)
     except KeyboardInterrupt:
+        log("interrupted: stopping; the running trials end as failed and are queued to resume "
+            "(Ctrl-C again to stop at once)")
         for w in workers:
             w.stop.set()
-        for t in threads:
-            t.join()
-        raise
+        try:
+            _join(threads)
+        except KeyboardInterrupt:
+            for w in workers:
+                w.abandon()
+        raise KeyboardInterrupt from None
+    errors = [w.error for w in workers if w.error is not None]
+    if errors:
+        raise errors[0]
     total = WorkerReport()
     for w in workers:
         total.complete += w.report.complete
@@ -458,9 +838,20 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list
     return total
 
 
-def _run_in_stream(worker: Worker) -> None:
-    with _stream(worker.device):
-        worker.run()
+def _join(threads: list[threading.Thread]) -> None:
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.2)
+
+
+def _run_in_stream(worker: Worker, siblings: list[Worker]) -> None:
+    try:
+        with _stream(worker.device):
+            worker.run()
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        worker.error = exc
+        for w in siblings:
+            w.drain.set()
 
 
 def trial_config(study: optuna.Study, number: int | str) -> tuple[optuna.trial.FrozenTrial, RunConfig]:
@@ -485,4 +876,3 @@ def trial_config(study: optuna.Study, number: int | str) -> tuple[optuna.trial.F
     if "run_config" not in trial.user_attrs:
         raise NotFound(f"trial {trial.number} has no recorded RunConfig")
     return trial, RunConfig.model_validate(trial.user_attrs["run_config"])
-

@@ -1,0 +1,183 @@
+"""A real study through the command line on SQLite: run, resume, prune, status, report,
+export, the optuna CLI and optuna-dashboard on our storage."""
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from conftest import TINY_SPEC, write_spec
+
+# One worker runs this module's tests: they share the module-scoped study.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("study")]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+BIN = Path(sys.executable).parent
+
+
+def bkd(*args, cwd, timeout=600):
+    return subprocess.run([sys.executable, "-m", "bkdsearch.cli", *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=timeout)
+
+
+def _spec(tmp, teacher_ckpt, **search):
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["teacher"]["checkpoint"] = teacher_ckpt
+    spec["train"].update(epochs=2, lr={"float": [0.02, 0.2], "log": True})
+    spec["blockkd"] = {"tau": {"float": [1.0, 8.0]}}
+    spec["search"] = {"n_trials": 3, "pruner": "median", **search}
+    return write_spec(Path(tmp) / "spec.yaml", spec)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, teacher_ckpt):
+    """A 3-trial study: two good enqueued configurations, then one with a tiny learning rate
+    that the median pruner stops after its first epoch."""
+    tmp = tmp_path_factory.mktemp("study")
+    enqueue = [{"train.lr": 0.1, "blockkd.tau": 4.0}, {"train.lr": 0.08, "blockkd.tau": 2.0}]
+    spec = _spec(tmp, teacher_ckpt, enqueue=enqueue)
+    # A learning rate of 1e-5 is outside the searched range: enqueue it directly.
+    storage = f"sqlite:///{tmp}/studies/tiny.db"
+    r = bkd("run", spec, "--quiet", "--n-trials", "2", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    study.enqueue_trial({"train.lr": 1e-5, "blockkd.tau": 4.0}, skip_if_exists=False)
+    r = bkd("run", spec, "--quiet", "--n-trials", "3", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    return tmp, spec, storage
+
+
+def test_study_trials_and_user_attrs(study_dir):
+    tmp, spec, storage = study_dir
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert states[2] == optuna.trial.TrialState.PRUNED, [(t.number, t.state, t.intermediate_values) for t in study.trials]
+    assert study.metric_names == ["val_acc"]
+    attrs = study.trials[0].user_attrs
+    for key in ("run_config", "flops", "versions", "device", "test_acc", "wall_time_s", "images_per_s"):
+        assert key in attrs, key
+    assert attrs["run_config"]["train"]["lr"] == 0.1
+    assert attrs["flops"]["train_step"] > attrs["flops"]["teacher"] > attrs["flops"]["student"] > 0
+    assert set(attrs["flops"]["stones"]) == {"1", "2", "3"}
+    assert attrs["versions"]["torch"] == torch.__version__
+    assert 0 <= attrs["test_acc"] <= 100
+    assert study.trials[0].intermediate_values.keys() == {1, 2}
+
+
+def test_rerun_resumes_and_cap_counts_finished(study_dir):
+    tmp, spec, storage = study_dir
+    r = bkd("run", spec, "--quiet", "--n-trials", "4", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    finished = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) == 4
+    r = bkd("run", spec, "--quiet", "--n-trials", "4", cwd=tmp)  # nothing left to do
+    assert r.returncode == 0 and len(optuna.load_study(study_name="tiny", storage=storage).trials) == 4
+
+
+def test_status_json_and_optuna_cli(study_dir):
+    tmp, spec, storage = study_dir
+    r = bkd("status", "--storage", storage, "--json", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows[0]["study"] == "tiny" and rows[0]["counts"]["pruned"] >= 1
+    r = subprocess.run([str(BIN / "optuna"), "trials", "--storage", storage, "--study-name", "tiny", "-f", "json"],
+                       capture_output=True, text=True, env=ENV, cwd=tmp, timeout=120)
+    assert r.returncode == 0, r.stderr
+    numbers = {row["number"] for row in json.loads(r.stdout)}
+    assert {0, 1, 2} <= numbers
+
+
+def test_report_writes_plots_and_summary(study_dir):
+    tmp, spec, storage = study_dir
+    out = Path(tmp) / "report"
+    r = bkd("report", "--storage", storage, "--study", "tiny", "-o", str(out), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    for name in ("history.png", "intermediate.png", "importances.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    summary = (out / "summary.md").read_text()
+    assert "Best trials" in summary and "enqueued" in summary
+    assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_round_trip_equals_train(study_dir, teacher_ckpt):
+    tmp, spec, storage = study_dir
+    script = Path(tmp) / "train_best.py"
+    r = bkd("export", "--storage", storage, "--study", "tiny", "--trial", "0", "-o", str(script), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    text = script.read_text()
+    imported = {line.split()[1].split(".")[0] for line in text.splitlines() if line.startswith(("import ", "from "))}
+    assert "bkdsearch" not in imported and {"torch", "torchvision"} <= imported | {"torchvision"}
+    assert imported - set(sys.stdlib_module_names) <= {"torch", "torchvision", "numpy", "PIL"}
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    cfg = study.trials[0].user_attrs["run_config"]
+    r = subprocess.run([sys.executable, str(script), "--teacher-checkpoint", teacher_ckpt, "--device", "cpu",
+                        "--out", str(Path(tmp) / "exported"), "--val-fraction", str(cfg["data"]["val_fraction"])],
+                       capture_output=True, text=True, env=ENV, cwd="/", timeout=600)
+    assert r.returncode == 0, r.stderr
+    sets = [f"--set=train.lr={cfg['train']['lr']!r}", f"--set=blockkd.tau={cfg['loss']['tau']!r}"]
+    r = bkd("train", spec, *sets, "--out", str(Path(tmp) / "trained"), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(Path(tmp) / "exported" / "student.pt", weights_only=True)
+    b = torch.load(Path(tmp) / "trained" / "student.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_our_study(study_dir):
+    tmp, spec, storage = study_dir
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bkdsearch.cli", "dashboard", "--storage", storage, "--port", str(port)],
+                            cwd=tmp, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        assert "tiny" in [s["study_name"] for s in body["study_summaries"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_multi_objective_pareto_front(tmp_path, teacher_ckpt):
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["teacher"]["checkpoint"] = teacher_ckpt
+    spec["train"]["epochs"] = 1
+    spec["blockkd"] = {"partition": {"choice": ["stage", "fine"]}}
+    spec["partitions"] = {"stage": "stage_aligned", "fine": {"uniform": 4}}
+    spec["search"] = {"n_trials": 2, "objectives": ["val_acc", "train_gflops"], "sampler": "nsga2", "pruner": "none",
+                      "enqueue": [{"blockkd.partition": "stage"}, {"blockkd.partition": "fine"}]}
+    path = write_spec(tmp_path / "mo.yaml", spec)
+    r = bkd("run", path, "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    assert study.metric_names == ["val_acc", "train_gflops"]
+    assert len(study.directions) == 2 and study.best_trials
+    gflops = {t.params["blockkd.partition"]: t.values[1] for t in study.trials}
+    assert gflops["fine"] != gflops["stage"]
+    r = bkd("report", "--storage", f"sqlite:///{tmp_path}/studies/tiny.db", "--study", "tiny", "-o",
+            str(tmp_path / "rep"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "pareto.png").exists()
+    assert "Pareto front" in (tmp_path / "rep" / "summary.md").read_text()
