@@ -22,23 +22,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bkdsearch.data import SyntheticConfig, build_data  # noqa: E402
 from bkdsearch.engine import Trainer  # noqa: E402
 from bkdsearch.spec import (  # noqa: E402
-    BlockKDConfig, DataConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig, RuntimeConfig,
+    BlockKDConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    PartitionConfig,
+    Recipe,
+    RunConfig,
+    RuntimeConfig,
 )
 from bkdsearch.zoo import create_model  # noqa: E402
 
 PARTITION = PartitionConfig(name="stage", teacher=["layer1.17", "layer2.17"], student=["layer1.4", "layer2.4"])
 
 
-def config(method: str, batch: int, graph: bool, device: str, epochs: int = 1, lr_schedule: str = "cosine") -> RunConfig:
+def config(method: str, batch: int, graph: bool, device: str, epochs: int = 1) -> RunConfig:
     return RunConfig(
         name="bench", seed=0, method=method,
         data=DataConfig(dataset="synthetic", val_fraction=0.0, batch_size=batch,
                         synthetic={"num_classes": 100, "train_size": max(batch * 8, 2048), "test_size": 256}),
         teacher=ModelConfig(arch="resnet110"), student=ModelConfig(arch="resnet32"),
-        train=Recipe(epochs=epochs, lr=0.05, schedule=lr_schedule, weight_decay=5e-4, warmup_epochs=1),
+        train=Recipe(epochs=epochs, lr=0.05, schedule="cosine", weight_decay=5e-4, warmup_epochs=1),
         loss=LossConfig(tau=4.0, alpha=1.0, beta=1.0, gamma=0.0, decay=0.5),
         blockkd=BlockKDConfig(partition=PARTITION) if method == "blockkd" else None,
         runtime=RuntimeConfig(device=device, cuda_graph="on" if graph else "off",
@@ -117,7 +123,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     result = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "command": " ".join(sys.argv), "rows": []}

@@ -174,11 +174,13 @@ def teacher(spec_path: str, device: str | None) -> None:
     spec = _load(spec_path)
     if spec.teacher is None:
         raise click.UsageError("the spec has no teacher")
-    cfg = resolve(spec, Defaults()).model_copy(update={"method": "kd"}) if spec.method == "ce" else resolve(spec, Defaults())
+    cfg = resolve(spec, Defaults())
+    if cfg.method == "ce":  # the teacher is the same whatever the student's method
+        cfg = cfg.model_copy(update={"method": "kd"})
     path = teacher_weights(cfg, STUDIES / "teachers")
     tcfg = teacher_run_config(cfg)
-    trainer = Trainer(tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})}),
-                      Path(path).parent, device=device, progress=False)
+    evaluated = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
+    trainer = Trainer(evaluated, Path(path).parent, device=device, progress=False)
     acc = evaluate(trainer.method.student, trainer.data.test, trainer.autocast)
     out.print(f"teacher {tcfg.student.arch}: {path}")
     out.print(f"test accuracy {acc:.2f}%")
@@ -247,7 +249,7 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
 @handle_errors
 def status(spec_path: str | None, storage: str | None, study_name: str | None, as_json: bool) -> None:
     """Show the studies in a storage: trials by state and the best trials."""
-    from .report import study_status, render_status
+    from .report import render_status, study_status
 
     url = _storage_for(spec_path, storage)
     if spec_path and not study_name:

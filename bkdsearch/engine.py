@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-
-from typing import TYPE_CHECKING
 
 from .data import DataBundle, SyntheticConfig, build_data
 from .methods import Method, build_method

@@ -48,6 +48,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from . import __version__
@@ -300,9 +301,10 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     once (each stale trial is failed, and retried, by one of them).
     """
     storage = study._storage
-    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
         return []
-    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    backend = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    grace = getattr(backend, "grace_period", None) or 2 * storage.get_heartbeat_interval()
     failed = []
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         with contextlib.suppress(Exception):
@@ -434,7 +436,8 @@ class Worker:
         self._consecutive_failures = 0
         self.last_failure = ""
         storage = study._storage
-        self._beat = float(getattr(storage, "heartbeat_interval", None) or HEARTBEAT_S)
+        beat = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+        self._beat = float(beat or HEARTBEAT_S)
         self._poll_s = min(2.0, self._beat)
 
     # ---------------------------------------------------------------- cap

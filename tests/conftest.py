@@ -64,3 +64,57 @@ def teacher_ckpt(tmp_path_factory) -> str:
         if not path.exists():
             teacher_weights(cfg, shared / "teachers", progress=False)
     return str(path)
+
+
+# --------------------------------------------------------------------------- database servers
+# (added for the worker/failure tests: fresh databases on the servers of DESIGN.md)
+
+SERVERS = {
+    "postgresql": ("postgresql+psycopg://postgres@127.0.0.1:5432/test", 5432, "PostgreSQL"),
+    "mysql": ("mysql+pymysql://root@127.0.0.1:3306/test", 3306, "MariaDB"),
+}
+
+
+def _server_up(kind: str) -> bool:
+    import sqlalchemy
+
+    url, port, _ = SERVERS[kind]
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - driver missing, server down, auth refused
+        return False
+
+
+@pytest.fixture
+def db_url(request):
+    """``db_url(kind)`` -> the URL of a fresh, empty database on the PostgreSQL
+    (``postgresql``) or MariaDB (``mysql``) server of DESIGN.md, dropped after the test.
+    Unreachable server: skip on a laptop, fail in CI."""
+    import uuid
+
+    import sqlalchemy
+
+    made = []
+
+    def make(kind: str) -> str:
+        url, port, label = SERVERS[kind]
+        require(_server_up(kind), f"{label} on 127.0.0.1:{port} (see DESIGN.md) is not reachable")
+        name = f"bkd_{uuid.uuid4().hex[:12]}"
+        engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        made.append((engine, kind, name))
+        return url.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    for engine, kind, name in made:
+        try:
+            with engine.connect() as conn:
+                force = " WITH (FORCE)" if kind == "postgresql" else ""
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        finally:
+            engine.dispose()

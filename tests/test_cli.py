@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_SPEC, write_spec
 
 from bkdsearch.zoo import create_model
-from conftest import TINY_SPEC, write_spec
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY_SPEC
 
 from bkdsearch.engine import Trainer, lr_at
 from bkdsearch.spec import Defaults, Recipe, Spec, resolve
-from conftest import TINY_SPEC
 
 
 def _cfg(**overrides):

@@ -64,9 +64,11 @@ def test_blockkd_total_equals_formula():
     got = blockkd_loss(y_s, y_t, stones, w, target, alpha=alpha, beta=beta, gamma=gamma, tau=tau, logit_loss=ll)
 
     def kd(a, b):
-        return sum(_kl(_softmax(bi, tau), _softmax(ai, tau)) for ai, bi in zip(a.tolist(), b.tolist(), strict=True)) / 4 * tau**2
+        pairs = zip(a.tolist(), b.tolist(), strict=True)
+        return sum(_kl(_softmax(bi, tau), _softmax(ai, tau)) for ai, bi in pairs) / 4 * tau**2
 
-    ce = F.cross_entropy(y_s, target).item() + sum(wi * F.cross_entropy(y, target).item() for wi, y in zip(w, stones, strict=True))
+    ce = F.cross_entropy(y_s, target).item()
+    ce += sum(wi * F.cross_entropy(y, target).item() for wi, y in zip(w, stones, strict=True))
     kdt = kd(y_s, y_t) + sum(wi * kd(y, y_t) for wi, y in zip(w, stones, strict=True))
     e = (stones[0] + stones[1] + stones[2]) / 3
     ens = kd(y_s, e) + sum(kd(y, e) for y in stones)

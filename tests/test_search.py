@@ -14,7 +14,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-
 from conftest import TINY_SPEC, write_spec
 
 # One worker runs this module's tests: they share the module-scoped study.
@@ -60,7 +59,7 @@ def test_study_trials_and_user_attrs(study_dir):
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.trials]
     assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2
-    assert states[2] == optuna.trial.TrialState.PRUNED, [(t.number, t.state, t.intermediate_values) for t in study.trials]
+    assert states[2] == optuna.trial.TrialState.PRUNED, [(t.state, t.intermediate_values) for t in study.trials]
     assert study.metric_names == ["val_acc"]
     attrs = study.trials[0].user_attrs
     for key in ("run_config", "flops", "versions", "device", "test_acc", "wall_time_s", "images_per_s"):
@@ -142,8 +141,8 @@ def _free_port():
 def test_dashboard_serves_our_study(study_dir):
     tmp, spec, storage = study_dir
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bkdsearch.cli", "dashboard", "--storage", storage, "--port", str(port)],
-                            cwd=tmp, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "bkdsearch.cli", "dashboard", "--storage", storage, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=tmp, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         body = None
         for _ in range(120):

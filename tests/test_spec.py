@@ -4,9 +4,9 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SPEC
 
 from bkdsearch.spec import Defaults, SpecError, parse_spec, resolve, searched
-from conftest import TINY_SPEC
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.joinpath("specs").glob("*.yaml"))
 
