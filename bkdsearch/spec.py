@@ -43,6 +43,15 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- distributions
 
 
+def _check_range(low: float, high: float, log: bool, default: float | None) -> None:
+    if not low < high:
+        raise ValueError(f"range must have low < high, got [{low}, {high}]")
+    if log and low <= 0:
+        raise ValueError("a log range needs low > 0")
+    if default is not None and not low <= default <= high:
+        raise ValueError(f"default {default} is outside [{low}, {high}]")
+
+
 class FloatRange(_Strict):
     """``{float: [low, high], log: false, default: ...}``: a float searched in [low, high]."""
 
@@ -52,13 +61,7 @@ class FloatRange(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
-        low, high = self.float_range
-        if not low < high:
-            raise ValueError(f"range must have low < high, got [{low}, {high}]")
-        if self.log and low <= 0:
-            raise ValueError("a log range needs low > 0")
-        if self.default is not None and not low <= self.default <= high:
-            raise ValueError(f"default {self.default} is outside [{low}, {high}]")
+        _check_range(*self.float_range, self.log, self.default)
         return self
 
     def fallback(self) -> float:
@@ -79,13 +82,7 @@ class IntRange(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
-        low, high = self.int_range
-        if not low < high:
-            raise ValueError(f"range must have low < high, got [{low}, {high}]")
-        if self.log and low <= 0:
-            raise ValueError("a log range needs low > 0")
-        if self.default is not None and not low <= self.default <= high:
-            raise ValueError(f"default {self.default} is outside [{low}, {high}]")
+        _check_range(*self.int_range, self.log, self.default)
         return self
 
     def fallback(self) -> int:
