@@ -33,6 +33,7 @@ import copy
 import os
 import random
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -131,10 +132,10 @@ def heartbeat_settings() -> tuple[int, int]:
 # --------------------------------------------------------------------------- storage & study
 
 
-def _clean(text: str, secret: str | None) -> str:
-    """``text`` with URL passwords (and the literal ``secret``) replaced by ``***``."""
+def _clean(text: str, secrets: list[str]) -> str:
+    """``text`` with URL passwords (and the literal ``secrets``) replaced by ``***``."""
     text = redact(text)
-    if secret:
+    for secret in secrets:
         text = text.replace(secret, "***")
     return text
 
@@ -169,8 +170,8 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
         raise StorageError(
             f"malformed storage URL {redact(url)!r}: expected e.g. sqlite:///studies/NAME.db, "
             "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB") from None
-    secret = parsed.password if isinstance(parsed.password, str) and parsed.password else None
-    shown = _clean(url, secret)
+    secrets = _password(url)
+    shown = _clean(url, secrets)
     beat, grace = heartbeat_settings()
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     backend = parsed.get_backend_name()
@@ -182,8 +183,9 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
                 raise StorageError(f"no SQLite database at {path} (storage {shown})")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageError(f"cannot create the folder of {shown}: {exc.strerror or exc}") from None
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+                raise StorageError(f"cannot create the folder of storage {shown}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
         kwargs = {"connect_args": {"timeout": 60}}
     elif backend == "postgresql" and "connect_timeout" not in parsed.query:
         kwargs["connect_args"] = {"connect_timeout": 10}
@@ -199,7 +201,7 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             if attempt < attempts - 1 and _creation_race(exc):
                 time.sleep(0.2 + random.random())
                 continue
-            raise StorageError(f"cannot open storage {shown}: {_clean(_first_line(exc), secret)}") from None
+            raise StorageError(f"cannot open storage {shown}: {_clean(_first_line(exc), secrets)}") from None
     if backend == "sqlite":
         with contextlib.suppress(Exception), storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -242,7 +244,7 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
         StorageError: the storage cannot be opened, or the study exists with other objectives.
     """
     storage = make_storage(storage_url)
-    secret = _password(storage_url)
+    secrets = _password(storage_url)
     name = study_name or spec.name
     directions = ["maximize"] + ["minimize"] * (len(spec.search.objectives) - 1)
     created = False
@@ -255,8 +257,8 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
             study = optuna.load_study(storage=storage, study_name=name, sampler=_sampler(spec),
                                       pruner=_pruner(spec))
     except Exception as exc:  # noqa: BLE001 - database errors of any driver
-        raise StorageError(f"cannot create study {name!r} in {_clean(storage_url, secret)}: "
-                           f"{_clean(_first_line(exc), secret)}") from None
+        raise StorageError(f"cannot create study {name!r} in {_clean(storage_url, secrets)}: "
+                           f"{_clean(_first_line(exc), secrets)}") from None
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                             else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise StorageError(f"study {name!r} exists with other objectives; use another --study name")
@@ -269,14 +271,23 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
     return study
 
 
-def _password(url: str) -> str | None:
+_QUERY_SECRETS = ("password", "passwd", "pwd")
+
+
+def _password(url: str) -> list[str]:
+    """The secrets of a storage URL: its password, decoded, and any ``?password=`` style
+    query values (what :func:`bkdsearch.urls.redact` may not see)."""
     try:
         from sqlalchemy.engine import make_url
 
-        pw = make_url(url).password
+        parsed = make_url(url)
     except Exception:  # noqa: BLE001
-        return None
-    return pw if isinstance(pw, str) and pw else None
+        return []
+    found = [parsed.password] if isinstance(parsed.password, str) else []
+    for key, value in parsed.query.items():
+        if key.lower() in _QUERY_SECRETS:
+            found += [value] if isinstance(value, str) else list(value)
+    return sorted({s for s in found if s}, key=len, reverse=True)
 
 
 # --------------------------------------------------------------------------- retries
@@ -430,9 +441,12 @@ class Worker:
         self.drain = threading.Event()
         """Set to finish the running trial and start no other."""
         self.report = WorkerReport()
+        self.finished = threading.Event()
+        """Set when :meth:`run` has returned (in :func:`run_workers`)."""
         self.error: BaseException | None = None
         self.current: optuna.Trial | None = None
         self._lock = threading.Lock()
+        self._interrupt_lock = threading.Lock()
         self._consecutive_failures = 0
         self.last_failure = ""
         storage = study._storage
@@ -565,6 +579,10 @@ class Worker:
     def _interrupted(self, trial: optuna.Trial) -> None:
         """Fail ``trial`` as interrupted and queue it again (same parameters, its last
         checkpoint): the next ``run`` resumes it."""
+        with self._interrupt_lock:  # the worker's thread and abandon() may both get here
+            self._interrupt(trial)
+
+    def _interrupt(self, trial: optuna.Trial) -> None:
         storage = self.study._storage
         frozen = storage.get_trial(trial._trial_id)
         if frozen.state.is_finished():
@@ -573,9 +591,10 @@ class Worker:
         with contextlib.suppress(Exception):
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}; queued again, the next run resumes it "
                                                f"after epoch {saved.get('epoch', 0)}")
-        self._tell(trial, TrialState.FAIL)
-        self.report.failed += 1
         self.current = None
+        if not self._tell(trial, TrialState.FAIL):
+            return  # another worker had failed it (and queued its retry)
+        self.report.failed += 1
         with contextlib.suppress(Exception):
             _Retry(max_retry=None, inherit_intermediate_values=True)(
                 self.study, copy.deepcopy(storage.get_trial(trial._trial_id)))
@@ -798,7 +817,7 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list
     Ctrl-C stops every loop within one training step: the running trials end FAIL
     (``interrupted``) and are queued again, then ``KeyboardInterrupt`` is re-raised. A second
     Ctrl-C does not wait (for a teacher being trained, say): it fails the running trials
-    from here at once.
+    from here and ends the process at once (exit status 130).
 
     Raises:
         TrialsKeepFailing: a loop saw too many failures in a row (the others finish their
@@ -817,17 +836,24 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list
     for t in threads:
         t.start()
     try:
-        _join(threads)
+        _wait(workers)
     except KeyboardInterrupt:
         log("interrupted: stopping; the running trials end as failed and are queued to resume "
             "(Ctrl-C again to stop at once)")
         for w in workers:
             w.stop.set()
         try:
-            _join(threads)
+            _wait(workers)
         except KeyboardInterrupt:
             for w in workers:
                 w.abandon()
+            log("stopped at once; the running trials are marked failed and queued to resume")
+            # Training threads are still inside torch: interpreter shutdown around them would
+            # abort the process, so leave without it (the database is already consistent).
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(130)
         raise KeyboardInterrupt from None
     errors = [w.error for w in workers if w.error is not None]
     if errors:
@@ -841,10 +867,12 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list
     return total
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(timeout=0.2)
+def _wait(workers: list[Worker]) -> None:
+    # Not Thread.join: a KeyboardInterrupt inside join() leaves the thread looking finished
+    # while it still runs (CPython < 3.13).
+    while not all(w.finished.is_set() for w in workers):
+        for w in workers:
+            w.finished.wait(timeout=0.2)
 
 
 def _run_in_stream(worker: Worker, siblings: list[Worker]) -> None:
@@ -855,6 +883,8 @@ def _run_in_stream(worker: Worker, siblings: list[Worker]) -> None:
         worker.error = exc
         for w in siblings:
             w.drain.set()
+    finally:
+        worker.finished.set()
 
 
 def trial_config(study: optuna.Study, number: int | str) -> tuple[optuna.trial.FrozenTrial, RunConfig]:

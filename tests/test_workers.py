@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-
 from workerkit import (
     FINISHED,
     by_state,
@@ -38,13 +37,15 @@ def _check_cap(storage, study, n, outputs):
     for t in ts:  # only races on the cap may fail here, and they say so
         if t.state == TrialState.FAIL:
             assert t.user_attrs["fail_reason"].startswith("surplus"), t.user_attrs
-    # Each worker reports what it did; together they did exactly the n finished trials.
-    done = 0
+    # Each worker reports what it did; together they did exactly the n finished trials, and
+    # they did them side by side (more than one worker took part).
+    done = []
     for out in outputs:
         line = [x for x in out.splitlines() if x.startswith("this worker:")][-1]
         parts = line.removeprefix("this worker:").split(",")
-        done += int(parts[0].split()[0]) + int(parts[1].split()[0])
-    assert done == n, outputs
+        done.append(int(parts[0].split()[0]) + int(parts[1].split()[0]))
+    assert sum(done) == n, outputs
+    assert sum(1 for d in done if d) >= 2, outputs
     return ts
 
 
@@ -53,7 +54,7 @@ def _check_cap(storage, study, n, outputs):
 def test_three_workers_share_one_study_on_a_server(tmp_path, db_url, kind):
     """Three processes (as if on three machines: own folders) on a fresh database, started
     together (they race to create the tables and the study), cap 4."""
-    storage, name, n = db_url(kind), study_name(), 4
+    storage, name, n = db_url(kind), study_name(), 5
     spec = quick_spec(tmp_path / "spec.yaml", epochs=1)
     procs = [start(run_cmd(spec, storage, name, n), tmp_path / f"machine{i}") for i in range(3)]
     results = [finish(p) for p in procs]

@@ -12,9 +12,8 @@ import uuid
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
-
 from conftest import TINY_SPEC, write_spec
+from optuna.trial import TrialState
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
