@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .blocks import Partition, PartitionError, SteppingStones, per_stage, stage_aligned, uniform
-from .data import input_size_of
+from .data import SyntheticConfig, input_size_of
 from .spec import Choice, ExplicitPartition, PartitionConfig, Spec
 from .zoo import create_model, decompose, list_models, model_entry
 
@@ -60,6 +60,15 @@ def check_spec(spec: Spec) -> list[tuple[str, str]]:
     architectures, and candidate partitions that cannot be built or connected for some order,
     connector or stone set the spec allows."""
     problems: list[tuple[str, str]] = []
+    if spec.data.dataset == "synthetic":
+        try:
+            SyntheticConfig.from_dict(spec.data.synthetic)
+        except (TypeError, ValueError) as exc:
+            problems.append(("data.synthetic", str(exc)))
+    elif spec.data.synthetic:
+        problems.append(("data.synthetic", f"only used with dataset: synthetic, not {spec.data.dataset}"))
+    if problems:
+        return problems
     known = set(list_models())
     for path, arch in (("student.arch", spec.student.arch),
                        ("teacher.arch", spec.teacher.arch if spec.teacher else None)):

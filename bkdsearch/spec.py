@@ -402,6 +402,19 @@ def resolve(spec: Spec, suggest: Suggest, *, overrides: Mapping[str, Any] | None
         SpecError: an override names no parameter, or a value is invalid.
         bkdsearch.blocks.PartitionError: a generated partition cannot be built.
     """
+    from .blocks import PartitionError
+
+    try:
+        return _resolve(spec, suggest, overrides)
+    except (SpecError, PartitionError):
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc).splitlines()[0]
+        given = ", ".join(f"{k}={v!r}" for k, v in (overrides or {}).items())
+        raise SpecError([(given, f"invalid value: {detail}", None)]) from None
+
+
+def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) -> RunConfig:
     from .partitions import resolve_partition
 
     fixed = dict(overrides or {})
@@ -659,7 +672,8 @@ def load_spec(path: str | Path) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read spec {path}: {exc.strerror or exc}", None)]) from None
+        detail = getattr(exc, "strerror", None) or exc
+        raise SpecError([("", f"cannot read spec {path}: {detail}", None)]) from None
     return parse_spec(text, str(path))
 
 

@@ -153,8 +153,6 @@ def test_edited_yaml_text_gives_a_spec_or_a_spec_error(data):
     _check(text)
 
 
-@pytest.mark.xfail(strict=True, reason="data.synthetic options are checked by SyntheticConfig only, "
-                   "whose TypeError/ValueError escape parse_spec (spec.py/partitions.py/data.py)")
 @pytest.mark.parametrize("options", [
     {"num_classes": "10"}, {"mix": True}, {"mix": 2.0}, {"clutter": {"a": 1}}, {"max_rotation": "x"},
     {"colour": 1},
@@ -238,8 +236,6 @@ def test_random_command_lines_exit_0_or_2_without_traceback(files, monkeypatch, 
 
 
 
-@pytest.mark.xfail(strict=True, reason="spec.load_spec reads exc.strerror of a UnicodeDecodeError: "
-                   "AttributeError, exit 1")
 @pytest.mark.parametrize("command", ["validate", "train"])
 def test_binary_spec_file_exits_2(tmp_path, command):
     path = tmp_path / "binary.yaml"
@@ -249,8 +245,6 @@ def test_binary_spec_file_exits_2(tmp_path, command):
     assert "cannot read spec" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="spec.resolve: int(seed), partitions[name] and BlockKDConfig(...) run "
-                   "outside its ValidationError handling: TypeError/ValueError/KeyError, exit 1")
 @pytest.mark.parametrize("setting", ["seed=abc", "seed={a: 1}", "blockkd.partition=nope", "blockkd.order=abc",
                                      "blockkd.connector=", "blockkd.stones=abc", "blockkd.stones=-1"])
 def test_bad_set_values_exit_2(tmp_path, setting):

@@ -41,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"refused to load {path}: it is not a plain tensor checkpoint (loading it would "
             f"run code from the file). Re-save it as a state dict. Detail: {first}"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         raise WeightsError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
