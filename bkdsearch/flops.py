@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from .blocks import Partition, SteppingStones, split_blocks
+from .blocks import Partition, SteppingStones
 from .zoo import atom_shapes, create_model, decompose
 
 COUNTER = "fvcore FlopCountAnalysis (1 multiply-add = 1 flop)"
@@ -142,7 +142,6 @@ def _suffix_flops(model: nn.Module, cuts: Sequence[str], i: int, per_atom: dict[
     """Flops of blocks i+1..n plus the head (the part of a stone after connector i)."""
     names = decompose(model).names
     start = names.index(cuts[i - 1]) + 1 if i - 1 < len(cuts) else len(names)
-    split_blocks(decompose(model), cuts)  # validates the cuts
     return sum(per_atom[n] for n in names[start:]) + per_atom["head"]
 
 
