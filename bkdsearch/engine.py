@@ -10,9 +10,11 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import threading
 import time
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,7 @@ from torch import nn
 from .data import DataBundle, SyntheticConfig, build_data
 from .methods import Method, build_method
 from .zoo.registry import create_model
-from .zoo.weights import load_weights
+from .zoo.weights import WeightsError, load_weights
 
 if TYPE_CHECKING:
     from .spec import Recipe, RunConfig
@@ -34,9 +36,26 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 # Model initialisation draws from torch's global generator: one run at a time seeds it.
 _INIT_LOCK = threading.Lock()
 
+# One CUDA graph capture at a time in the process (torch documents that only one may be
+# underway): several runs may train in threads of one process, and torch.cuda.graph() starts
+# with a device-wide synchronize and empty_cache, which must not land inside another
+# thread's capture.
+_CAPTURE_LOCK = threading.Lock()
+
+_CHECKPOINT_KEYS = ("epoch", "method", "optimizer", "history", "config_digest")
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Stopped(Exception):
+    """The run's ``should_stop`` hook asked it to stop; the last epoch checkpoint stays."""
+
+
+class CheckpointError(WeightsError):
+    """A run checkpoint (``last.pt``) that cannot be read: corrupt, truncated, not a run
+    checkpoint, or a pickle that would run code. The message names the file and the fix."""
 
 
 @dataclass
@@ -193,7 +212,7 @@ class GraphedStep:
         saved_model = {k: v.clone() for k, v in method.state_dict().items()}
         saved_opt = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
                      for p, st in optimizer.state.items()}
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
@@ -201,7 +220,13 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Other runs of this process keep training in their threads meanwhile. Without
+        # ``stream``, torch.cuda.graph captures on one class-wide stream shared by every
+        # thread; with the default "global" error mode, any thread's synchronising call
+        # (an ``.item()`` at another run's epoch end) invalidates this capture, while
+        # "thread_local" only forbids such calls in this thread. The lock keeps two
+        # captures from overlapping.
+        with _CAPTURE_LOCK, torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
             self.static_loss = step(self.static_x, self.static_y)
         with torch.no_grad():
             for k, v in method.state_dict().items():
@@ -256,15 +281,19 @@ class Trainer:
         data: pre-built data (else built from ``cfg.data`` on ``device``).
         on_epoch: called after every epoch with the epoch's metrics.
         progress: show a rich progress bar.
+        should_stop: asked before every training step (and so between epochs); when it
+            returns True, :meth:`fit` raises :class:`Stopped`.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, teacher_weights: str | None = None,
                  device: torch.device | str | None = None, data: DataBundle | None = None,
-                 on_epoch: EpochCallback | None = None, progress: bool = True) -> None:
+                 on_epoch: EpochCallback | None = None, progress: bool = True,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = pick_device(cfg.runtime.device) if device is None else torch.device(device)
         self.on_epoch = on_epoch
+        self.should_stop = should_stop
         self.progress = progress
         self.data = data or build_data(
             cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
@@ -333,20 +362,59 @@ class Trainer:
                       "config_digest": self.cfg.digest()}, self.checkpoint_path)
 
     def load_checkpoint(self) -> tuple[int, list[dict[str, float]]]:
-        """Restore the last checkpoint if there is one; return (epochs done, history)."""
-        if not self.checkpoint_path.exists():
+        """Restore the last checkpoint if there is one; return (epochs done, history).
+
+        The checkpoint may come from another runtime (CUDA graphs or not, another device).
+
+        Raises:
+            CheckpointError: the file cannot be read or is not a run checkpoint.
+            ValueError: the checkpoint belongs to another run configuration.
+        """
+        path = self.checkpoint_path
+        if not path.exists():
             return 0, []
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state.get("config_digest") != self.cfg.digest():
-            raise ValueError(f"{self.checkpoint_path} belongs to a different run configuration")
+        fix = "delete it, or pass --no-resume to `bkdsearch train`, to start from epoch 0"
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"refused to resume from {path}: loading it would run code "
+                                  f"from the file; {fix}") from None
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or unreadable "
+                                  f"({detail}); {fix}") from None
+        if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
+            raise CheckpointError(f"cannot resume from {path}: not a bkdsearch run checkpoint; {fix}")
+        if state["config_digest"] != self.cfg.digest():
+            raise ValueError(f"{path} belongs to a different run configuration")
         self.method.load_trainable_state(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._fit_optimizer_state(state["optimizer"]))
         if self.use_graph:  # keep the learning rate a device tensor the graph can read
             for group in self.optimizer.param_groups:
-                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
+                group["lr"] = torch.tensor(group["lr"], dtype=torch.float32, device=self.device)
         return int(state["epoch"]), list(state["history"])
 
+    def _fit_optimizer_state(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Return the optimizer state dict ``saved`` (maybe written under another runtime)
+        made to fit this run's optimizer: a plain-number learning rate (a graphed run saves a
+        device tensor, which eager SGD cannot use), this run's AdamW ``capturable`` flag
+        (load_state_dict would otherwise restore the saver's), and, when not capturable,
+        AdamW's step counts on the CPU where eager AdamW keeps them."""
+        groups = [{**g, "lr": float(g["lr"])} for g in saved["param_groups"]]
+        for group in groups:
+            if "capturable" in group:
+                group["capturable"] = self.use_graph
+        state = saved["state"]
+        if not self.use_graph:
+            state = {k: {n: v.cpu() if n == "step" and isinstance(v, torch.Tensor) else v
+                         for n, v in st.items()} for k, st in state.items()}
+        return {**saved, "param_groups": groups, "state": state}
+
     # ------------------------------------------------------------------ loop
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Stopped(f"{self.cfg.name}: asked to stop")
+
     def fit(self, resume: bool = True, stop_after: int | None = None) -> RunResult:
         """Train (resuming from the last checkpoint when ``resume``), evaluating validation
         accuracy every epoch and test accuracy at the end. ``stop_after`` ends early after
@@ -354,6 +422,9 @@ class Trainer:
 
         Raises:
             NonFiniteLoss: the loss became NaN/inf.
+            Stopped: ``should_stop`` returned True (the last finished epoch is checkpointed).
+            CheckpointError: ``resume`` and an unreadable ``last.pt``.
+            ValueError: ``resume`` and a ``last.pt`` of another run configuration.
             Whatever ``on_epoch`` raises (e.g. a pruning signal).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -369,16 +440,19 @@ class Trainer:
         bar = _Progress(self.progress, f"{self.cfg.name} {self.cfg.method}", last_epoch - start)
         with bar:
             for epoch in range(start, last_epoch):
+                self._check_stop()
                 self.method.train()
                 train_loader.set_epoch(epoch)
                 loss_sum = torch.zeros((), device=self.device)
                 t0 = time.perf_counter()
                 for i, (x, y) in enumerate(train_loader):
+                    self._check_stop()
                     self._set_lr(lr_at(recipe, epoch, i, steps))
                     loss_sum += self.train_step(x, y)
+                # .item() waits for this run's stream, which holds all its steps: no
+                # device-wide synchronize, which would also wait on (and, during a capture,
+                # break) the work of other runs in this process.
                 epoch_loss = (loss_sum / max(steps, 1)).item()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
                 dt = time.perf_counter() - t0
                 train_time += dt
                 images += steps * self.cfg.data.batch_size
@@ -386,9 +460,11 @@ class Trainer:
                     raise NonFiniteLoss(f"training loss is {epoch_loss} in epoch {epoch + 1}")
                 row = {"epoch": epoch + 1, "loss": epoch_loss,
                        "lr": lr_at(recipe, epoch, steps - 1, steps),
-                       "images_per_s": steps * self.cfg.data.batch_size / max(dt, 1e-9)}
+                       "images_per_s": steps * self.cfg.data.batch_size / max(dt, 1e-9),
+                       "epoch_s": dt}
                 if self.data.val is not None:
                     row["val_acc"] = evaluate(self.method.student, self.data.val, self.autocast)
+                row["time"] = time.time()
                 history.append(row)
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -53,7 +53,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from . import __version__
-from .engine import NonFiniteLoss, Trainer, pick_device
+from .engine import NonFiniteLoss, Stopped, Trainer, pick_device
 from .flops import run_flops
 from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, SpecError, resolve
 from .teacher import teacher_weights
@@ -94,8 +94,10 @@ class TrialsKeepFailing(RuntimeError):
     """Several trials in a row failed: something is wrong beyond one configuration."""
 
 
-class Interrupted(Exception):
-    """The worker was asked to stop (Ctrl-C): the running trial ends as FAIL."""
+class Interrupted(Stopped):
+    """The worker was asked to stop (Ctrl-C) while waiting for the teacher or at an epoch's
+    end; within an epoch the trainer raises the base class, :class:`bkdsearch.engine.Stopped`.
+    Either ends the running trial FAIL (interrupted) and queues it again."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -546,7 +548,7 @@ class Worker:
         except KeyboardInterrupt:
             self._interrupted(trial)
             raise
-        except Interrupted:
+        except Stopped:  # Interrupted, or the trainer's own Stopped
             self._interrupted(trial)
         except Exception as exc:  # noqa: BLE001 - a failing trial ends alone
             self._fail(trial, _reason(exc))
@@ -651,16 +653,9 @@ class Worker:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
 
+        # should_stop: Ctrl-C stops the trial within one step, not one epoch.
         trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=self.device,
-                          on_epoch=on_epoch, progress=self.progress)
-        step = trainer.train_step
-
-        def train_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            if self.stop.is_set():  # Ctrl-C: stop within one step, not one epoch
-                raise Interrupted()
-            return step(x, y)
-
-        trainer.train_step = train_step  # type: ignore[method-assign]
+                          on_epoch=on_epoch, progress=self.progress, should_stop=self.stop.is_set)
         result = trainer.fit(resume=True)
         if result.val_acc is None:
             raise ValueError("no validation split: set data.val_fraction > 0 for a search")
@@ -710,8 +705,9 @@ class Worker:
 
         The retry inherits the dead trial's user attrs, so ``checkpoint`` names the newest
         checkpoint of the whole retry chain. A checkpoint that cannot be fetched (another
-        machine's local artifact folder) or belongs to another configuration means starting
-        from epoch 0, with ``resume_note`` saying why.
+        machine's local artifact folder) or belongs to another configuration (another runtime
+        does not count: see :meth:`RunConfig.digest`) means starting from epoch 0, with
+        ``resume_note`` saying why.
         """
         frozen = self.study._storage.get_trial(trial._trial_id)
         history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)

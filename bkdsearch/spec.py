@@ -212,8 +212,21 @@ class RunConfig(_Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     def digest(self) -> str:
-        """Return a short stable hash of the config (for caches and run folders)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Return a short stable hash of what the run computes: everything but ``runtime``.
+
+        ``runtime`` (device, amp, channels_last, cuda_graph, compile) changes only how a run
+        executes, so it is left out for every user of the hash:
+
+        - checkpoints (``last.pt``): a trial retried on another kind of device (its GPU
+          worker died, a CPU worker retries it) or with graphs/amp switched resumes from the
+          saved epoch;
+        - the run folders of ``bkdsearch train``: the same run under another runtime finds
+          (and resumes) its folder, as it already did with ``--device``;
+        - the teacher cache: a teacher trained under one runtime serves all of them, so a
+          retry on another device kind distils from the same teacher instead of training a
+          second one.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"runtime"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

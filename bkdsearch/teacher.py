@@ -21,8 +21,9 @@ def teacher_run_config(cfg: RunConfig) -> RunConfig:
 
 
 def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
-    """Return where the CE-trained teacher of ``cfg`` is cached: keyed by a hash of its
-    architecture, data and recipe."""
+    """Return where the CE-trained teacher of ``cfg`` is cached: keyed by the digest of its
+    CE run (architecture, data, seed and recipe; not the runtime, see
+    :meth:`bkdsearch.spec.RunConfig.digest`)."""
     tcfg = teacher_run_config(cfg)
     return Path(cache_dir) / f"{tcfg.student.arch}-{tcfg.digest()}" / "student.pt"
 

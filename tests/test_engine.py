@@ -1,13 +1,19 @@
-"""The training run: learning, frozen teacher, determinism and bit-identical resume."""
+"""The training run: learning, frozen teacher, determinism, bit-identical resume (also under
+another runtime), the stop hook, metric rows and unreadable checkpoints."""
 
 import copy
+import json
+import math
+import os
+import time
 
 import pytest
 import torch
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, write_spec
 
-from bkdsearch.engine import Trainer, lr_at
-from bkdsearch.spec import Defaults, Recipe, Spec, resolve
+from bkdsearch.engine import CheckpointError, Stopped, Trainer, lr_at
+from bkdsearch.spec import Defaults, Recipe, RuntimeConfig, Spec, resolve
+from bkdsearch.zoo import WeightsError
 
 
 def _cfg(**overrides):
@@ -109,3 +115,171 @@ def test_capturable_sgd_matches_torch_sgd(nesterov, weight_decay):
             assert torch.allclose(p, q, atol=1e-6, rtol=1e-6)
     # Same state layout: a torch SGD checkpoint loads into CapturableSGD.
     opt_mine.load_state_dict(opt_ref.state_dict())
+
+
+# --------------------------------------------------------------------------- stop hook, metrics
+
+
+def _small_cfg(**overrides):
+    """TINY_SPEC's CE run (no teacher) on a small training set: 7 steps per epoch."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["method"] = "ce"
+    spec["data"]["synthetic"].update(train_size=256, test_size=64)
+    return resolve(Spec.model_validate(spec), Defaults(overrides), overrides=overrides)
+
+
+def _asking(stop_at=None):
+    """A should_stop hook counting its calls; it says stop on the call after ``stop_at``."""
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return stop_at is not None and len(calls) > stop_at
+
+    return calls, should_stop
+
+
+def test_should_stop_is_asked_before_every_step_and_stops_mid_epoch(tmp_path):
+    cfg = _small_cfg()
+    calls, hook = _asking()
+    probe = Trainer(cfg, tmp_path / "probe", progress=False, should_stop=hook)
+    steps = len(probe.data.train)
+    full = probe.fit()
+    # Once before each epoch and once before each of its steps.
+    assert len(calls) == cfg.train.epochs * (steps + 1)
+
+    # Epoch 1, then epoch 2's first check and two steps: stop before its third step.
+    calls, hook = _asking(stop_at=(steps + 1) + 3)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, should_stop=hook)
+    with pytest.raises(Stopped):
+        trainer.fit()
+    assert len(calls) == (steps + 1) + 4
+    assert _state(trainer.checkpoint_path)["epoch"] == 1
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    _, never = _asking()
+    resumed = Trainer(cfg, tmp_path / "run", progress=False, should_stop=never).fit()
+    assert resumed.resumed_from_epoch == 1
+    a, b = _state(full.student_path), _state(resumed.student_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_metric_rows_carry_wall_clock_time_and_epoch_seconds(tmp_path):
+    before = time.time()
+    trainer = Trainer(_small_cfg(), tmp_path, progress=False)
+    result = trainer.fit()
+    after = time.time()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if "epoch" in r]
+    assert epochs == result.history and len(epochs) == 2
+    assert before <= epochs[0]["time"] <= epochs[1]["time"] <= after
+    assert epochs[1]["time"] - epochs[0]["time"] >= epochs[1]["epoch_s"]
+    for row in epochs:
+        assert 0 < row["epoch_s"] <= after - before
+        # epoch_s times the training steps, the span images_per_s is measured over.
+        assert row["images_per_s"] * row["epoch_s"] == pytest.approx(len(trainer.data.train) * 32)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+EAGER = RuntimeConfig(device="cpu", amp="off", cuda_graph="off", channels_last="off")
+# What a GPU worker runs with; on the CPU these settings are inert.
+GRAPHED = RuntimeConfig(device="cpu", amp="bf16", cuda_graph="on", channels_last="on")
+
+
+def _with_runtime(cfg, runtime):
+    return cfg.model_copy(update={"runtime": runtime})
+
+
+def test_digest_ignores_the_runtime_only():
+    base = _with_runtime(_small_cfg(), EAGER)
+    assert _with_runtime(base, GRAPHED).digest() == base.digest()
+    assert _with_runtime(base, RuntimeConfig(device="cuda:3", compile=True)).digest() == base.digest()
+    assert _small_cfg(**{"train.lr": 0.05}).digest() != base.digest()
+
+
+def test_checkpoint_resumes_under_another_runtime(tmp_path):
+    eager = _with_runtime(_small_cfg(), EAGER)
+    full = Trainer(eager, tmp_path / "full", progress=False).fit()
+    Trainer(eager, tmp_path / "run", progress=False).fit(stop_after=1)
+    resumed = Trainer(_with_runtime(eager, GRAPHED), tmp_path / "run", progress=False).fit()
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs == 2
+    a, b = _state(full.student_path), _state(resumed.student_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_checkpoint_of_a_graphed_run_resumes_eagerly_on_cpu(optimizer, tmp_path):
+    """A CUDA-graphed run saves its learning rate as a tensor (and AdamW as capturable):
+    an eager CPU run resumes from it, exactly as from its own checkpoint."""
+    cfg = _small_cfg(**{"train.optimizer": optimizer, "train.lr": 0.01 if optimizer == "adamw" else 0.1})
+    full = Trainer(cfg, tmp_path / "full", progress=False).fit()
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.fit(stop_after=1)
+    state = _state(trainer.checkpoint_path)
+    for group in state["optimizer"]["param_groups"]:
+        group["lr"] = torch.tensor(group["lr"], dtype=torch.float32)
+        if optimizer == "adamw":
+            group["capturable"] = True
+    if optimizer == "adamw":
+        assert all("step" in st for st in state["optimizer"]["state"].values())
+    torch.save(state, trainer.checkpoint_path)
+
+    resumed_trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    resumed = resumed_trainer.fit()
+    assert resumed.resumed_from_epoch == 1
+    assert all(math.isfinite(row["loss"]) for row in resumed.history)
+    for group in resumed_trainer.optimizer.param_groups:
+        assert isinstance(group["lr"], float)
+        assert not group.get("capturable", False)
+    a, b = _state(full.student_path), _state(resumed.student_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- unreadable last.pt
+
+
+def _tensor_file(path):
+    torch.save(torch.zeros(3), path)
+
+
+@pytest.mark.parametrize("write", [
+    pytest.param(lambda p: p.write_bytes(os.urandom(2048)), id="garbage"),
+    pytest.param(lambda p: p.write_bytes(p.read_bytes()[:4000]), id="truncated"),
+    pytest.param(lambda p: p.write_bytes(b""), id="empty"),
+    pytest.param(_tensor_file, id="not-a-run-checkpoint"),
+])
+def test_unreadable_last_pt_is_a_clear_checkpoint_error(write, tmp_path):
+    cfg = _small_cfg(**{"train.epochs": 1})
+    Trainer(cfg, tmp_path, progress=False).fit(stop_after=1)
+    path = tmp_path / "last.pt"
+    write(path)
+    with pytest.raises(CheckpointError, match="--no-resume") as info:
+        Trainer(cfg, tmp_path, progress=False).fit(resume=True)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, WeightsError)  # bad input: the CLI exits 2
+
+
+def test_cli_train_with_a_corrupt_last_pt_exits_2_naming_the_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from bkdsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["method"] = "ce"
+    spec["data"]["synthetic"].update(train_size=128, test_size=64)
+    spec["train"]["epochs"] = 1
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"\x00garbage" * 100)
+    result = CliRunner().invoke(main, ["train", path, "--out", str(out)])
+    text = result.output + (result.stderr or "")
+    assert result.exit_code == 2, text
+    assert str(out / "last.pt") in text and "--no-resume" in text
+    assert "Traceback" not in text
+    # The advice works.
+    result = CliRunner().invoke(main, ["train", path, "--out", str(out), "--no-resume"])
+    assert result.exit_code == 0, result.output
+    assert _state(out / "last.pt")["epoch"] == 1

@@ -2,6 +2,7 @@
 carry code or are corrupt, bad storage URLs, passwords in URLs."""
 
 import copy
+import json
 import os
 import pathlib
 import pickle
@@ -16,17 +17,19 @@ from optuna.trial import TrialState
 from workerkit import quick_spec
 
 from bkdsearch.cli import main
+from bkdsearch.engine import Trainer
 from bkdsearch.search import (
     MAX_CONSECUTIVE_FAILURES,
     StorageError,
     TrialsKeepFailing,
+    TrialSuggest,
     Worker,
     fail_stale_trials,
     heartbeat_settings,
     make_storage,
     open_study,
 )
-from bkdsearch.spec import Spec
+from bkdsearch.spec import RuntimeConfig, Spec, resolve
 
 CPU = torch.device("cpu")
 
@@ -146,6 +149,52 @@ def test_retry_refuses_a_checkpoint_artifact_that_carries_code(tmp_path, monkeyp
     assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 0}
     assert "not available" in retry.user_attrs["resume_note"]
     assert not marker.exists()
+
+
+def test_retry_on_a_cpu_worker_resumes_a_gpu_workers_checkpoint(tmp_path):
+    """A trial trained by a GPU worker (device cuda:0, graphs, bf16, channels_last) whose
+    worker died is retried by a CPU worker: the runtime differs, yet it resumes from the
+    saved epoch."""
+    spec = _spec(tmp_path, epochs=2)
+    study = open_study(spec, f"sqlite:///{tmp_path}/s.db", "other-device")
+    worker = Worker(spec, study, n_trials=1, device=CPU, studies_dir=tmp_path / "studies", progress=False)
+    dead = study.ask()
+    cfg = resolve(spec, TrialSuggest(dead))
+    gpu = cfg.model_copy(update={"runtime": RuntimeConfig(device="cuda:0", amp="bf16", cuda_graph="on",
+                                                          channels_last="on")})
+    # Trained here on the CPU (where those runtime settings are inert), saved as that worker would.
+    Trainer(gpu, tmp_path / "gpu-run", device=CPU, progress=False).fit(stop_after=1)
+    with open(tmp_path / "gpu-run" / "last.pt", "rb") as f:
+        worker.artifacts.write("gpu-epoch-1", f)
+    dead.set_user_attr("checkpoint", {"artifact_id": "gpu-epoch-1", "epoch": 1})
+    study.tell(dead, state=TrialState.FAIL)
+    study._storage.get_heartbeat_stale_trial_callback()(study, study._storage.get_trial(dead._trial_id))
+    worker.run()
+    retry = study.get_trials()[1]
+    assert retry.state == TrialState.COMPLETE, retry.user_attrs
+    assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 1}
+    assert "resume_note" not in retry.user_attrs
+    assert retry.user_attrs["run_config"]["runtime"]["device"] == "cpu"
+    rows = (tmp_path / "studies" / "other-device" / f"trial-{retry.number}" / "metrics.jsonl").read_text()
+    assert [json.loads(r)["epoch"] for r in rows.splitlines() if "epoch" in r] == [2]
+
+
+def test_stop_request_fails_the_running_trial_as_interrupted_and_queues_it(tmp_path):
+    """Ctrl-C sets the worker's stop event: the trainer stops before its next step, and the
+    trial ends FAIL (interrupted) and is queued again with the same parameters."""
+    spec = _spec(tmp_path)
+    study = open_study(spec, f"sqlite:///{tmp_path}/s.db", "stop")
+    worker = Worker(spec, study, n_trials=1, device=CPU, studies_dir=tmp_path / "studies",
+                    progress=False, log=lambda m: None)
+    worker.stop.set()
+    worker.run_trial(study.ask())
+    assert (tmp_path / "studies" / "stop" / "trial-0").is_dir()  # the trainer had started
+    stopped, queued = study.get_trials()
+    assert stopped.state == TrialState.FAIL
+    assert stopped.user_attrs["fail_reason"].startswith("interrupted")
+    assert queued.state == TrialState.WAITING and queued.params == stopped.params
+    assert queued.system_attrs["failed_trial"] == stopped.number
+    assert worker.report.failed == 1
 
 
 def test_heartbeat_settings_from_the_environment(monkeypatch):
