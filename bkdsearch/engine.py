@@ -386,7 +386,7 @@ class Trainer:
         if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
             raise CheckpointError(f"cannot resume from {path}: not a bkdsearch run checkpoint; {fix}")
         if state["config_digest"] != self.cfg.digest():
-            raise ValueError(f"{path} belongs to a different run configuration")
+            raise CheckpointError(f"cannot resume from {path}: it belongs to a different run configuration; {fix}")
         self.method.load_trainable_state(state["method"])
         self.optimizer.load_state_dict(self._fit_optimizer_state(state["optimizer"]))
         if self.use_graph:  # keep the learning rate a device tensor the graph can read

@@ -74,7 +74,7 @@ def test_same_seed_same_weights_other_seed_differs(teacher_ckpt, tmp_path):
 
 def test_checkpoint_of_another_config_is_refused(teacher_ckpt, tmp_path):
     Trainer(_cfg(method="ce", **{"train.epochs": 1}), tmp_path, progress=False).fit()
-    with pytest.raises(ValueError, match="different run configuration"):
+    with pytest.raises(CheckpointError, match="different run configuration"):
         Trainer(_cfg(method="ce", **{"train.epochs": 2}), tmp_path, progress=False).fit()
 
 

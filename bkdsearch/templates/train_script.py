@@ -18,9 +18,10 @@ class Config(dict):
         return Config(value) if isinstance(value, dict) else value
 
     def digest(self):
+        """A short hash of what the run computes (``runtime`` only says how it executes)."""
         import hashlib
 
-        blob = json.dumps(self, sort_keys=True).encode()
+        blob = json.dumps({k: v for k, v in self.items() if k != "runtime"}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
