@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .urls import redact
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -32,7 +33,8 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn known errors into a short message and exit code (2 bad input, 1 runtime)."""
+    """Turn known errors into a short message and exit code (2 bad input, 1 runtime); every
+    message has the passwords of the URLs in it replaced by ``***``."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,13 +45,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except click.ClickException:
             raise
         except _bad_input_errors() as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
+            # Redacted here too: an unexpected exception (a driver's, say) may quote the URL.
+            err.print(f"[bold red]failed:[/] {type(exc).__name__}: {escape(redact(str(exc)))}", soft_wrap=True)
             sys.exit(1)
 
     return wrapper
@@ -61,7 +64,7 @@ def _load(spec_path: str) -> Any:
     try:
         return load_spec(spec_path)
     except SpecError as exc:
-        err.print(exc.format(spec_path), soft_wrap=True, markup=False)
+        err.print(redact(exc.format(spec_path)), soft_wrap=True, markup=False)
         err.print(f"{len(exc.errors)} error(s) in {spec_path}")
         sys.exit(2)
 
@@ -217,13 +220,17 @@ def _storage_for(spec_path: str | None, storage: str | None) -> str:
 @click.option("--devices", default="auto", show_default=True, help="auto, cpu, or GPU indices 0,1,...")
 @click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="Trials trained at once on each device (one CUDA stream each).")
+@click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes from; "
+                   "give every machine of a shared study the same shared path. Default: "
+                   "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
-        timeout: float | None, devices: str, trials_per_device: int, quiet: bool) -> None:
+        timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
+        quiet: bool) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached."""
     from .search import devices_for, open_study, run_workers
-    from .urls import redact
 
     spec = _load(spec_path)
     url = storage or spec.default_storage()
@@ -233,12 +240,16 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
         raise click.BadParameter(str(exc), param_hint="--devices") from None
     study = open_study(spec, url, study_name)
     cap = n_trials or spec.search.n_trials
-    out.print(f"study [bold]{study.study_name}[/] in {redact(url)}; cap {cap} trials; "
-              f"devices {', '.join(str(d) for d in devs)} x {trials_per_device}")
+    # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
+    out.print(f"study [bold]{escape(study.study_name)}[/] in {escape(redact(url))}; cap {cap} trials; "
+              f"devices {', '.join(str(d) for d in devs)} x {trials_per_device}", soft_wrap=True)
+    # Worker takes the study's own folder; without the option it falls back to the env var.
+    artifacts = Path(artifact_dir) / study.study_name if artifact_dir else None
     report = run_workers(spec, study, n_trials=cap, devices=devs, trials_per_device=trials_per_device,
-                         studies_dir=STUDIES, timeout=timeout or spec.search.timeout,
-                         progress=not quiet, log=lambda m: out.print(m, markup=False))
-    out.print(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
+                         studies_dir=STUDIES, timeout=timeout or spec.search.timeout, artifact_dir=artifacts,
+                         progress=not quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
+    out.print(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed",
+              soft_wrap=True)
 
 
 @main.command()
@@ -274,7 +285,8 @@ def dashboard(storage: str, host: str, port: int) -> None:
         raise click.UsageError("optuna-dashboard is not installed: pip install 'bkdsearch[dashboard]'") from None
     from .search import make_storage
 
-    run_server(make_storage(storage), host=host, port=port)
+    # create=False: a mistyped SQLite path is an error, not a new empty study database.
+    run_server(make_storage(storage, create=False), host=host, port=port)
 
 
 @main.command()

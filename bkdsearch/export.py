@@ -150,6 +150,7 @@ def export_trial(storage_url: str, study_name: str, trial_ref: str, output: Path
 
     Raises:
         bkdsearch.search.NotFound: no such study or trial.
+        bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
         ExportError: the configuration cannot be exported.
     """
     from .report import _load_study

@@ -15,8 +15,14 @@ from .urls import redact
 StudyNotFound = NotFound
 
 
+def _read_storage(storage_url: str) -> optuna.storages.RDBStorage:
+    """Open an existing storage: reading a study never creates a database (a mistyped
+    SQLite path is a StorageError, not a new empty file)."""
+    return make_storage(storage_url, create=False)
+
+
 def _load_study(storage_url: str, name: str) -> optuna.Study:
-    storage = make_storage(storage_url)
+    storage = _read_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name not in names:
         raise StudyNotFound(f"no study {name!r} in {redact(storage_url)}; studies: {', '.join(names) or 'none'}")
@@ -29,9 +35,9 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
 
     Raises:
         StudyNotFound: ``study_name`` is not in the storage.
-        bkdsearch.search.StorageError: the storage cannot be opened.
+        bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
-    storage = make_storage(storage_url)
+    storage = _read_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is not None:
         if study_name not in names:
@@ -89,6 +95,7 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
 
     Raises:
         StudyNotFound: no such study, or it has no complete trial.
+        bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
     import matplotlib
 

@@ -64,3 +64,23 @@ def test_train_writes_metrics_and_loadable_student(tmp_path, teacher_ckpt):
     model = create_model("resnet8", num_classes=10)
     model.load_state_dict(torch.load(out / "student.pt", weights_only=True), strict=True)
     assert json.loads((out / "config.json").read_text())["blockkd"]["order"] == "deep_first"
+
+
+def test_run_artifact_dir_option_wins_and_log_lines_do_not_wrap(tmp_path, teacher_ckpt):
+    """--artifact-dir DIR puts the checkpoints of running trials in DIR/<study>, over
+    BKDSEARCH_ARTIFACT_DIR and the default studies/<study>/artifacts; log lines stay whole
+    in a 40-column terminal."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["teacher"]["checkpoint"] = teacher_ckpt
+    spec["train"]["epochs"] = 1
+    spec["search"] = {"n_trials": 1, "pruner": "none"}
+    env = {**ENV, "BKDSEARCH_ARTIFACT_DIR": str(tmp_path / "env-artifacts"), "COLUMNS": "40"}
+    r = subprocess.run([sys.executable, "-m", "bkdsearch.cli", "run", write_spec(tmp_path / "s.yaml", spec),
+                        "--quiet", "--artifact-dir", str(tmp_path / "shared")],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert [p for p in (tmp_path / "shared" / "tiny").rglob("*") if p.is_file()], "no checkpoint artifact"
+    assert not (tmp_path / "env-artifacts").exists()
+    assert not (tmp_path / "studies" / "tiny" / "artifacts").exists()
+    assert "study tiny: 1 done, 0 pruned, 0 failed, 0 running / cap 1; best val acc" in r.stdout
+    assert "study tiny in sqlite:///studies/tiny.db; cap 1 trials; devices cpu x 1" in r.stdout
