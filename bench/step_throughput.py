@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import damped_teacher  # noqa: E402
 
 from bkdsearch.engine import Trainer  # noqa: E402
 from bkdsearch.spec import (  # noqa: E402
@@ -33,7 +36,6 @@ from bkdsearch.spec import (  # noqa: E402
     RunConfig,
     RuntimeConfig,
 )
-from bkdsearch.zoo import create_model  # noqa: E402
 
 PARTITION = PartitionConfig(name="stage", teacher=["layer1.17", "layer2.17"], student=["layer1.4", "layer2.4"])
 
@@ -50,20 +52,6 @@ def config(method: str, batch: int, graph: bool, device: str, epochs: int = 1) -
         runtime=RuntimeConfig(device=device, cuda_graph="on" if graph else "off",
                               amp="auto" if device != "cpu" else "off"),
     )
-
-
-def teacher_file() -> str:
-    """An untrained resnet110 whose residual branches are damped (bn2 scale 0.2), so its
-    logits stay in a trained network's range instead of growing with depth."""
-    torch.manual_seed(1)
-    teacher = create_model("resnet110", num_classes=100)
-    with torch.no_grad():
-        for name, module in teacher.named_modules():
-            if name.endswith("bn2"):
-                module.weight.fill_(0.2)
-    path = Path(tempfile.mkdtemp()) / "teacher.pt"
-    torch.save(teacher.state_dict(), path)
-    return str(path)
 
 
 def sync(device: torch.device) -> None:
@@ -130,7 +118,7 @@ def main() -> None:
     result = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "command": " ".join(sys.argv), "rows": []}
     print(f"device {name}, torch {torch.__version__}", flush=True)
-    teacher = teacher_file()
+    teacher = damped_teacher("resnet110", 100, tempfile.mkdtemp())
     if device.startswith("cuda"):
         result["exactness"] = exactness(teacher, device)
         print("exactness", result["exactness"], flush=True)

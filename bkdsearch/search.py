@@ -21,9 +21,10 @@ Failures:
   ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING.
 
 Heartbeat interval and grace period come from ``BKDSEARCH_HEARTBEAT_S`` (default 10 s) and
-``BKDSEARCH_GRACE_S`` (default 30 s); checkpoints of running trials go to
-``BKDSEARCH_ARTIFACT_DIR`` (default ``studies/<study>/artifacts``; give every machine of a
-shared study the same shared path so that a retry on another machine finds them).
+``BKDSEARCH_GRACE_S`` (default 30 s, or three intervals when that is longer); checkpoints of
+running trials go to ``--artifact-dir``, else ``BKDSEARCH_ARTIFACT_DIR``, else
+``studies/<study>/artifacts`` (give every machine of a shared study the same shared path so
+that a retry on another machine finds them).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ HEARTBEAT_S = 10
 """Default seconds between heartbeats of a running trial (``BKDSEARCH_HEARTBEAT_S``)."""
 GRACE_S = 30
 """Default seconds without a heartbeat after which a running trial counts as dead
-(``BKDSEARCH_GRACE_S``)."""
+(``BKDSEARCH_GRACE_S``); at least three heartbeat intervals."""
 MAX_RETRY = 3
 """How many times a trial whose worker died is queued again."""
 INTERRUPTED = "interrupted (Ctrl-C)"
