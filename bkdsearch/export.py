@@ -33,7 +33,7 @@ _FAMILY_FILES = {
     "imagenet": ("resnet18", "resnet34", "resnet50", "mobilenet_v2"),
 }
 _CORE_BEFORE = ["zoo/atoms.py", "zoo/registry.py"]
-_CORE_AFTER = ["zoo/weights.py", "blocks.py", "losses.py", "methods.py", "data.py", "engine.py"]
+_CORE_AFTER = ["zoo/weights.py", "blocks.py", "losses.py", "methods.py", "data/sources.py", "engine.py"]
 _ALLOWED_IMPORTS = {"torch", "torchvision", "numpy", "PIL"}
 
 

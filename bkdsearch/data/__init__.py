@@ -1,0 +1,53 @@
+"""Datasets, validation split and device-resident loading (see :mod:`bkdsearch.data.sources`)."""
+
+from __future__ import annotations
+
+from .sources import (
+    DATASETS,
+    DEBIAN_FASHION_MNIST_DIR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    DataBundle,
+    DataError,
+    DatasetInfo,
+    DeviceLoader,
+    FolderLoader,
+    SyntheticConfig,
+    as_cifar_input,
+    build_data,
+    clear_cache,
+    dataset_info,
+    input_size_of,
+    load_arrays,
+    make_synthetic,
+    open_image_folder,
+    read_idx,
+    split_train_val,
+    stratified_split_indices,
+)
+
+__all__ = [
+    "DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ArrayDataset",
+    "DataBundle",
+    "DataError",
+    "DatasetInfo",
+    "DeviceLoader",
+    "FolderLoader",
+    "SyntheticConfig",
+    "as_cifar_input",
+    "build_data",
+    "clear_cache",
+    "dataset_info",
+    "input_size_of",
+    "load_arrays",
+    "make_synthetic",
+    "open_image_folder",
+    "read_idx",
+    "split_train_val",
+    "stratified_split_indices",
+]
