@@ -33,7 +33,10 @@ _FAMILY_FILES = {
     "imagenet": ("resnet18", "resnet34", "resnet50", "mobilenet_v2"),
 }
 _CORE_BEFORE = ["zoo/atoms.py", "zoo/registry.py"]
-_CORE_AFTER = ["zoo/weights.py", "blocks.py", "losses.py", "methods.py", "data/sources.py", "engine.py"]
+# The data package, in dependency order (each module only uses names of those before it).
+_DATA_FILES = ["data/arrays.py", "data/synthetic.py", "data/sources.py", "data/splits.py",
+               "data/loader.py", "data/folder.py", "data/build.py"]
+_CORE_AFTER = ["zoo/weights.py", "blocks.py", "losses.py", "methods.py", *_DATA_FILES, "engine.py"]
 _ALLOWED_IMPORTS = {"torch", "torchvision", "numpy", "PIL"}
 
 
@@ -77,13 +80,25 @@ def _strip(source: str, name: str) -> tuple[str, list[str]]:
     return f"# {'-' * 20} from bkdsearch/{name}\n{body}\n", imports
 
 
+def _package_imports(source: str) -> list[str]:
+    """Return the names ``source`` imports from its own package at top level (``from .x
+    import a``): in the script they must come from a module inlined before it."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            names += [a.name if a.asname in (None, a.name) else f"{a.name} as {a.asname}" for a in node.names]
+    return names
+
+
 def _top_level_names(source: str) -> set[str]:
     names = set()
     for node in ast.parse(source).body:
         if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
             names.add(node.name)
         elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            # Plain and tuple targets (``a, b = ...``) alike.
+            names.update(n.id for t in node.targets for n in ast.walk(t)
+                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
     return names
@@ -94,12 +109,17 @@ def inline_modules(files: list[str]) -> str:
 
     Raises:
         ExportError: two modules define the same top-level name (one would shadow the
-            other in a single file), or a module imports a third-party package the script
-            may not use.
+            other in a single file), a module uses a name of its package that no module
+            before it defines (wrong order, a missing file, an ``as`` alias), or a module
+            imports a third-party package the script may not use.
     """
     bodies, imports, owners = [], [], {}
     for rel in files:
-        body, imps = _strip((_PACKAGE / rel).read_text(), rel)
+        source = (_PACKAGE / rel).read_text()
+        missing = [name for name in _package_imports(source) if name not in owners]
+        if missing:
+            raise ExportError(f"{rel} imports {missing} from bkdsearch, which no module inlined before it defines")
+        body, imps = _strip(source, rel)
         for name in _top_level_names(body):
             if name in owners:
                 raise ExportError(f"{name!r} is defined in both {owners[name]} and {rel}")

@@ -305,6 +305,41 @@ def test_upstream_initialisation(name: str) -> None:
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
 
 
+
+def _upstream_vgg_init(model: nn.Module) -> None:
+    """RepDistiller's loop in VGG and MobileNetV2 (``_initialize_weights``), verbatim."""
+    import math
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.01)
+            m.bias.data.zero_()
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg13", "MobileNetV2"])
+def test_vgg_style_init_is_upstreams_loop_bit_for_bit(name: str) -> None:
+    from bkdsearch.zoo.registry import init_vgg_style
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    reference = copy.deepcopy(model)
+    torch.manual_seed(1)
+    init_vgg_style(model)
+    torch.manual_seed(1)
+    _upstream_vgg_init(reference)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 # --- registry ------------------------------------------------------------------------------
 
 

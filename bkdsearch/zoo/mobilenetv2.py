@@ -11,13 +11,11 @@ fall after ``blocks.6.0``. Head: average pool, flatten, classifier.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .atoms import Chain, Decomposition
-from .registry import register_model
+from .registry import init_vgg_style, register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
 
@@ -103,18 +101,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
         # Upstream initialisation: He (fan_out) convs, identity BN, N(0, 0.01) linear.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_vgg_style(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits."""

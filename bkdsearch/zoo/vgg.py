@@ -14,7 +14,6 @@ pool in front of a block belongs to that block's first atom. Head: pool4, flatte
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Chain, Decomposition
-from .registry import register_model
+from .registry import init_vgg_style, register_model
 
 __all__ = ["VGG", "VGG_CFGS"]
 
@@ -70,18 +69,7 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
         # Upstream initialisation: He (fan_out) convs with zero bias, identity BN,
         # N(0, 0.01) linear with zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_vgg_style(self)
 
     @staticmethod
     def _make_block(widths: list[int], in_channels: int) -> nn.Sequential:

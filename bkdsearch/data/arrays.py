@@ -1,0 +1,95 @@
+"""In-memory datasets: :class:`ArrayDataset`, the data error, and the seed derivation every
+data module draws its random streams from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
+"""Names accepted by :func:`build_data`."""
+
+
+class DataError(Exception):
+    """Missing, misplaced or corrupt data (the CLI reports it and exits with code 2).
+
+    The message says what was looked for, where, and how to fix it.
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A whole dataset held in memory.
+
+    Attributes:
+        images: uint8 tensor (N, C, H, W) on the CPU. Shared by caches and loaders: never
+            modify it in place.
+        labels: int64 tensor (N,) with values in ``[0, num_classes)``.
+        num_classes: number of classes.
+        mean: per-channel mean used for normalisation, in 0..1 pixel units.
+        std: per-channel standard deviation used for normalisation, in 0..1 pixel units.
+        name: dataset name (``cifar10``, ``synthetic``...).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels must be int64 of shape ({self.images.shape[0]},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+        c = self.images.shape[1]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean and std need {c} values (one per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        _, c, h, w = self.images.shape
+        return (int(c), int(h), int(w))
+
+    def subset(self, indices: torch.Tensor) -> ArrayDataset:
+        """Return the samples at ``indices`` (int64 tensor), same metadata."""
+        return ArrayDataset(
+            images=self.images.index_select(0, indices),
+            labels=self.labels.index_select(0, indices),
+            num_classes=self.num_classes,
+            mean=self.mean,
+            std=self.std,
+            name=self.name,
+        )
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixing ``parts``; neighbouring inputs give unrelated streams."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _cpu_generator(*parts: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(_derive_seed(*parts))
+    return g

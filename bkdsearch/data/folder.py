@@ -1,0 +1,234 @@
+"""Image folders (ImageNet-style ``root/train/<class>/*.jpg``): indexing, decoding with the
+usual ImageNet transforms, and :class:`FolderLoader`."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arrays import DataError, _cpu_generator
+from .loader import _EpochLoader, _resolve_device
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_LAYOUT = "expected layout: root/train/<class>/*.jpg and root/val/<class>/*.jpg"
+
+
+def open_image_folder(root: str | Path, split: str) -> Any:
+    """Index ``root/<split>/<class>/<image>`` with ``torchvision.datasets.ImageFolder``.
+
+    Only the file list is built; images are decoded by :class:`FolderLoader`.
+
+    Returns:
+        The ``ImageFolder`` (``samples``, ``targets``, ``classes``).
+
+    Raises:
+        DataError: ``root`` or ``root/<split>`` missing, no class folders, or no images.
+    """
+    from torchvision import datasets
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder root {root} does not exist; {_LAYOUT}")
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"{folder} does not exist; {_LAYOUT}")
+    try:
+        return datasets.ImageFolder(str(folder), loader=_load_rgb)
+    except (FileNotFoundError, RuntimeError, OSError) as exc:
+        raise DataError(f"no usable images in {folder} ({exc}); {_LAYOUT}") from exc
+
+
+def _load_rgb(path: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL signals broken files these ways
+        raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from exc
+
+
+def _random_resized_crop_box(
+    width: int, height: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0)
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of an Inception-style random crop: random area and aspect ratio."""
+    area = width * height
+    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    # Fall back to the largest centred crop with a permissible aspect ratio.
+    ratio = width / height
+    if ratio < 3 / 4:
+        w, h = width, round(width / (3 / 4))
+    elif ratio > 4 / 3:
+        h, w = height, round(height * (4 / 3))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class _FolderSamples(torch.utils.data.Dataset):
+    """Decodes and transforms ``(index, augmentation_seed)`` items into uint8 CHW tensors.
+
+    The seed travels with the index (from :class:`_EpochSampler`), so augmentation does not
+    depend on worker count or on torch's global RNG.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        augment: bool,
+        flip: bool,
+        image_size: int,
+        resize_size: int,
+    ) -> None:
+        self.samples = list(samples)
+        self.augment = augment
+        self.flip = flip
+        self.image_size = image_size
+        self.resize_size = resize_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        index, aug_seed = item
+        path, target = self.samples[index]
+        img = _load_rgb(path)
+        size = [self.image_size, self.image_size]
+        if self.augment:
+            rng = random.Random(aug_seed)
+            top, left, h, w = _random_resized_crop_box(img.width, img.height, rng)
+            img = TF.resized_crop(
+                img,
+                top,
+                left,
+                h,
+                w,
+                size,
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            )
+            if self.flip and rng.random() < 0.5:
+                img = TF.hflip(img)
+        else:
+            img = TF.resize(img, self.resize_size, antialias=True)
+            img = TF.center_crop(img, size)
+        return TF.pil_to_tensor(img), target
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(index, augmentation_seed)``; order and seeds are a function of (seed, epoch)."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = _cpu_generator(self.seed, self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+
+
+class FolderLoader(_EpochLoader):
+    """Batches decoded from an image folder, with the usual ImageNet transforms.
+
+    Training: random resized crop to ``image_size`` (area 8-100 %, aspect 3/4-4/3) and a
+    random horizontal flip; evaluation: resize the short side to ``resize_size`` then centre
+    crop ``image_size``. Decoding runs in ``num_workers`` processes (0: in this process);
+    batches travel as uint8 (pinned when the device is CUDA) and are normalised on the device.
+    Same interface and reproducibility contract as :class:`DeviceLoader`.
+
+    Attributes:
+        num_samples: samples in the (sub)set.
+        classes: class names (folder names), in label order.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        batch_size: int,
+        device: str | torch.device,
+        *,
+        train: bool,
+        seed: int,
+        image_size: int = 224,
+        resize_size: int | None = None,
+        num_workers: int = 0,
+        drop_last: bool | None = None,
+        augment: bool | None = None,
+        flip: bool = True,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        """Prepare a loader over ``samples`` (``(path, class_index)`` pairs).
+
+        ``augment`` (default: ``train``) selects the training transforms; ``flip`` adds the
+        horizontal flip to them. A ``train`` loader without ``augment`` only shuffles.
+
+        Raises:
+            ValueError: non-positive ``batch_size`` or ``image_size``, negative workers.
+            DataError: no samples, or ``drop_last`` with fewer samples than one batch.
+        """
+        if batch_size < 1 or image_size < 1 or num_workers < 0:
+            raise ValueError("batch_size and image_size must be >= 1, num_workers >= 0")
+        self.device = _resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
+        self.num_samples = len(samples)
+        self.input_size = (3, image_size, image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        if self.num_samples == 0 or (self.drop_last and self.num_samples < self.batch_size):
+            raise DataError(
+                f"{self.num_samples} images cannot fill one batch of {self.batch_size}; add "
+                "images or lower batch_size"
+            )
+        resize = resize_size if resize_size is not None else round(image_size * 256 / 224)
+        augment = self.train if augment is None else bool(augment)
+        self._dataset = _FolderSamples(samples, augment, bool(flip), image_size, resize)
+        self._sampler = _EpochSampler(self.num_samples, self.train, self.seed)
+        self._loader = torch.utils.data.DataLoader(
+            self._dataset,
+            batch_size=self.batch_size,
+            sampler=self._sampler,
+            drop_last=self.drop_last,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._sampler.epoch = epoch
+        non_blocking = self.device.type == "cuda"
+        for x, y in self._loader:
+            x = x.to(self.device, non_blocking=non_blocking)
+            x = x.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
+            yield x, y.to(self.device, non_blocking=non_blocking)
