@@ -442,6 +442,7 @@ class Trainer:
             for epoch in range(start, last_epoch):
                 self._check_stop()
                 self.method.train()
+                self.method.start_epoch(epoch + 1, recipe.epochs)
                 train_loader.set_epoch(epoch)
                 loss_sum = torch.zeros((), device=self.device)
                 t0 = time.perf_counter()

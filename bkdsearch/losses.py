@@ -52,6 +52,22 @@ def dkd_loss(
     return (alpha * tckd + beta * nckd) * tau**2
 
 
+def dkd_warmup_factor(epoch: int, warmup: int) -> float:
+    """Return DKD's linear warm-up factor ``min(epoch / warmup, 1)`` for the 1-based ``epoch``;
+    1 when ``warmup`` is 0 (no warm-up).
+
+    Zhao et al. (CVPR 2022) ramp the DKD loss in over the first 20 of 240 CIFAR epochs: its
+    NCKD term (beta 8) is large next to CE while the student is still random.
+
+    Raises:
+        ValueError: ``epoch`` < 1 (a 0-based epoch would zero the first epoch's DKD terms)
+            or ``warmup`` < 0.
+    """
+    if epoch < 1 or warmup < 0:
+        raise ValueError(f"need a 1-based epoch and warmup >= 0, got epoch {epoch}, warmup {warmup}")
+    return min(epoch / warmup, 1.0) if warmup else 1.0
+
+
 def make_logit_loss(kind: str, tau: float, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> LogitLoss:
     """Return the logit-matching loss ``kind`` (``"kl"`` or ``"dkd"``) as ``f(s, t, target)``.
 
@@ -99,6 +115,7 @@ def blockkd_loss(
     gamma: float,
     tau: float,
     logit_loss: LogitLoss,
+    logit_scale: Tensor | float = 1.0,
 ) -> BlockKDLoss:
     """Return the Block-KD objective of DESIGN.md::
 
@@ -107,7 +124,9 @@ def blockkd_loss(
           + gamma * [KD(y_S,e) + sum_i KD(y_i,e)],   e = mean_i y_i (detached)
 
     ``LL`` is ``logit_loss`` (KD or DKD); the ensemble term always uses KD at ``tau``.
-    With no stones the ensemble term is zero.
+    With no stones the ensemble term is zero. ``logit_scale`` multiplies the beta term in
+    ``total`` (DKD's warm-up factor, see :func:`dkd_warmup_factor`); a 0-dim tensor keeps it
+    readable by a captured CUDA graph. The returned ``kd`` term is unscaled.
     """
     ce = F.cross_entropy(student.float(), target)
     kd = logit_loss(student, teacher, target)
@@ -118,5 +137,5 @@ def blockkd_loss(
     if stones and gamma != 0.0:
         e = torch.stack([y.float() for y in stones]).mean(0).detach()
         ensemble = kd_loss(student, e, tau) + sum(kd_loss(y, e, tau) for y in stones)
-    total = alpha * ce + beta * kd + gamma * ensemble
+    total = alpha * ce + beta * kd * logit_scale + gamma * ensemble
     return BlockKDLoss(total, ce.detach(), kd.detach(), ensemble.detach())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import Partition, SteppingStones
-from .losses import blockkd_loss, dkd_loss, kd_loss, make_logit_loss, stone_weights
+from .losses import blockkd_loss, dkd_loss, dkd_warmup_factor, kd_loss, make_logit_loss, stone_weights
 
 if TYPE_CHECKING:
     from .spec import RunConfig
@@ -40,6 +40,11 @@ class Method(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Prepare for the 1-based ``epoch`` of ``epochs``: the training loop calls this before
+        each epoch's first step, including the first epoch of a resumed run, so per-epoch
+        state must follow from ``epoch`` alone. The base method has none; returns nothing."""
 
     def trainable_state(self) -> dict[str, Tensor]:
         """Return the state dict of everything that learns (student, connectors), not the
@@ -81,12 +86,38 @@ class KD(Method):
         return StepOut(loss, logits)
 
 
-class DKD(Method):
-    """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta)``."""
+class DKDWarmup(Method):
+    """Base of the methods using the DKD loss: its terms are scaled by ``dkd_scale``, which
+    :meth:`start_epoch` sets to ``min(epoch / dkd_warmup, 1)`` (1 when ``dkd_warmup`` is 0).
+
+    ``dkd_scale`` is a 0-dim buffer filled in place, like the learning rate: a CUDA graph
+    captured once reads its current value at each replay, where a Python float would stay
+    frozen at its capture-time value. It is not persistent (not in checkpoints): it follows
+    from the epoch, which a resumed run passes to :meth:`start_epoch` as well.
+    """
+
+    dkd_scale: Tensor
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, dkd_warmup: int) -> None:
+        super().__init__(student, teacher)
+        self.dkd_warmup = dkd_warmup
+        self.register_buffer("dkd_scale", torch.ones(()), persistent=False)
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Set ``dkd_scale`` to the warm-up factor of the 1-based ``epoch``; returns nothing.
+
+        Raises:
+            ValueError: ``epoch`` < 1.
+        """
+        self.dkd_scale.fill_(dkd_warmup_factor(epoch, self.dkd_warmup))
+
+
+class DKD(DKDWarmup):
+    """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta) * dkd_scale``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float,
-                 dkd_alpha: float, dkd_beta: float) -> None:
-        super().__init__(student, teacher)
+                 dkd_alpha: float, dkd_beta: float, dkd_warmup: int = 0) -> None:
+        super().__init__(student, teacher, dkd_warmup)
         self.tau, self.alpha, self.beta = tau, alpha, beta
         self.dkd_alpha, self.dkd_beta = dkd_alpha, dkd_beta
 
@@ -94,15 +125,18 @@ class DKD(Method):
         logits = self.student(x)
         t = self._teacher_logits(x)
         loss = self.alpha * F.cross_entropy(logits.float(), y) + self.beta * dkd_loss(
-            logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
+            logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta) * self.dkd_scale
         return StepOut(loss, logits)
 
 
-class BlockKD(Method):
-    """Block-wise logit distillation through stepping-stones (DESIGN.md)."""
+class BlockKD(DKDWarmup):
+    """Block-wise logit distillation through stepping-stones (DESIGN.md); with the ``dkd``
+    logit loss, its logit-loss terms warm up as :class:`DKDWarmup` says."""
 
     def __init__(self, stones: SteppingStones, cfg: RunConfig) -> None:
-        super().__init__(stones.student, stones.teacher)
+        # The warm-up belongs to the DKD terms only: a KL logit loss is never ramped.
+        warmup = cfg.loss.dkd_warmup if cfg.loss.logit_loss == "dkd" else 0
+        super().__init__(stones.student, stones.teacher, warmup)
         self.connectors = stones.connectors
         self._stones = (stones,)  # not a submodule: its modules are registered above
         loss = cfg.loss
@@ -114,7 +148,7 @@ class BlockKD(Method):
         out = self._stones[0](x)
         parts = blockkd_loss(out.student, out.teacher, out.stones, self.weights, y,
                              alpha=self.alpha, beta=self.beta, gamma=self.gamma, tau=self.tau,
-                             logit_loss=self.logit_loss)
+                             logit_loss=self.logit_loss, logit_scale=self.dkd_scale)
         return StepOut(parts.total, out.student)
 
 
@@ -134,7 +168,8 @@ def build_method(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
     if cfg.method == "kd":
         return KD(student, teacher, loss.tau, loss.alpha, loss.beta)
     if cfg.method == "dkd":
-        return DKD(student, teacher, loss.tau, loss.alpha, loss.beta, loss.dkd_alpha, loss.dkd_beta)
+        return DKD(student, teacher, loss.tau, loss.alpha, loss.beta, loss.dkd_alpha, loss.dkd_beta,
+                   loss.dkd_warmup)
     if cfg.method == "blockkd":
         b = cfg.blockkd
         if b is None:

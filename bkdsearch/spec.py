@@ -149,6 +149,15 @@ class Recipe(_Strict):
     warmup_epochs: int = Field(0, ge=0)
 
 
+_DKD_WARMUP_DOC = (
+    "Epochs over which the DKD loss ramps in linearly: its terms are scaled by "
+    "min(epoch / dkd_warmup, 1), epochs counted from 1, so the full loss applies from epoch "
+    "dkd_warmup on; 0 (the default) turns the ramp off. Applies to the DKD terms only "
+    "(method dkd, or blockkd with logit_loss dkd). The published DKD recipe uses 20 of "
+    "240 epochs on CIFAR."
+)
+
+
 class LossConfig(_Strict):
     """Loss weights and temperature; which terms apply depends on the method."""
 
@@ -160,6 +169,7 @@ class LossConfig(_Strict):
     logit_loss: Literal["kl", "dkd"] = "kl"
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
+    dkd_warmup: int = Field(0, ge=0, description=_DKD_WARMUP_DOC)
 
 
 class PartitionConfig(_Strict):
@@ -263,6 +273,21 @@ class SearchBlockKD(_Strict):
     logit_loss: Literal["kl", "dkd"] | Choice = "kl"
     dkd_alpha: SearchFloat = 1.0
     dkd_beta: SearchFloat = 8.0
+    dkd_warmup: SearchInt = Field(0, description=_DKD_WARMUP_DOC)
+
+    @field_validator("dkd_warmup")
+    @classmethod
+    def _warmup_epochs(cls, v: int | IntRange | Choice) -> int | IntRange | Choice:
+        """Return ``v`` when every value it may take is a whole number of epochs >= 0.
+
+        Raises:
+            ValueError: a negative value (or range start), or a choice that is not an integer.
+        """
+        values = v.choice if isinstance(v, Choice) else [v.int_range[0] if isinstance(v, IntRange) else v]
+        bad = [x for x in values if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+        if bad:
+            raise ValueError(f"dkd_warmup is a number of epochs >= 0, got {bad[0]!r}")
+        return v
 
 
 class ExplicitPartition(_Strict):
@@ -462,6 +487,7 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
     if logit_loss == "dkd":
         loss["dkd_alpha"] = pick("blockkd.dkd_alpha", b.dkd_alpha)
         loss["dkd_beta"] = pick("blockkd.dkd_beta", b.dkd_beta)
+        loss["dkd_warmup"] = pick("blockkd.dkd_warmup", b.dkd_warmup)
     if method == "blockkd":
         part_name = pick("blockkd.partition", b.partition)
         stones = pick("blockkd.stones", b.stones)

@@ -283,3 +283,151 @@ def test_cli_train_with_a_corrupt_last_pt_exits_2_naming_the_file(tmp_path, monk
     result = CliRunner().invoke(main, ["train", path, "--out", str(out), "--no-resume"])
     assert result.exit_code == 0, result.output
     assert _state(out / "last.pt")["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- DKD warm-up
+
+
+def _dkd_cfg(**overrides):
+    """TINY_SPEC's DKD run on a small training set (7 steps per epoch)."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["method"] = "dkd"
+    spec["data"]["synthetic"].update(train_size=256, test_size=64)
+    return resolve(Spec.model_validate(spec), Defaults(overrides), overrides=overrides)
+
+
+def _scales(trainer):
+    """An on_epoch callback recording the method's DKD factor each epoch, and its list."""
+    seen = []
+    trainer.on_epoch = lambda epoch, row: seen.append((epoch, trainer.method.dkd_scale.item()))
+    return seen
+
+
+def test_dkd_warmup_factor_is_set_for_every_epoch(teacher_ckpt, tmp_path):
+    cfg = _dkd_cfg(**{"train.epochs": 6, "blockkd.dkd_warmup": 4})
+    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False)
+    seen = _scales(trainer)
+    trainer.fit()
+    assert seen == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0), (6, 1.0)]
+
+
+def _first_losses(method, epochs):
+    """Wrap ``method.forward``: keep (batch, teacher logits, StepOut) of the first step of
+    each epoch in ``epochs`` (counted by the hook)."""
+    kept, epoch = {}, [0]
+    forward, start_epoch = method.forward, method.start_epoch
+
+    def on_start(e, n):
+        epoch[0] = e
+        start_epoch(e, n)
+
+    def spy(x, y):
+        out = forward(x, y)
+        if epoch[0] in epochs and epoch[0] not in kept:
+            kept[epoch[0]] = (x.clone(), y.clone(), method._teacher_logits(x), out)
+        return out
+
+    method.forward, method.start_epoch = spy, on_start
+    return kept
+
+
+def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
+    from bkdsearch.losses import dkd_loss
+
+    cfg = _dkd_cfg(**{"train.epochs": 2, "blockkd.dkd_warmup": 4, "blockkd.beta": 2.0})
+    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False)
+    kept = _first_losses(trainer.method, {1, 2})
+    trainer.fit()
+    loss = cfg.loss
+    for epoch, factor in ((1, 0.25), (2, 0.5)):
+        x, y, t, out = kept[epoch]
+        ce = torch.nn.functional.cross_entropy(out.logits.float(), y)
+        dkd = dkd_loss(out.logits, t, y, loss.tau, loss.dkd_alpha, loss.dkd_beta)
+        assert out.loss.item() == pytest.approx((loss.alpha * ce + loss.beta * factor * dkd).item(), rel=1e-6)
+        assert out.loss.item() != pytest.approx((loss.alpha * ce + loss.beta * dkd).item(), rel=1e-3)
+
+
+def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
+    from bkdsearch.engine import build_method_for
+    from bkdsearch.losses import blockkd_loss, make_logit_loss
+
+    cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
+    method = build_method_for(cfg, 10, (3, 32, 32), teacher_ckpt).eval()  # eval: repeatable forwards
+    x, y = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(8)
+    stones = method._stones[0](x)
+    loss = cfg.loss
+    parts = blockkd_loss(stones.student, stones.teacher, stones.stones, method.weights, y, alpha=loss.alpha,
+                         beta=loss.beta, gamma=loss.gamma, tau=loss.tau,
+                         logit_loss=make_logit_loss("dkd", loss.tau, loss.dkd_alpha, loss.dkd_beta))
+    for epoch, factor in ((1, 0.25), (3, 0.75), (4, 1.0)):
+        method.start_epoch(epoch, cfg.train.epochs)
+        expected = loss.alpha * parts.ce + loss.beta * factor * parts.kd + loss.gamma * parts.ensemble
+        assert method(x, y).loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # A KL logit loss is never ramped, whatever dkd_warmup says.
+    kl = build_method_for(cfg.model_copy(update={"loss": loss.model_copy(update={"logit_loss": "kl"})}),
+                          10, (3, 32, 32), teacher_ckpt)
+    kl.start_epoch(1, cfg.train.epochs)
+    assert kl.dkd_scale.item() == 1.0
+
+
+@pytest.mark.parametrize("method", ["dkd", "blockkd"])
+def test_dkd_warmup_zero_is_bit_identical_to_the_unramped_loss(method, teacher_ckpt, tmp_path, monkeypatch):
+    """dkd_warmup 0 (also when not set) trains exactly as the loss did before warm-up existed."""
+    from bkdsearch import methods
+    from bkdsearch.losses import dkd_loss
+
+    extra = {"blockkd.logit_loss": "dkd"} if method == "blockkd" else {}
+    cfg = _dkd_cfg(method=method, **{"train.epochs": 1}, **extra)
+    assert _dkd_cfg(method=method, **{"train.epochs": 1, "blockkd.dkd_warmup": 0}, **extra) == cfg
+    run = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False).fit()
+
+    # The reference: the loss without any warm-up factor.
+    def dkd_forward(self, x, y):
+        logits = self.student(x)
+        t = self._teacher_logits(x)
+        loss = self.alpha * torch.nn.functional.cross_entropy(logits.float(), y) + self.beta * dkd_loss(
+            logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
+        return methods.StepOut(loss, logits)
+
+    unscaled = methods.blockkd_loss
+    monkeypatch.setattr(methods.DKD, "forward", dkd_forward)
+    monkeypatch.setattr(methods, "blockkd_loss", lambda *a, logit_scale, **kw: unscaled(*a, **kw))
+    ref = Trainer(cfg, tmp_path / "ref", teacher_weights=teacher_ckpt, progress=False).fit()
+    a, b = _state(run.student_path), _state(ref.student_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resumed_run_gets_the_same_dkd_factor(teacher_ckpt, tmp_path):
+    cfg = _dkd_cfg(**{"train.epochs": 4, "blockkd.dkd_warmup": 4})
+    full_trainer = Trainer(cfg, tmp_path / "full", teacher_weights=teacher_ckpt, progress=False)
+    full_seen = _scales(full_trainer)
+    full = full_trainer.fit()
+    Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False).fit(stop_after=2)
+    # A fresh process builds a new Trainer, whose method starts at factor 1.
+    trainer = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False)
+    seen = _scales(trainer)
+    resumed = trainer.fit()
+    assert resumed.resumed_from_epoch == 2
+    assert full_seen == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
+    assert seen == full_seen[2:]
+    a, b = _state(full.student_path), _state(resumed.student_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exported_script_warms_dkd_up_like_train(teacher_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    from bkdsearch.export import render_script
+
+    cfg = _dkd_cfg(**{"train.epochs": 2, "blockkd.dkd_warmup": 4})
+    script = tmp_path / "train.py"
+    script.write_text(render_script(cfg, {"study": "test"}))
+    r = subprocess.run([sys.executable, str(script), "--teacher-checkpoint", teacher_ckpt, "--device", "cpu",
+                        "--out", str(tmp_path / "exported"), "--val-fraction", str(cfg.data.val_fraction)],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd="/",
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    trained = Trainer(cfg, tmp_path / "trained", teacher_weights=teacher_ckpt, progress=False).fit()
+    a, b = _state(tmp_path / "exported" / "student.pt"), _state(trained.student_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

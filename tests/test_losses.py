@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkdsearch.losses import blockkd_loss, dkd_loss, kd_loss, make_logit_loss, stone_weights
+from bkdsearch.losses import (
+    blockkd_loss,
+    dkd_loss,
+    dkd_warmup_factor,
+    kd_loss,
+    make_logit_loss,
+    stone_weights,
+)
 
 
 def _kl(p: list[float], q: list[float]) -> float:
@@ -97,3 +104,31 @@ def test_no_stones_no_ensemble():
                        logit_loss=make_logit_loss("kl", 4.0))
     assert out.ensemble.item() == 0.0
     assert out.total.item() == pytest.approx(F.cross_entropy(y, torch.tensor([0, 1])).item(), rel=1e-6)
+
+
+def test_dkd_warmup_factor_ramps_linearly_from_epoch_one():
+    # mdistiller's DKD: min(epoch / warmup, 1) with 1-based epochs.
+    assert [dkd_warmup_factor(e, 4) for e in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert dkd_warmup_factor(1, 20) == 0.05 and dkd_warmup_factor(240, 20) == 1.0
+    assert all(dkd_warmup_factor(e, 0) == 1.0 for e in (1, 2, 240))
+    for epoch, warmup in ((0, 4), (1, -1)):
+        with pytest.raises(ValueError):
+            dkd_warmup_factor(epoch, warmup)
+
+
+def test_logit_scale_multiplies_the_logit_loss_term_only():
+    g = torch.Generator().manual_seed(1)
+    y_s, y_t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    stones = [torch.randn(4, 5, generator=g) for _ in range(2)]
+    target = torch.tensor([0, 1, 2, 3])
+    kw = dict(alpha=0.7, beta=1.3, gamma=0.4, tau=3.0, logit_loss=make_logit_loss("dkd", 3.0, 1.0, 8.0))
+    plain = blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, **kw)
+    scale = torch.tensor(0.25)
+    scaled = blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, logit_scale=scale, **kw)
+    assert torch.equal(scaled.kd, plain.kd)  # the reported term stays unscaled
+    expected = 0.7 * plain.ce + 1.3 * 0.25 * plain.kd + 0.4 * plain.ensemble
+    assert scaled.total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert scaled.total.item() != pytest.approx(plain.total.item(), rel=1e-3)
+    # A scale of one changes no bit: warm-up off is the loss as it always was.
+    assert torch.equal(blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, logit_scale=torch.tensor(1.0), **kw).total,
+                       plain.total)

@@ -101,3 +101,43 @@ def test_yaml_never_runs_code():
     text = _yaml(TINY_SPEC) + "extra: !!python/object/apply:os.system ['echo pwned']\n"
     errors = _errors(text)
     assert "malformed YAML" in errors[0][1]
+
+
+def test_dkd_warmup_is_resolved_with_the_dkd_loss_only():
+    spec_dict = copy.deepcopy(TINY_SPEC)
+    spec_dict["blockkd"] = {"logit_loss": {"choice": ["kl", "dkd"]}, "dkd_warmup": {"int": [0, 20], "default": 5}}
+    spec = parse_spec(_yaml(spec_dict))
+    assert "blockkd.dkd_warmup" in searched(spec)
+    assert resolve(spec, Defaults()).loss.dkd_warmup == 0  # kl: no DKD terms to warm up
+    assert resolve(spec, Defaults({"blockkd.logit_loss": "dkd"})).loss.dkd_warmup == 5
+    spec_dict["method"] = "dkd"
+    cfg = resolve(parse_spec(_yaml(spec_dict)), Defaults({"blockkd.dkd_warmup": 7}))
+    assert cfg.loss.dkd_warmup == 7
+    # Off unless asked for: a spec without it resolves as it always did.
+    spec_dict["blockkd"] = {}
+    assert resolve(parse_spec(_yaml(spec_dict)), Defaults()).loss.dkd_warmup == 0
+
+
+def test_the_published_spec_warms_dkd_up_over_20_epochs():
+    path = next(p for p in SPECS if p.name == "r110_r32.yaml")
+    cfg = resolve(parse_spec(path.read_text(), str(path)), Defaults({"blockkd.logit_loss": "dkd"}))
+    assert cfg.train.epochs == 240 and cfg.loss.dkd_warmup == 20
+
+
+@pytest.mark.parametrize("value", [-1, {"int": [-2, 5]}, {"choice": [0, -3]}, {"choice": [0, "ten"]}, 2.5])
+def test_negative_dkd_warmup_is_an_error_with_path_and_line(value):
+    spec_dict = copy.deepcopy(TINY_SPEC)
+    spec_dict["blockkd"] = {"logit_loss": "dkd", "dkd_warmup": value}
+    text = _yaml(spec_dict)
+    errors = _errors(text)
+    assert [p for p, _, _ in errors] == ["blockkd.dkd_warmup"], errors
+    line = errors[0][2]
+    assert line is not None and "dkd_warmup" in text.splitlines()[line - 1]
+
+
+def test_negative_dkd_warmup_override_is_refused():
+    spec_dict = copy.deepcopy(TINY_SPEC)
+    spec_dict["blockkd"] = {"logit_loss": "dkd"}
+    spec = parse_spec(_yaml(spec_dict))
+    with pytest.raises(SpecError, match="dkd_warmup"):
+        resolve(spec, Defaults({"blockkd.dkd_warmup": -1}), overrides={"blockkd.dkd_warmup": -1})
