@@ -57,7 +57,7 @@ from . import __version__
 from .engine import NonFiniteLoss, Stopped, Trainer, pick_device
 from .flops import run_flops
 from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, SpecError, resolve
-from .teacher import teacher_weights
+from .teacher import cached_teacher_path, teacher_run_config, teacher_weights
 from .urls import redact
 
 # Heartbeats, stale-trial retry and grouped TPE are "experimental" in Optuna's terms, stable in
@@ -512,8 +512,8 @@ class Worker:
                         self.study._storage.record_heartbeat(trial._trial_id)
             if trial is None:
                 if not waiting_logged:
-                    self.log(f"waiting: {c.get(TrialState.RUNNING, 0)} running trial(s) of other workers "
-                             f"may fill the cap of {self.n_trials}")
+                    self.log(f"waiting: {c.get(TrialState.RUNNING, 0)} running trial(s) may still fill the cap "
+                             f"of {self.n_trials} (one may fail and need a replacement)")
                     waiting_logged = True
                 self.stop.wait(self._poll_s)
                 continue
@@ -546,6 +546,7 @@ class Worker:
                 trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
             if self._tell(trial, TrialState.PRUNED):
                 self.report.pruned += 1
+                self.log(f"trial {trial.number} {exc or 'pruned'}")
         except KeyboardInterrupt:
             self._interrupted(trial)
             raise
@@ -556,10 +557,21 @@ class Worker:
         else:
             if self._tell(trial, TrialState.COMPLETE, values):
                 self.report.complete += 1
+                self.log(self._outcome(trial, values))
         self.report.trials.append(trial.number)
         self.current = None
         with contextlib.suppress(Exception):
             self._line()
+
+    def _outcome(self, trial: optuna.Trial, values: list[float]) -> str:
+        """One line on a complete trial: its objectives, test accuracy and speed."""
+        attrs = self.study._storage.get_trial(trial._trial_id).user_attrs
+        parts = [f"{name} {v:.2f}%" if name.endswith("acc") else f"{name} {_number(v)}"
+                 for name, v in zip(self.spec.search.objectives, values, strict=True)]
+        if attrs.get("test_acc") is not None:
+            parts.append(f"test_acc {attrs['test_acc']:.2f}%")
+        return (f"trial {trial.number} complete: {', '.join(parts)} in {attrs.get('wall_time_s', 0):.0f} s "
+                f"({attrs.get('images_per_s', 0):.0f} img/s)")
 
     def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> bool:
         """Tell the study; False (and a log line) when another worker had already ended the
@@ -630,6 +642,8 @@ class Worker:
         trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
                                          "optuna": optuna.__version__})
         trial.set_user_attr("device", _device_name(self.device))
+        params = ", ".join(f"{k}={_number(v)}" for k, v in trial.params.items())
+        self.log(f"trial {trial.number} started on {self.device}: {params or 'no searched parameters'}")
         report = run_flops(cfg)
         trial.set_user_attr("flops", report.as_dict())
         train_gflops = report.train_step / 1e9
@@ -683,6 +697,11 @@ class Worker:
                 if self.stop.is_set():
                     raise Interrupted() from None
         try:
+            if cfg.teacher is not None and not cfg.teacher.checkpoint and cfg.method != "ce" \
+                    and not cached_teacher_path(cfg, cache).is_file():
+                recipe = teacher_run_config(cfg).train
+                self.log(f"training the teacher {cfg.teacher.arch} with CE for {recipe.epochs} epochs "
+                         f"(once: cached under {cache})")
             return teacher_weights(cfg, cache, progress=self.progress)
         finally:
             lock.release()
@@ -741,6 +760,11 @@ class Worker:
             return None
         self.log(f"trial {trial.number} retries trial {source}, resuming after epoch {epoch}")
         return saved["artifact_id"] if saved else None
+
+
+def _number(value: Any) -> str:
+    """``value`` for a log line: floats with 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _clear_run_dir(run_dir: Path) -> None:

@@ -46,6 +46,14 @@ def _check_cap(storage, study, n, outputs):
         done.append(int(parts[0].split()[0]) + int(parts[1].split()[0]))
     assert sum(done) == n, outputs
     assert sum(1 for d in done if d) >= 2, outputs
+    # Every finished trial was announced by the worker that trained it, with how it ended.
+    logged = "\n".join(outputs)
+    for t in finished:
+        assert f"trial {t.number} started on cpu: " in logged, logged
+        if t.state == TrialState.COMPLETE:
+            assert f"trial {t.number} complete: val_acc {t.values[0]:.2f}%" in logged, logged
+        else:
+            assert f"trial {t.number} pruned at epoch" in logged, logged
     return ts
 
 
