@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .search import NotFound, make_storage, trial_config
+from .search import NotFound, format_value, make_storage, trial_config
 from .urls import redact
 
 StudyNotFound = NotFound
@@ -30,8 +30,9 @@ def _load_study(storage_url: str, name: str) -> optuna.Study:
 
 
 def study_status(storage_url: str, study_name: str | None = None) -> list[dict[str, Any]]:
-    """Return one dict per study (or just ``study_name``): trial counts by state and the
-    best trials (val acc, test acc, params).
+    """Return one dict per study (or just ``study_name``): trial counts by state, the best
+    trials (val acc, test acc, params), the running trials (worker, epochs done, params) and
+    the last failed trials with their reasons.
 
     Raises:
         StudyNotFound: ``study_name`` is not in the storage.
@@ -58,12 +59,30 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
             "counts": counts,
             "best": [{"number": t.number, "values": t.values, "test_acc": t.user_attrs.get("test_acc"),
                       "params": t.params} for t in best],
+            "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
+            "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
+                       for t in trials if t.state == TrialState.FAIL][-RECENT_FAILURES:],
         })
     return rows
 
 
+RECENT_FAILURES = 5
+"""How many of the latest failed trials ``status`` lists."""
+
+
+def _running(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A running trial: who trains it, how far it got (its last epoch checkpoint) and since when."""
+    attrs = trial.user_attrs
+    return {"number": trial.number, "worker": attrs.get("worker", "-"),
+            "epoch": (attrs.get("checkpoint") or {}).get("epoch", 0),
+            "epochs": (attrs.get("run_config") or {}).get("train", {}).get("epochs"),
+            "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+            "params": trial.params}
+
+
 def render_status(rows: list[dict[str, Any]], console: Any) -> None:
     """Print :func:`study_status` rows as rich tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     if not rows:
@@ -81,12 +100,19 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         for b in row["best"]:
             table.add_row(str(b["number"]), *(f"{v:.3f}" for v in b["values"]),
                           "-" if b["test_acc"] is None else f"{b['test_acc']:.2f}",
-                          ", ".join(f"{k}={_fmt(v)}" for k, v in b["params"].items()))
+                          ", ".join(f"{k}={format_value(v)}" for k, v in b["params"].items()))
         console.print(table)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+        if row["running"]:
+            running = Table(title="running")
+            for name in ("trial", "worker", "epoch", "started", "params"):
+                running.add_column(name, justify="right" if name in ("trial", "epoch") else "left")
+            for r in row["running"]:
+                running.add_row(str(r["number"]), r["worker"], f"{r['epoch']}/{r['epochs'] or '?'}",
+                                r["started"] or "-",
+                                ", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()))
+            console.print(running)
+        for f in row["failed"]:
+            console.print(f"failed trial {f['number']}: {escape(f['reason'])}", soft_wrap=True)
 
 
 def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]:
@@ -155,7 +181,7 @@ def _summary(study: optuna.Study, names: list[str]) -> str:
         test = t.user_attrs.get("test_acc")
         lines.append(f"| {t.number} | " + " | ".join(f"{v:.3f}" for v in t.values)
                      + f" | {'-' if test is None else f'{test:.2f}'} | "
-                     + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) + " |")
+                     + ", ".join(f"{k}={format_value(v)}" for k, v in t.params.items()) + " |")
     if len(study.directions) > 1:
         lines += ["", "## Pareto front", ""]
         lines += [f"- trial {t.number}: " + ", ".join(f"{n}={v:.3f}" for n, v in zip(names, t.values, strict=False))

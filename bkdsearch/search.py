@@ -34,6 +34,7 @@ import copy
 import os
 import random
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -80,7 +81,7 @@ INTERRUPTED = "interrupted (Ctrl-C)"
 
 # User attrs that describe how one attempt ended; a retry must not inherit them.
 _ATTEMPT_ATTRS = ("fail_reason", "pruned_reason", "resumed_from", "resume_note", "test_acc",
-                  "wall_time_s", "images_per_s")
+                  "wall_time_s", "images_per_s", "worker")
 
 
 class StorageError(Exception):
@@ -566,7 +567,7 @@ class Worker:
     def _outcome(self, trial: optuna.Trial, values: list[float]) -> str:
         """One line on a complete trial: its objectives, test accuracy and speed."""
         attrs = self.study._storage.get_trial(trial._trial_id).user_attrs
-        parts = [f"{name} {v:.2f}%" if name.endswith("acc") else f"{name} {_number(v)}"
+        parts = [f"{name} {v:.2f}%" if name.endswith("acc") else f"{name} {format_value(v)}"
                  for name, v in zip(self.spec.search.objectives, values, strict=True)]
         if attrs.get("test_acc") is not None:
             parts.append(f"test_acc {attrs['test_acc']:.2f}%")
@@ -642,7 +643,8 @@ class Worker:
         trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
                                          "optuna": optuna.__version__})
         trial.set_user_attr("device", _device_name(self.device))
-        params = ", ".join(f"{k}={_number(v)}" for k, v in trial.params.items())
+        trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()} {self.device}")
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
         self.log(f"trial {trial.number} started on {self.device}: {params or 'no searched parameters'}")
         report = run_flops(cfg)
         trial.set_user_attr("flops", report.as_dict())
@@ -762,8 +764,8 @@ class Worker:
         return saved["artifact_id"] if saved else None
 
 
-def _number(value: Any) -> str:
-    """``value`` for a log line: floats with 4 significant digits."""
+def format_value(value: Any) -> str:
+    """Return ``value`` as shown in logs and tables: floats with 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

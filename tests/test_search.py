@@ -97,6 +97,43 @@ def test_status_json_and_optuna_cli(study_dir):
     assert {0, 1, 2} <= numbers
 
 
+def test_status_shows_running_trials_and_failure_reasons(study_dir, tmp_path):
+    """On a copy of the study: one trial running (as a worker elsewhere would leave it) and
+    one failed; status names the running trial's worker and epoch, and the failure's reason."""
+    import sqlite3
+
+    tmp, spec, storage = study_dir
+    with sqlite3.connect(Path(tmp) / "studies" / "tiny.db") as src, sqlite3.connect(tmp_path / "copy.db") as dst:
+        src.backup(dst)  # WAL mode: a file copy could miss the last transactions
+    copy_url = f"sqlite:///{tmp_path}/copy.db"
+    study = optuna.load_study(study_name="tiny", storage=copy_url)
+    done = study.trials[0]
+    running = study.ask({k: v for k, v in done.distributions.items()})
+    running.set_user_attr("worker", "gpu-box-7 pid 4242 cuda:1")
+    running.set_user_attr("checkpoint", {"artifact_id": "x", "epoch": 1})
+    running.set_user_attr("run_config", done.user_attrs["run_config"])
+    failed = study.ask()
+    failed.set_user_attr("fail_reason", "non-finite loss: training loss is nan in epoch 2")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+
+    r = bkd("status", "--storage", copy_url, "--json", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)[0]
+    assert row["counts"]["running"] == 1
+    assert [(x["number"], x["worker"], x["epoch"], x["epochs"]) for x in row["running"]] == [
+        (running.number, "gpu-box-7 pid 4242 cuda:1", 1, 2)]
+    assert row["running"][0]["params"] == running.params
+    assert {"number": failed.number, "reason": "non-finite loss: training loss is nan in epoch 2"} in row["failed"]
+    r = subprocess.run([sys.executable, "-m", "bkdsearch.cli", "status", "--storage", copy_url],
+                       capture_output=True, text=True, env={**ENV, "COLUMNS": "250"}, cwd=tmp, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "gpu-box-7 pid 4242 cuda:1" in r.stdout and "1/2" in r.stdout
+    assert f"failed trial {failed.number}: non-finite loss" in r.stdout
+    # Trials trained by a real worker name it: host, process and device.
+    assert done.user_attrs["worker"].startswith(f"{socket.gethostname()} pid ")
+    assert done.user_attrs["worker"].endswith(" cpu")
+
+
 def test_report_writes_plots_and_summary(study_dir):
     tmp, spec, storage = study_dir
     out = Path(tmp) / "report"
