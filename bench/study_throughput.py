@@ -151,6 +151,8 @@ def main() -> None:
             result["rows"].append(row)
             print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}),
                   flush=True)
+            if args.out:  # after every row: a run cut short by a time limit keeps what it measured
+                Path(args.out).write_text(json.dumps(result, indent=1))
     base = next(r["aggregate_img_s"] for r in result["rows"] if r["k"] == 1)
     print(f"\n{'mode':<10}{'K':>3}{'trial-epochs/h':>16}{'aggregate img/s':>17}{'speedup':>9}{'wall s':>8}")
     for r in result["rows"]:

@@ -259,7 +259,8 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def status(spec_path: str | None, storage: str | None, study_name: str | None, as_json: bool) -> None:
-    """Show the studies in a storage: trials by state and the best trials."""
+    """Show the studies in a storage: trials by state, the best trials, the running ones
+    (worker, epoch) and the last failures with their reasons."""
     from .report import render_status, study_status
 
     url = _storage_for(spec_path, storage)
@@ -279,14 +280,15 @@ def status(spec_path: str | None, storage: str | None, study_name: str | None, a
 @handle_errors
 def dashboard(storage: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on the storage."""
+    from .search import make_storage
+
+    # create=False: a mistyped SQLite path is an error, not a new empty study database.
+    opened = make_storage(storage, create=False)
     try:
         from optuna_dashboard import run_server
     except ImportError:
         raise click.UsageError("optuna-dashboard is not installed: pip install 'bkdsearch[dashboard]'") from None
-    from .search import make_storage
-
-    # create=False: a mistyped SQLite path is an error, not a new empty study database.
-    run_server(make_storage(storage, create=False), host=host, port=port)
+    run_server(opened, host=host, port=port)
 
 
 @main.command()

@@ -25,7 +25,7 @@ from torch import nn
 from .data import DataBundle, SyntheticConfig, build_data
 from .methods import Method, build_method
 from .zoo.registry import create_model
-from .zoo.weights import WeightsError, load_weights
+from .zoo.weights import WeightsError, load_weights, unpickling_finding
 
 if TYPE_CHECKING:
     from .spec import Recipe, RunConfig
@@ -264,6 +264,12 @@ def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
     return 100.0 * correct.item() / max(total, 1)
 
 
+def first_line(exc: BaseException) -> str:
+    """Return the first line of ``exc``'s message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -367,8 +373,8 @@ class Trainer:
         The checkpoint may come from another runtime (CUDA graphs or not, another device).
 
         Raises:
-            CheckpointError: the file cannot be read or is not a run checkpoint.
-            ValueError: the checkpoint belongs to another run configuration.
+            CheckpointError: the file cannot be read, is not a run checkpoint, or belongs to
+                another run configuration.
         """
         path = self.checkpoint_path
         if not path.exists():
@@ -376,13 +382,16 @@ class Trainer:
         fix = "delete it, or pass --no-resume to `bkdsearch train`, to start from epoch 0"
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except pickle.UnpicklingError:
-            raise CheckpointError(f"refused to resume from {path}: loading it would run code "
-                                  f"from the file; {fix}") from None
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except pickle.UnpicklingError as exc:
+            runs_code, finding = unpickling_finding(exc)
+            if runs_code:
+                raise CheckpointError(f"refused to resume from {path}: loading it would run code "
+                                      f"({finding}); nothing was run; {fix}") from None
             raise CheckpointError(f"cannot resume from {path}: the file is corrupt or unreadable "
-                                  f"({detail}); {fix}") from None
+                                  f"({finding}); {fix}") from None
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or unreadable "
+                                  f"({first_line(exc)}); {fix}") from None
         if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
             raise CheckpointError(f"cannot resume from {path}: not a bkdsearch run checkpoint; {fix}")
         if state["config_digest"] != self.cfg.digest():
@@ -423,8 +432,8 @@ class Trainer:
         Raises:
             NonFiniteLoss: the loss became NaN/inf.
             Stopped: ``should_stop`` returned True (the last finished epoch is checkpointed).
-            CheckpointError: ``resume`` and an unreadable ``last.pt``.
-            ValueError: ``resume`` and a ``last.pt`` of another run configuration.
+            CheckpointError: ``resume`` and an unreadable ``last.pt``, or one of another run
+                configuration.
             Whatever ``on_epoch`` raises (e.g. a pruning signal).
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)

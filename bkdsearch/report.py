@@ -61,13 +61,15 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
                       "params": t.params} for t in best],
             "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
             "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
-                       for t in trials if t.state == TrialState.FAIL][-RECENT_FAILURES:],
+                       for t in trials if t.state == TrialState.FAIL
+                       and not t.user_attrs.get("fail_reason", "").startswith("surplus")][-RECENT_FAILURES:],
         })
     return rows
 
 
 RECENT_FAILURES = 5
-"""How many of the latest failed trials ``status`` lists."""
+"""How many of the latest failed trials ``status`` lists (not the surplus trials of a race on
+the cap: they were queued again and never trained)."""
 
 
 def _running(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -100,16 +102,16 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         for b in row["best"]:
             table.add_row(str(b["number"]), *(f"{v:.3f}" for v in b["values"]),
                           "-" if b["test_acc"] is None else f"{b['test_acc']:.2f}",
-                          ", ".join(f"{k}={format_value(v)}" for k, v in b["params"].items()))
+                          escape(", ".join(f"{k}={format_value(v)}" for k, v in b["params"].items())))
         console.print(table)
         if row["running"]:
             running = Table(title="running")
             for name in ("trial", "worker", "epoch", "started", "params"):
                 running.add_column(name, justify="right" if name in ("trial", "epoch") else "left")
             for r in row["running"]:
-                running.add_row(str(r["number"]), r["worker"], f"{r['epoch']}/{r['epochs'] or '?'}",
+                running.add_row(str(r["number"]), escape(r["worker"]), f"{r['epoch']}/{r['epochs'] or '?'}",
                                 r["started"] or "-",
-                                ", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()))
+                                escape(", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items())))
             console.print(running)
         for f in row["failed"]:
             console.print(f"failed trial {f['number']}: {escape(f['reason'])}", soft_wrap=True)

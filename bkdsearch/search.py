@@ -55,7 +55,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from . import __version__
-from .engine import NonFiniteLoss, Stopped, Trainer, pick_device
+from .engine import NonFiniteLoss, Stopped, Trainer, first_line, pick_device
 from .flops import run_flops
 from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, SpecError, resolve
 from .teacher import cached_teacher_path, teacher_run_config, teacher_weights
@@ -74,7 +74,8 @@ HEARTBEAT_S = 10
 """Default seconds between heartbeats of a running trial (``BKDSEARCH_HEARTBEAT_S``)."""
 GRACE_S = 30
 """Default seconds without a heartbeat after which a running trial counts as dead
-(``BKDSEARCH_GRACE_S``); at least three heartbeat intervals."""
+(``BKDSEARCH_GRACE_S``); the default grows to three heartbeat intervals when those are
+longer, a value given must exceed one interval."""
 MAX_RETRY = 3
 """How many times a trial whose worker died is queued again."""
 INTERRUPTED = "interrupted (Ctrl-C)"
@@ -144,11 +145,6 @@ def _clean(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _creation_race(exc: BaseException) -> bool:
     """True for the errors of several processes creating Optuna's tables at once."""
     text = str(exc).lower()
@@ -205,7 +201,7 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             if attempt < attempts - 1 and _creation_race(exc):
                 time.sleep(0.2 + random.random())
                 continue
-            raise StorageError(f"cannot open storage {shown}: {_clean(_first_line(exc), secrets)}") from None
+            raise StorageError(f"cannot open storage {shown}: {_clean(first_line(exc), secrets)}") from None
     if backend == "sqlite":
         with contextlib.suppress(Exception), storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -262,7 +258,7 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
                                       pruner=_pruner(spec))
     except Exception as exc:  # noqa: BLE001 - database errors of any driver
         raise StorageError(f"cannot create study {name!r} in {_clean(storage_url, secrets)}: "
-                           f"{_clean(_first_line(exc), secrets)}") from None
+                           f"{_clean(first_line(exc), secrets)}") from None
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                             else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise StorageError(f"study {name!r} exists with other objectives; use another --study name")
@@ -547,7 +543,7 @@ class Worker:
                 trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
             if self._tell(trial, TrialState.PRUNED):
                 self.report.pruned += 1
-                self.log(f"trial {trial.number} {exc or 'pruned'}")
+                self.log(f"trial {trial.number} {str(exc) or 'pruned'}")
         except KeyboardInterrupt:
             self._interrupted(trial)
             raise
@@ -558,7 +554,8 @@ class Worker:
         else:
             if self._tell(trial, TrialState.COMPLETE, values):
                 self.report.complete += 1
-                self.log(self._outcome(trial, values))
+                with contextlib.suppress(Exception):  # a storage hiccup must not end the worker
+                    self.log(self._outcome(trial, values))
         self.report.trials.append(trial.number)
         self.current = None
         with contextlib.suppress(Exception):
@@ -751,7 +748,7 @@ class Worker:
                     os.replace(tmp, run_dir / "last.pt")
                     epoch = int(saved["epoch"])
             except Exception as exc:  # noqa: BLE001 - any failure means: start over
-                note = (f"checkpoint {saved.get('artifact_id')} not available ({_first_line(exc)}); "
+                note = (f"checkpoint {saved.get('artifact_id')} not available ({first_line(exc)}); "
                         "started from epoch 0")
             finally:
                 tmp.unlink(missing_ok=True)
@@ -783,6 +780,11 @@ def _redacted_spec(spec: Spec) -> dict[str, Any]:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why a trial failed, in one line, for its ``fail_reason`` (URL passwords redacted)."""
+    return redact(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, NonFiniteLoss):
         return f"non-finite loss: {exc}"
     if isinstance(exc, torch.cuda.OutOfMemoryError):

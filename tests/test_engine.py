@@ -243,21 +243,34 @@ def _tensor_file(path):
     torch.save(torch.zeros(3), path)
 
 
-@pytest.mark.parametrize("write", [
-    pytest.param(lambda p: p.write_bytes(os.urandom(2048)), id="garbage"),
-    pytest.param(lambda p: p.write_bytes(p.read_bytes()[:4000]), id="truncated"),
-    pytest.param(lambda p: p.write_bytes(b""), id="empty"),
-    pytest.param(_tensor_file, id="not-a-run-checkpoint"),
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _pickle_with_code(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"epoch": 1, "method": _RunsCode()}, protocol=2))  # torch.save's protocol
+
+
+@pytest.mark.parametrize(("write", "says"), [
+    pytest.param(lambda p: p.write_bytes(os.urandom(2048)), "corrupt or unreadable", id="garbage"),
+    pytest.param(lambda p: p.write_bytes(p.read_bytes()[:4000]), "corrupt or unreadable", id="truncated"),
+    pytest.param(lambda p: p.write_bytes(b""), "corrupt or unreadable", id="empty"),
+    pytest.param(_tensor_file, "not a bkdsearch run checkpoint", id="not-a-run-checkpoint"),
+    pytest.param(_pickle_with_code, "would run code", id="pickle-with-code"),
 ])
-def test_unreadable_last_pt_is_a_clear_checkpoint_error(write, tmp_path):
+def test_unreadable_last_pt_is_a_clear_checkpoint_error(write, says, tmp_path, capsys):
     cfg = _small_cfg(**{"train.epochs": 1})
     Trainer(cfg, tmp_path, progress=False).fit(stop_after=1)
     path = tmp_path / "last.pt"
     write(path)
     with pytest.raises(CheckpointError, match="--no-resume") as info:
         Trainer(cfg, tmp_path, progress=False).fit(resume=True)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and says in str(info.value)
     assert isinstance(info.value, WeightsError)  # bad input: the CLI exits 2
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_cli_train_with_a_corrupt_last_pt_exits_2_naming_the_file(tmp_path, monkeypatch):

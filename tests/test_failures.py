@@ -188,7 +188,9 @@ def test_stop_request_fails_the_running_trial_as_interrupted_and_queues_it(tmp_p
                     progress=False, log=lambda m: None)
     worker.stop.set()
     worker.run_trial(study.ask())
-    assert (tmp_path / "studies" / "stop" / "trial-0").is_dir()  # the trainer had started
+    run_dir = tmp_path / "studies" / "stop" / "trial-0"
+    assert run_dir.is_dir()  # the trainer had started...
+    assert not (run_dir / "metrics.jsonl").exists()  # ...and stopped before its first step
     stopped, queued = study.get_trials()
     assert stopped.state == TrialState.FAIL
     assert stopped.user_attrs["fail_reason"].startswith("interrupted")
@@ -365,3 +367,13 @@ def test_redact_hides_query_passwords():
 
     assert "s3cret" not in redact("postgresql+psycopg://u@db.example/x?sslmode=require&password=s3cret")
     assert "s3cret" not in redact("mysql+pymysql://root@db.example/x?passwd=s3cret")
+
+
+def test_failure_reasons_never_store_a_password():
+    from bkdsearch.search import _reason
+
+    try:
+        raise RuntimeError("lost postgresql+psycopg://bob:s3cret@db/bkd mid-query")
+    except RuntimeError as exc:
+        reason = _reason(exc)
+    assert "s3cret" not in reason and "bob:***@db" in reason and reason.startswith("RuntimeError: lost ")

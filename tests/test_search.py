@@ -115,6 +115,9 @@ def test_status_shows_running_trials_and_failure_reasons(study_dir, tmp_path):
     failed = study.ask()
     failed.set_user_attr("fail_reason", "non-finite loss: training loss is nan in epoch 2")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    surplus = study.ask()  # a race on the cap: queued again, never trained, not worth listing
+    surplus.set_user_attr("fail_reason", "surplus: other workers had already filled the cap")
+    study.tell(surplus, state=optuna.trial.TrialState.FAIL)
 
     r = bkd("status", "--storage", copy_url, "--json", cwd=tmp)
     assert r.returncode == 0, r.stderr
@@ -124,6 +127,7 @@ def test_status_shows_running_trials_and_failure_reasons(study_dir, tmp_path):
         (running.number, "gpu-box-7 pid 4242 cuda:1", 1, 2)]
     assert row["running"][0]["params"] == running.params
     assert {"number": failed.number, "reason": "non-finite loss: training loss is nan in epoch 2"} in row["failed"]
+    assert surplus.number not in [f["number"] for f in row["failed"]]
     r = subprocess.run([sys.executable, "-m", "bkdsearch.cli", "status", "--storage", copy_url],
                        capture_output=True, text=True, env={**ENV, "COLUMNS": "250"}, cwd=tmp, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,19 @@ _SHOW = 5
 
 class WeightsError(Exception):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+def unpickling_finding(exc: pickle.UnpicklingError) -> tuple[bool, str]:
+    """Return (whether the file names code to run, what torch's weights-only unpickler
+    objected to: e.g. ``Unsupported global: GLOBAL os.system``, ``Unsupported operand 149``).
+
+    torch's own message goes on to advise ``weights_only=False``, which would run that code:
+    only the finding is worth showing.
+    """
+    found = re.search(r"Unsupported (global: GLOBAL \S+|[^.\n]*)", str(exc))
+    text = str(exc).strip()
+    finding = found.group(0) if found else (text.splitlines()[0] if text else "unpickling failed")
+    return finding.startswith("Unsupported global"), finding
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -36,10 +50,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        runs_code, finding = unpickling_finding(exc)
+        why = ("loading it would run code from the file; nothing was run" if runs_code
+               else "corrupt, or not plain tensors")
         raise WeightsError(
-            f"refused to load {path}: it is not a plain tensor checkpoint (loading it would "
-            f"run code from the file). Re-save it as a state dict. Detail: {first}"
+            f"refused to load {path}: it is not a plain tensor checkpoint ({why}: {finding}). "
+            "Re-save it as a state dict."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         raise WeightsError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
