@@ -10,10 +10,8 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from torch import nn
 from .data import DataBundle, SyntheticConfig, build_data
 from .methods import Method, build_method
 from .zoo.registry import create_model
-from .zoo.weights import WeightsError, load_weights, unpickling_finding
+from .zoo.weights import WeightsError, load_safely, load_weights
 
 if TYPE_CHECKING:
     from .spec import Recipe, RunConfig
@@ -264,12 +262,6 @@ def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
     return 100.0 * correct.item() / max(total, 1)
 
 
-def first_line(exc: BaseException) -> str:
-    """Return the first line of ``exc``'s message, or its type name when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -381,17 +373,9 @@ class Trainer:
             return 0, []
         fix = "delete it, or pass --no-resume to `bkdsearch train`, to start from epoch 0"
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            runs_code, finding = unpickling_finding(exc)
-            if runs_code:
-                raise CheckpointError(f"refused to resume from {path}: loading it would run code "
-                                      f"({finding}); nothing was run; {fix}") from None
-            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or unreadable "
-                                  f"({finding}); {fix}") from None
-        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
-            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or unreadable "
-                                  f"({first_line(exc)}); {fix}") from None
+            state = load_safely(path, map_location=self.device)
+        except WeightsError as exc:
+            raise CheckpointError(f"cannot resume: {exc}; {fix}") from None
         if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
             raise CheckpointError(f"cannot resume from {path}: not a bkdsearch run checkpoint; {fix}")
         if state["config_digest"] != self.cfg.digest():
@@ -451,7 +435,7 @@ class Trainer:
             for epoch in range(start, last_epoch):
                 self._check_stop()
                 self.method.train()
-                self.method.start_epoch(epoch + 1, recipe.epochs)
+                self.method.start_epoch(epoch + 1)
                 train_loader.set_epoch(epoch)
                 loss_sum = torch.zeros((), device=self.device)
                 t0 = time.perf_counter()

@@ -41,8 +41,8 @@ class Method(nn.Module):
             self.teacher.eval()
         return self
 
-    def start_epoch(self, epoch: int, epochs: int) -> None:
-        """Prepare for the 1-based ``epoch`` of ``epochs``: the training loop calls this before
+    def start_epoch(self, epoch: int) -> None:
+        """Prepare for the 1-based ``epoch``: the training loop calls this before
         each epoch's first step, including the first epoch of a resumed run, so per-epoch
         state must follow from ``epoch`` alone. The base method has none; returns nothing."""
 
@@ -103,7 +103,7 @@ class DKDWarmup(Method):
         self.dkd_warmup = dkd_warmup
         self.register_buffer("dkd_scale", torch.ones(()), persistent=False)
 
-    def start_epoch(self, epoch: int, epochs: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
         """Set ``dkd_scale`` to the warm-up factor of the 1-based ``epoch``; returns nothing.
 
         Raises:

@@ -55,11 +55,12 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from . import __version__
-from .engine import NonFiniteLoss, Stopped, Trainer, first_line, pick_device
+from .engine import NonFiniteLoss, Stopped, Trainer, pick_device
 from .flops import run_flops
 from .spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec, SpecError, resolve
-from .teacher import cached_teacher_path, teacher_run_config, teacher_weights
+from .teacher import teacher_weights
 from .urls import redact
+from .zoo.weights import first_line, load_safely
 
 # Heartbeats, stale-trial retry and grouped TPE are "experimental" in Optuna's terms, stable in
 # practice; the warnings would repeat on every run.
@@ -696,12 +697,7 @@ class Worker:
                 if self.stop.is_set():
                     raise Interrupted() from None
         try:
-            if cfg.teacher is not None and not cfg.teacher.checkpoint and cfg.method != "ce" \
-                    and not cached_teacher_path(cfg, cache).is_file():
-                recipe = teacher_run_config(cfg).train
-                self.log(f"training the teacher {cfg.teacher.arch} with CE for {recipe.epochs} epochs "
-                         f"(once: cached under {cache})")
-            return teacher_weights(cfg, cache, progress=self.progress)
+            return teacher_weights(cfg, cache, progress=self.progress, log=self.log)
         finally:
             lock.release()
 
@@ -741,7 +737,7 @@ class Worker:
             try:
                 with self.artifacts.open_reader(saved["artifact_id"]) as src, tmp.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-                state = torch.load(tmp, map_location="cpu", weights_only=True)
+                state = load_safely(tmp)
                 if state.get("config_digest") != cfg.digest():
                     note = "the saved checkpoint belongs to another configuration; started from epoch 0"
                 else:

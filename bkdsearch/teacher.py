@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .spec import ModelConfig, Recipe, RunConfig
@@ -29,9 +30,9 @@ def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
 
 
 def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: bool = True,
-                    progress: bool = True) -> str | None:
+                    progress: bool = True, log: Callable[[str], None] | None = None) -> str | None:
     """Return the path of ``cfg``'s teacher weights: the spec's checkpoint, else the cached
-    CE-trained teacher (training it first when ``train_if_missing``).
+    CE-trained teacher (training it first when ``train_if_missing``, saying so to ``log``).
 
     Raises:
         WeightsError: the named checkpoint does not exist, or no cached teacher and
@@ -55,5 +56,9 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
                            "run `bkdsearch teacher SPEC` first")
     from .engine import Trainer
 
-    Trainer(teacher_run_config(cfg), cached.parent, progress=progress).fit()
+    tcfg = teacher_run_config(cfg)
+    if log is not None:
+        log(f"training the teacher {tcfg.student.arch} with CE for {tcfg.train.epochs} epochs "
+            f"(once: cached under {Path(cache_dir)})")
+    Trainer(tcfg, cached.parent, progress=progress).fit()
     return str(cached)

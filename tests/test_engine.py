@@ -255,7 +255,7 @@ def _pickle_with_code(path):
 
 
 @pytest.mark.parametrize(("write", "says"), [
-    pytest.param(lambda p: p.write_bytes(os.urandom(2048)), "corrupt or unreadable", id="garbage"),
+    pytest.param(lambda p: p.write_bytes(os.urandom(2048)), "corrupt", id="garbage"),
     pytest.param(lambda p: p.write_bytes(p.read_bytes()[:4000]), "corrupt or unreadable", id="truncated"),
     pytest.param(lambda p: p.write_bytes(b""), "corrupt or unreadable", id="empty"),
     pytest.param(_tensor_file, "not a bkdsearch run checkpoint", id="not-a-run-checkpoint"),
@@ -330,9 +330,9 @@ def _first_losses(method, epochs):
     kept, epoch = {}, [0]
     forward, start_epoch = method.forward, method.start_epoch
 
-    def on_start(e, n):
+    def on_start(e):
         epoch[0] = e
-        start_epoch(e, n)
+        start_epoch(e)
 
     def spy(x, y):
         out = forward(x, y)
@@ -373,13 +373,13 @@ def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
                          beta=loss.beta, gamma=loss.gamma, tau=loss.tau,
                          logit_loss=make_logit_loss("dkd", loss.tau, loss.dkd_alpha, loss.dkd_beta))
     for epoch, factor in ((1, 0.25), (3, 0.75), (4, 1.0)):
-        method.start_epoch(epoch, cfg.train.epochs)
+        method.start_epoch(epoch)
         expected = loss.alpha * parts.ce + loss.beta * factor * parts.kd + loss.gamma * parts.ensemble
         assert method(x, y).loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # A KL logit loss is never ramped, whatever dkd_warmup says.
     kl = build_method_for(cfg.model_copy(update={"loss": loss.model_copy(update={"logit_loss": "kl"})}),
                           10, (3, 32, 32), teacher_ckpt)
-    kl.start_epoch(1, cfg.train.epochs)
+    kl.start_epoch(1)
     assert kl.dkd_scale.item() == 1.0
 
 

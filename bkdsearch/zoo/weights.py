@@ -7,6 +7,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,17 +22,36 @@ class WeightsError(Exception):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
-def unpickling_finding(exc: pickle.UnpicklingError) -> tuple[bool, str]:
-    """Return (whether the file names code to run, what torch's weights-only unpickler
-    objected to: e.g. ``Unsupported global: GLOBAL os.system``, ``Unsupported operand 149``).
+def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Return what ``torch.load(path, weights_only=True)`` reads: tensors and plain
+    containers, never code from the file.
 
-    torch's own message goes on to advise ``weights_only=False``, which would run that code:
-    only the finding is worth showing.
+    Raises:
+        WeightsError: the file holds more than tensors and plain containers (code to run, or
+            corruption that looks alike: refused, nothing run), or is truncated or not a
+            torch file; the message names the file and what was wrong.
     """
-    found = re.search(r"Unsupported (global: GLOBAL \S+|[^.\n]*)", str(exc))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message goes on to advise weights_only=False, which would run the file's
+        # code: show only what its weights-only unpickler objected to.
+        found = re.search(r"Unsupported (global: GLOBAL \S+|[^.\n]*)", str(exc))
+        finding = found.group(0) if found else first_line(exc)
+        if finding.startswith("Unsupported global"):
+            raise WeightsError(f"refused to load {path}: loading it would run code from the file "
+                               f"({finding}); nothing was run") from None
+        # Random bytes and a pickle of protocol 4+ carrying code look alike to it.
+        raise WeightsError(f"refused to load {path}: not plain tensors: corrupt, or a pickle that "
+                           f"would run code ({finding}); nothing was run") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
+        raise WeightsError(f"cannot read {path}: corrupt or unreadable ({first_line(exc)})") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """Return the first line of ``exc``'s message, or its type name when it has none."""
     text = str(exc).strip()
-    finding = found.group(0) if found else (text.splitlines()[0] if text else "unpickling failed")
-    return finding.startswith("Unsupported global"), finding
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -47,18 +67,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        runs_code, finding = unpickling_finding(exc)
-        why = ("loading it would run code from the file; nothing was run" if runs_code
-               else "corrupt, or not plain tensors")
-        raise WeightsError(
-            f"refused to load {path}: it is not a plain tensor checkpoint ({why}: {finding}). "
-            "Re-save it as a state dict."
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from None
+    obj = load_safely(path)
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
