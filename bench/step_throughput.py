@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import damped_teacher  # noqa: E402
 
-from bkdsearch.engine import Trainer  # noqa: E402
+from bkdsearch.core.trainer import Trainer  # noqa: E402
 from bkdsearch.spec import (  # noqa: E402
     BlockKDConfig,
     DataConfig,
@@ -60,7 +60,7 @@ def sync(device: torch.device) -> None:
 
 
 def throughput(cfg: RunConfig, teacher: str, steps: int, repeats: int) -> float:
-    trainer = Trainer(cfg, tempfile.mkdtemp(), teacher_weights=teacher, progress=False)
+    trainer = Trainer(cfg, tempfile.mkdtemp(), teacher_weights=teacher)
     loader = trainer.data.train
     loader.set_epoch(0)
     batches = [b for _, b in zip(range(steps), loader, strict=False)]
@@ -85,9 +85,9 @@ def exactness(teacher: str, device: str) -> dict[str, float]:
         cfg = config("blockkd", 64, graph, device, epochs=2)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"synthetic": {
             "num_classes": 100, "train_size": 640, "test_size": 64}})})
-        trainer = Trainer(cfg, tempfile.mkdtemp(), teacher_weights=teacher, progress=False)
+        trainer = Trainer(cfg, tempfile.mkdtemp(), teacher_weights=teacher)
         trace = []
-        from bkdsearch.engine import lr_at
+        from bkdsearch.core.optim import lr_at
 
         steps = len(trainer.data.train)
         trainer.method.train()

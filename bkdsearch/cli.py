@@ -14,22 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .errors import BadInput
 from .urls import redact
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 STUDIES = Path("studies")
-
-
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from .blocks import PartitionError
-    from .data import DataError
-    from .search import NotFound, StorageError
-    from .spec import SpecError
-    from .zoo import WeightsError
-
-    return (SpecError, PartitionError, DataError, WeightsError, StorageError, NotFound)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +35,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except click.ClickException:
             raise
-        except _bad_input_errors() as exc:
+        except BadInput as exc:
             err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
@@ -94,7 +85,7 @@ def validate(spec_path: str) -> None:
 
 
 def _describe_partition(spec: Any, name: str, cand: Any) -> str:
-    from .partitions import resolve_partition
+    from .spec import resolve_partition
 
     if spec.teacher is None:
         return "unused (no teacher)"
@@ -145,7 +136,7 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
 def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: str | None,
           no_resume: bool) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
-    from .engine import Trainer
+    from .core.trainer import Trainer
     from .teacher import teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
@@ -170,7 +161,7 @@ def _pct(v: float | None) -> str:
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
-    from .engine import Trainer, evaluate
+    from .core.trainer import Trainer, evaluate
     from .spec import Defaults, resolve
     from .teacher import teacher_run_config, teacher_weights
 
@@ -183,7 +174,7 @@ def teacher(spec_path: str, device: str | None) -> None:
     path = teacher_weights(cfg, STUDIES / "teachers")
     tcfg = teacher_run_config(cfg)
     evaluated = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
-    trainer = Trainer(evaluated, Path(path).parent, device=device, progress=False)
+    trainer = Trainer(evaluated, Path(path).parent, device=device)
     acc = evaluate(trainer.method.student, trainer.data.test, trainer.autocast)
     out.print(f"teacher {tcfg.student.arch}: {path}")
     out.print(f"test accuracy {acc:.2f}%")

@@ -23,8 +23,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from .blocks import Partition, SteppingStones
-from .zoo import atom_shapes, create_model, decompose
+from .core.data import input_size_of
+from .core.partitions import Partition
+from .core.stones import SteppingStones
+from .core.zoo import atom_shapes, create_model, decompose
 
 COUNTER = "fvcore FlopCountAnalysis (1 multiply-add = 1 flop)"
 
@@ -94,8 +96,6 @@ def run_flops(cfg: Any, num_classes: int | None = None) -> FlopReport:
     """Return the :class:`FlopReport` of a RunConfig: student inference, teacher, each
     stone's forward and the training step per image (teacher forward + student and active
     stones, forward and backward)."""
-    from .data import input_size_of
-
     size = input_size_of(cfg.data)
     classes = num_classes or 100
     student = create_model(cfg.student.arch, num_classes=classes)

@@ -9,24 +9,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .search import NotFound, format_value, make_storage, trial_config
+from .errors import NotFound
+from .search import format_value, load_study, make_storage, trial_config
 from .urls import redact
-
-StudyNotFound = NotFound
-
-
-def _read_storage(storage_url: str) -> optuna.storages.RDBStorage:
-    """Open an existing storage: reading a study never creates a database (a mistyped
-    SQLite path is a StorageError, not a new empty file)."""
-    return make_storage(storage_url, create=False)
-
-
-def _load_study(storage_url: str, name: str) -> optuna.Study:
-    storage = _read_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if name not in names:
-        raise StudyNotFound(f"no study {name!r} in {redact(storage_url)}; studies: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def study_status(storage_url: str, study_name: str | None = None) -> list[dict[str, Any]]:
@@ -38,11 +23,11 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
         StudyNotFound: ``study_name`` is not in the storage.
         bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
-    storage = _read_storage(storage_url)
+    storage = make_storage(storage_url, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is not None:
         if study_name not in names:
-            raise StudyNotFound(f"no study {study_name!r} in {redact(storage_url)}; "
+            raise NotFound(f"no study {study_name!r} in {redact(storage_url)}; "
                                 f"studies: {', '.join(names) or 'none'}")
         names = [study_name]
     rows = []
@@ -131,10 +116,10 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    study = _load_study(storage_url, study_name)
+    study = load_study(storage_url, study_name)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        raise StudyNotFound(f"study {study_name!r} has no complete trial to report on")
+        raise NotFound(f"study {study_name!r} has no complete trial to report on")
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     multi = len(study.directions) > 1
@@ -216,4 +201,4 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}%"
 
 
-__all__ = ["StudyNotFound", "render_status", "study_status", "trial_config", "write_report"]
+__all__ = ["render_status", "study_status", "trial_config", "write_report"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import WeightsError
 from .spec import ModelConfig, Recipe, RunConfig
-from .zoo import WeightsError
 
 DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
 
@@ -30,7 +30,7 @@ def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
 
 
 def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: bool = True,
-                    progress: bool = True, log: Callable[[str], None] | None = None) -> str | None:
+                    progress: bool = False, log: Callable[[str], None] | None = None) -> str | None:
     """Return the path of ``cfg``'s teacher weights: the spec's checkpoint, else the cached
     CE-trained teacher (training it first when ``train_if_missing``, saying so to ``log``).
 
@@ -54,11 +54,13 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     if not train_if_missing:
         raise WeightsError(f"no teacher checkpoint and no cached teacher at {cached}; "
                            "run `bkdsearch teacher SPEC` first")
-    from .engine import Trainer
+    from .core.trainer import Trainer
+    from .progress import make_progress
 
     tcfg = teacher_run_config(cfg)
     if log is not None:
         log(f"training the teacher {tcfg.student.arch} with CE for {tcfg.train.epochs} epochs "
             f"(once: cached under {Path(cache_dir)})")
-    Trainer(tcfg, cached.parent, progress=progress).fit()
+    shown = make_progress(f"teacher {tcfg.student.arch}", log or print) if progress else None
+    Trainer(tcfg, cached.parent, progress=shown).fit()
     return str(cached)

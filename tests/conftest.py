@@ -62,7 +62,7 @@ def teacher_ckpt(tmp_path_factory) -> str:
     with FileLock(str(shared / "teacher.lock")):
         path = cached_teacher_path(cfg, shared / "teachers")
         if not path.exists():
-            teacher_weights(cfg, shared / "teachers", progress=False)
+            teacher_weights(cfg, shared / "teachers")
     return str(path)
 
 

@@ -6,15 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkdsearch.blocks import (
-    Partition,
-    PartitionError,
-    SteppingStones,
-    make_connector,
-    per_stage,
-    stage_aligned,
-    uniform,
-)
+from bkdsearch.core.partitions import Partition, per_stage, stage_aligned, uniform
+from bkdsearch.core.stones import SteppingStones, make_connector
+from bkdsearch.errors import PartitionError
 from bkdsearch.zoo import create_model, decompose
 
 SIZE = (3, 32, 32)

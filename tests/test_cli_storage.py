@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TINY_SPEC, write_spec
 
 from bkdsearch.cli import handle_errors, main
-from bkdsearch.search import StorageError
+from bkdsearch.errors import StorageError
 
 
 def _missing(tmp_path):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bkdsearch import data
+from bkdsearch.core import data
 from bkdsearch.data import (
     ArrayDataset,
     DataError,
@@ -576,16 +576,3 @@ def test_dataset_info() -> None:
     assert data.input_size_of(SimpleNamespace(dataset="cifar10", synthetic=None)) == (3, 32, 32)
     with pytest.raises(ValueError, match="known"):
         data.input_size_of(SimpleNamespace(dataset="synthetic", synthetic={"size": 16}))
-
-
-def test_exporter_inlines_every_data_module_in_dependency_order() -> None:
-    from bkdsearch import export
-
-    package = Path(data.__file__).parent
-    modules = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py")
-    assert sorted(Path(f).name for f in export._DATA_FILES) == modules
-    # Raises ExportError when a module uses a name of a module inlined after it (or of one
-    # not inlined at all), or when two modules define the same top-level name.
-    export.inline_modules(export._DATA_FILES)
-    with pytest.raises(export.ExportError, match="no module inlined before it"):
-        export.inline_modules(list(reversed(export._DATA_FILES)))

@@ -11,7 +11,9 @@ import pytest
 import torch
 from conftest import TINY_SPEC, write_spec
 
-from bkdsearch.engine import CheckpointError, Stopped, Trainer, lr_at
+from bkdsearch.core.optim import lr_at
+from bkdsearch.core.trainer import Stopped, Trainer
+from bkdsearch.errors import CheckpointError
 from bkdsearch.spec import Defaults, Recipe, RuntimeConfig, Spec, resolve
 from bkdsearch.zoo import WeightsError
 
@@ -28,7 +30,7 @@ def _state(path):
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "blockkd"])
 def test_methods_learn_above_chance(method, teacher_ckpt, tmp_path):
     cfg = _cfg(method=method, **{"train.epochs": 3})
-    result = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False).fit()
+    result = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt).fit()
     assert result.val_acc > 25.0, result.history  # 10 classes: chance is 10%
     assert result.test_acc > 25.0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -38,7 +40,7 @@ def test_methods_learn_above_chance(method, teacher_ckpt, tmp_path):
 @pytest.mark.parametrize("order", ["shallow_first", "deep_first"])
 def test_teacher_never_changes(order, teacher_ckpt, tmp_path):
     cfg = _cfg(**{"blockkd.order": order, "train.epochs": 1})
-    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False)
+    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt)
     teacher = trainer.method.teacher
     before = copy.deepcopy(teacher.state_dict())
     trainer.fit()
@@ -50,11 +52,11 @@ def test_teacher_never_changes(order, teacher_ckpt, tmp_path):
 
 def test_resume_is_bit_identical(teacher_ckpt, tmp_path):
     cfg = _cfg(**{"train.epochs": 2, "blockkd.gamma": 0.5})
-    full = Trainer(cfg, tmp_path / "full", teacher_weights=teacher_ckpt, progress=False).fit()
-    part = Trainer(cfg, tmp_path / "part", teacher_weights=teacher_ckpt, progress=False).fit(stop_after=1)
+    full = Trainer(cfg, tmp_path / "full", teacher_weights=teacher_ckpt).fit()
+    part = Trainer(cfg, tmp_path / "part", teacher_weights=teacher_ckpt).fit(stop_after=1)
     assert part.epochs == 1 and part.test_acc is None
     # A fresh process would build a new Trainer: do the same, and resume from last.pt.
-    resumed = Trainer(cfg, tmp_path / "part", teacher_weights=teacher_ckpt, progress=False).fit()
+    resumed = Trainer(cfg, tmp_path / "part", teacher_weights=teacher_ckpt).fit()
     assert resumed.resumed_from_epoch == 1
     a, b = _state(full.student_path), _state(resumed.student_path)
     assert a.keys() == b.keys()
@@ -64,18 +66,18 @@ def test_resume_is_bit_identical(teacher_ckpt, tmp_path):
 
 def test_same_seed_same_weights_other_seed_differs(teacher_ckpt, tmp_path):
     cfg = _cfg(method="ce", **{"train.epochs": 1})
-    one = Trainer(cfg, tmp_path / "a", progress=False).fit()
-    two = Trainer(cfg, tmp_path / "b", progress=False).fit()
-    other = Trainer(_cfg(method="ce", seed=1, **{"train.epochs": 1}), tmp_path / "c", progress=False).fit()
+    one = Trainer(cfg, tmp_path / "a").fit()
+    two = Trainer(cfg, tmp_path / "b").fit()
+    other = Trainer(_cfg(method="ce", seed=1, **{"train.epochs": 1}), tmp_path / "c").fit()
     a, b, c = (_state(r.student_path) for r in (one, two, other))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_checkpoint_of_another_config_is_refused(teacher_ckpt, tmp_path):
-    Trainer(_cfg(method="ce", **{"train.epochs": 1}), tmp_path, progress=False).fit()
+    Trainer(_cfg(method="ce", **{"train.epochs": 1}), tmp_path).fit()
     with pytest.raises(CheckpointError, match="different run configuration"):
-        Trainer(_cfg(method="ce", **{"train.epochs": 2}), tmp_path, progress=False).fit()
+        Trainer(_cfg(method="ce", **{"train.epochs": 2}), tmp_path).fit()
 
 
 def test_lr_schedules():
@@ -93,7 +95,7 @@ def test_lr_schedules():
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
 def test_capturable_sgd_matches_torch_sgd(nesterov, weight_decay):
-    from bkdsearch.engine import CapturableSGD
+    from bkdsearch.core.optim import CapturableSGD
 
     torch.manual_seed(0)
     ref = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
@@ -142,7 +144,7 @@ def _asking(stop_at=None):
 def test_should_stop_is_asked_before_every_step_and_stops_mid_epoch(tmp_path):
     cfg = _small_cfg()
     calls, hook = _asking()
-    probe = Trainer(cfg, tmp_path / "probe", progress=False, should_stop=hook)
+    probe = Trainer(cfg, tmp_path / "probe", should_stop=hook)
     steps = len(probe.data.train)
     full = probe.fit()
     # Once before each epoch and once before each of its steps.
@@ -150,14 +152,14 @@ def test_should_stop_is_asked_before_every_step_and_stops_mid_epoch(tmp_path):
 
     # Epoch 1, then epoch 2's first check and two steps: stop before its third step.
     calls, hook = _asking(stop_at=(steps + 1) + 3)
-    trainer = Trainer(cfg, tmp_path / "run", progress=False, should_stop=hook)
+    trainer = Trainer(cfg, tmp_path / "run", should_stop=hook)
     with pytest.raises(Stopped):
         trainer.fit()
     assert len(calls) == (steps + 1) + 4
     assert _state(trainer.checkpoint_path)["epoch"] == 1
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
     _, never = _asking()
-    resumed = Trainer(cfg, tmp_path / "run", progress=False, should_stop=never).fit()
+    resumed = Trainer(cfg, tmp_path / "run", should_stop=never).fit()
     assert resumed.resumed_from_epoch == 1
     a, b = _state(full.student_path), _state(resumed.student_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -165,7 +167,7 @@ def test_should_stop_is_asked_before_every_step_and_stops_mid_epoch(tmp_path):
 
 def test_metric_rows_carry_wall_clock_time_and_epoch_seconds(tmp_path):
     before = time.time()
-    trainer = Trainer(_small_cfg(), tmp_path, progress=False)
+    trainer = Trainer(_small_cfg(), tmp_path)
     result = trainer.fit()
     after = time.time()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -200,9 +202,9 @@ def test_digest_ignores_the_runtime_only():
 
 def test_checkpoint_resumes_under_another_runtime(tmp_path):
     eager = _with_runtime(_small_cfg(), EAGER)
-    full = Trainer(eager, tmp_path / "full", progress=False).fit()
-    Trainer(eager, tmp_path / "run", progress=False).fit(stop_after=1)
-    resumed = Trainer(_with_runtime(eager, GRAPHED), tmp_path / "run", progress=False).fit()
+    full = Trainer(eager, tmp_path / "full").fit()
+    Trainer(eager, tmp_path / "run").fit(stop_after=1)
+    resumed = Trainer(_with_runtime(eager, GRAPHED), tmp_path / "run").fit()
     assert resumed.resumed_from_epoch == 1 and resumed.epochs == 2
     a, b = _state(full.student_path), _state(resumed.student_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -213,8 +215,8 @@ def test_checkpoint_of_a_graphed_run_resumes_eagerly_on_cpu(optimizer, tmp_path)
     """A CUDA-graphed run saves its learning rate as a tensor (and AdamW as capturable):
     an eager CPU run resumes from it, exactly as from its own checkpoint."""
     cfg = _small_cfg(**{"train.optimizer": optimizer, "train.lr": 0.01 if optimizer == "adamw" else 0.1})
-    full = Trainer(cfg, tmp_path / "full", progress=False).fit()
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    full = Trainer(cfg, tmp_path / "full").fit()
+    trainer = Trainer(cfg, tmp_path / "run")
     trainer.fit(stop_after=1)
     state = _state(trainer.checkpoint_path)
     for group in state["optimizer"]["param_groups"]:
@@ -225,7 +227,7 @@ def test_checkpoint_of_a_graphed_run_resumes_eagerly_on_cpu(optimizer, tmp_path)
         assert all("step" in st for st in state["optimizer"]["state"].values())
     torch.save(state, trainer.checkpoint_path)
 
-    resumed_trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    resumed_trainer = Trainer(cfg, tmp_path / "run")
     resumed = resumed_trainer.fit()
     assert resumed.resumed_from_epoch == 1
     assert all(math.isfinite(row["loss"]) for row in resumed.history)
@@ -263,11 +265,11 @@ def _pickle_with_code(path):
 ])
 def test_unreadable_last_pt_is_a_clear_checkpoint_error(write, says, tmp_path, capsys):
     cfg = _small_cfg(**{"train.epochs": 1})
-    Trainer(cfg, tmp_path, progress=False).fit(stop_after=1)
+    Trainer(cfg, tmp_path).fit(stop_after=1)
     path = tmp_path / "last.pt"
     write(path)
     with pytest.raises(CheckpointError, match="--no-resume") as info:
-        Trainer(cfg, tmp_path, progress=False).fit(resume=True)
+        Trainer(cfg, tmp_path).fit(resume=True)
     assert str(path) in str(info.value) and says in str(info.value)
     assert isinstance(info.value, WeightsError)  # bad input: the CLI exits 2
     assert "this must never run" not in capsys.readouterr().out
@@ -318,7 +320,7 @@ def _scales(trainer):
 
 def test_dkd_warmup_factor_is_set_for_every_epoch(teacher_ckpt, tmp_path):
     cfg = _dkd_cfg(**{"train.epochs": 6, "blockkd.dkd_warmup": 4})
-    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False)
+    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt)
     seen = _scales(trainer)
     trainer.fit()
     assert seen == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 1.0), (6, 1.0)]
@@ -345,10 +347,10 @@ def _first_losses(method, epochs):
 
 
 def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
-    from bkdsearch.losses import dkd_loss
+    from bkdsearch.core.losses import dkd_loss
 
     cfg = _dkd_cfg(**{"train.epochs": 2, "blockkd.dkd_warmup": 4, "blockkd.beta": 2.0})
-    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, progress=False)
+    trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt)
     kept = _first_losses(trainer.method, {1, 2})
     trainer.fit()
     loss = cfg.loss
@@ -361,8 +363,8 @@ def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
 
 
 def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
-    from bkdsearch.engine import build_method_for
-    from bkdsearch.losses import blockkd_loss, make_logit_loss
+    from bkdsearch.core.trainer import build_method_for
+    from bkdsearch.core.losses import blockkd_loss, make_logit_loss
 
     cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
     method = build_method_for(cfg, 10, (3, 32, 32), teacher_ckpt).eval()  # eval: repeatable forwards
@@ -386,13 +388,13 @@ def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
 @pytest.mark.parametrize("method", ["dkd", "blockkd"])
 def test_dkd_warmup_zero_is_bit_identical_to_the_unramped_loss(method, teacher_ckpt, tmp_path, monkeypatch):
     """dkd_warmup 0 (also when not set) trains exactly as the loss did before warm-up existed."""
-    from bkdsearch import methods
-    from bkdsearch.losses import dkd_loss
+    from bkdsearch.core import methods
+    from bkdsearch.core.losses import dkd_loss
 
     extra = {"blockkd.logit_loss": "dkd"} if method == "blockkd" else {}
     cfg = _dkd_cfg(method=method, **{"train.epochs": 1}, **extra)
     assert _dkd_cfg(method=method, **{"train.epochs": 1, "blockkd.dkd_warmup": 0}, **extra) == cfg
-    run = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False).fit()
+    run = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt).fit()
 
     # The reference: the loss without any warm-up factor.
     def dkd_forward(self, x, y):
@@ -405,19 +407,19 @@ def test_dkd_warmup_zero_is_bit_identical_to_the_unramped_loss(method, teacher_c
     unscaled = methods.blockkd_loss
     monkeypatch.setattr(methods.DKD, "forward", dkd_forward)
     monkeypatch.setattr(methods, "blockkd_loss", lambda *a, logit_scale, **kw: unscaled(*a, **kw))
-    ref = Trainer(cfg, tmp_path / "ref", teacher_weights=teacher_ckpt, progress=False).fit()
+    ref = Trainer(cfg, tmp_path / "ref", teacher_weights=teacher_ckpt).fit()
     a, b = _state(run.student_path), _state(ref.student_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resumed_run_gets_the_same_dkd_factor(teacher_ckpt, tmp_path):
     cfg = _dkd_cfg(**{"train.epochs": 4, "blockkd.dkd_warmup": 4})
-    full_trainer = Trainer(cfg, tmp_path / "full", teacher_weights=teacher_ckpt, progress=False)
+    full_trainer = Trainer(cfg, tmp_path / "full", teacher_weights=teacher_ckpt)
     full_seen = _scales(full_trainer)
     full = full_trainer.fit()
-    Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False).fit(stop_after=2)
+    Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt).fit(stop_after=2)
     # A fresh process builds a new Trainer, whose method starts at factor 1.
-    trainer = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt, progress=False)
+    trainer = Trainer(cfg, tmp_path / "run", teacher_weights=teacher_ckpt)
     seen = _scales(trainer)
     resumed = trainer.fit()
     assert resumed.resumed_from_epoch == 2
@@ -441,6 +443,6 @@ def test_exported_script_warms_dkd_up_like_train(teacher_ckpt, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd="/",
                        timeout=600)
     assert r.returncode == 0, r.stderr
-    trained = Trainer(cfg, tmp_path / "trained", teacher_weights=teacher_ckpt, progress=False).fit()
+    trained = Trainer(cfg, tmp_path / "trained", teacher_weights=teacher_ckpt).fit()
     a, b = _state(tmp_path / "exported" / "student.pt"), _state(trained.student_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from workerkit import quick_spec
 
 from bkdsearch.cli import main
-from bkdsearch.engine import Trainer
+from bkdsearch.core.trainer import Trainer
 from bkdsearch.search import (
     MAX_CONSECUTIVE_FAILURES,
     StorageError,
@@ -136,7 +136,7 @@ def test_retry_refuses_a_checkpoint_artifact_that_carries_code(tmp_path, monkeyp
     with open(tmp_path / "evil.pt", "wb") as f:
         torch.save({"epoch": 1, "method": _Payload(marker)}, f)
     with open(tmp_path / "evil.pt", "rb") as f:
-        worker.artifacts.write("evil", f)
+        worker.objective.artifacts.write("evil", f)
     dead = study.ask()
     dead.suggest_float("train.lr", 0.02, 0.2, log=True)
     dead.suggest_float("train.momentum", 0.5, 0.95)
@@ -163,9 +163,9 @@ def test_retry_on_a_cpu_worker_resumes_a_gpu_workers_checkpoint(tmp_path):
     gpu = cfg.model_copy(update={"runtime": RuntimeConfig(device="cuda:0", amp="bf16", cuda_graph="on",
                                                           channels_last="on")})
     # Trained here on the CPU (where those runtime settings are inert), saved as that worker would.
-    Trainer(gpu, tmp_path / "gpu-run", device=CPU, progress=False).fit(stop_after=1)
+    Trainer(gpu, tmp_path / "gpu-run", device=CPU).fit(stop_after=1)
     with open(tmp_path / "gpu-run" / "last.pt", "rb") as f:
-        worker.artifacts.write("gpu-epoch-1", f)
+        worker.objective.artifacts.write("gpu-epoch-1", f)
     dead.set_user_attr("checkpoint", {"artifact_id": "gpu-epoch-1", "epoch": 1})
     study.tell(dead, state=TrialState.FAIL)
     study._storage.get_heartbeat_stale_trial_callback()(study, study._storage.get_trial(dead._trial_id))
@@ -370,7 +370,7 @@ def test_redact_hides_query_passwords():
 
 
 def test_failure_reasons_never_store_a_password():
-    from bkdsearch.search import _reason
+    from bkdsearch.search.objective import _reason
 
     try:
         raise RuntimeError("lost postgresql+psycopg://bob:s3cret@db/bkd mid-query")

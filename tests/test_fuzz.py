@@ -13,7 +13,7 @@ from conftest import TINY_SPEC, write_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bkdsearch.blocks import PartitionError
+from bkdsearch.errors import PartitionError
 from bkdsearch.cli import main
 from bkdsearch.spec import Defaults, Spec, SpecError, parse_spec, resolve
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkdsearch.losses import (
+from bkdsearch.core.losses import (
     blockkd_loss,
     dkd_loss,
     dkd_warmup_factor,

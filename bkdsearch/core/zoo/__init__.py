@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import WeightsError
 from . import imagenet, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401 (register)
 from .atoms import Chain, Decomposition, Fn, atom_shapes, decompose, register_decomposer, run_atoms
 from .registry import ModelEntry, create_model, list_models, model_entry, register_model
-from .weights import WeightsError, load_weights
+from .weights import load_weights
 
 __all__ = [
     "Chain",

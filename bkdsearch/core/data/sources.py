@@ -1,21 +1,21 @@
 """Reading the in-memory datasets: CIFAR-10/100 through torchvision, Fashion-MNIST from idx
 files (Debian's package, torchvision's layout, or a download), the synthetic set; cached
-in-process by :func:`load_arrays`."""
+in-process by :func:`bkdsearch.core.data.arrays.load_arrays`."""
 
 from __future__ import annotations
 
-import functools
 import gzip
 import math
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .arrays import DATASETS, ArrayDataset, DataError, _check_split
-from .synthetic import SyntheticConfig, _load_synthetic_cached
+from ..errors import DataError
+from .arrays import ArrayDataset, register_source
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the idx files."""
@@ -28,73 +28,25 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
 }
 
-_DEFAULT_ROOT = "./data"
+@register_source("cifar10")
+def load_cifar10(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+    """Return CIFAR-10's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
+    images, labels, classes = _load_cifar("cifar10", root, split, download)
+    return ArrayDataset(images, labels, classes, *_STATS["cifar10"], "cifar10")
 
 
-def _root_path(root: str | Path | None) -> Path:
-    return Path(_DEFAULT_ROOT if root is None else root).expanduser().resolve()
+@register_source("cifar100")
+def load_cifar100(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+    """Return CIFAR-100's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
+    images, labels, classes = _load_cifar("cifar100", root, split, download)
+    return ArrayDataset(images, labels, classes, *_STATS["cifar100"], "cifar100")
 
 
-def load_arrays(
-    name: str,
-    root: str | Path | None,
-    split: str,
-    *,
-    download: bool = False,
-    seed: int = 0,
-    synthetic: SyntheticConfig | None = None,
-) -> ArrayDataset:
-    """Load one split of an in-memory dataset.
-
-    Results are cached in-process by their arguments, so repeated calls (several trials in
-    one worker) share the same CPU tensors.
-
-    Args:
-        name: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``synthetic``.
-        root: data folder for the torchvision datasets (``./data`` when None); ignored for
-            ``synthetic``. For ``fashion_mnist`` the idx files are searched in
-            ``root/FashionMNIST/raw`` (torchvision's layout), ``root/fashion-mnist``,
-            ``root/fashion_mnist`` and ``root``, then in Debian's
-            ``/usr/share/datasets/fashion-mnist``.
-        split: ``"train"`` or ``"test"``.
-        download: let torchvision download CIFAR / Fashion-MNIST into ``root`` when absent.
-        seed: generation seed of the synthetic dataset (ignored otherwise).
-        synthetic: synthetic dataset parameters (defaults when None).
-
-    Returns:
-        The split as an :class:`ArrayDataset` (uint8 NCHW on the CPU; Fashion-MNIST keeps
-        its single 28x28 channel). ``mean``/``std`` are those of the training split.
-
-    Raises:
-        DataError: the data is missing (and ``download`` is off), the download failed, or a
-            file is corrupt or truncated.
-        ValueError: unknown ``name`` or ``split``; ``imagefolder`` (not an in-memory set).
-    """
-    _check_split(split)
-    if name == "imagefolder":
-        raise ValueError("imagefolder is not an in-memory dataset; use build_data()")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "synthetic":
-        return _load_synthetic_cached(synthetic or SyntheticConfig(), int(seed), split)
-    return _load_torchvision_cached(name, str(_root_path(root)), split, bool(download))
-
-
-@functools.lru_cache(maxsize=6)
-def _load_torchvision_cached(name: str, root: str, split: str, download: bool) -> ArrayDataset:
-    if name in ("cifar10", "cifar100"):
-        images, labels, num_classes = _load_cifar(name, Path(root), split, download)
-    else:
-        images, labels = _load_fashion_mnist(Path(root), split, download)
-        num_classes = 10
-    mean, std = _STATS[name]
-    return ArrayDataset(images, labels, num_classes, mean, std, name)
-
-
-def clear_cache() -> None:
-    """Forget every dataset cached by :func:`load_arrays`."""
-    _load_torchvision_cached.cache_clear()
-    _load_synthetic_cached.cache_clear()
+@register_source("fashion_mnist")
+def load_fashion_mnist(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+    """Return Fashion-MNIST's ``split`` (1x28x28) from idx files under ``root`` or Debian's package."""
+    images, labels = _load_fashion_mnist(root, split, download)
+    return ArrayDataset(images, labels, 10, *_STATS["fashion_mnist"], "fashion_mnist")
 
 
 def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arrays import ArrayDataset, _check_split, _cpu_generator
+from .arrays import ArrayDataset, _check_split, _cpu_generator, register_source
 
 
 @dataclass(frozen=True)
@@ -265,3 +265,11 @@ def _load_synthetic_cached(cfg: SyntheticConfig, seed: int, split: str) -> Array
     mean = tuple(float(v) for v in as_float.mean(dim=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in as_float.std(dim=(0, 2, 3)))
     return ArrayDataset(images, labels, cfg.num_classes, mean, std, "synthetic")
+
+
+@register_source("synthetic")
+def load_synthetic(root: Any, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+    """Return the synthetic set's ``split`` for ``options`` (a SyntheticConfig, a spec's
+    mapping as sorted items, or None for the defaults), generated from ``seed``."""
+    cfg = options if isinstance(options, SyntheticConfig) else SyntheticConfig.from_dict(dict(options or ()))
+    return _load_synthetic_cached(cfg, seed, split)

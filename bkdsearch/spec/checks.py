@@ -1,54 +1,17 @@
-"""Candidate partitions of a spec: resolving generators to cut atoms, and checking that every
-candidate can be built for every order and connector the spec may choose."""
+"""Semantic checks of a spec that pydantic cannot see: unknown architectures, input sizes,
+synthetic-data options, and candidate partitions that cannot be built or connected for some
+order, connector or stone set the spec allows."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from torch import nn
-
-from .blocks import Partition, PartitionError, SteppingStones, per_stage, stage_aligned, uniform
-from .data import SyntheticConfig, input_size_of
-from .spec import Choice, ExplicitPartition, PartitionConfig, Spec
-from .zoo import create_model, decompose, list_models, model_entry
-
-
-@functools.lru_cache(maxsize=32)
-def _model(arch: str) -> nn.Module:
-    # Shapes and atom names do not depend on the number of classes.
-    return create_model(arch, num_classes=10).eval()
-
-
-def build_partition(teacher: str, student: str, candidate: Any, input_size: tuple[int, int, int]) -> Partition:
-    """Return the concrete partition of ``candidate`` (explicit or a generator) for a pair.
-
-    Raises:
-        PartitionError: the generator cannot produce it for this pair.
-    """
-    t, s = _model(teacher), _model(student)
-    if candidate == "stage_aligned":
-        part = stage_aligned(t, s, input_size)
-        if not part.teacher:
-            raise PartitionError(f"{teacher} and {student} share no resolution change to cut at")
-        return part
-    if isinstance(candidate, ExplicitPartition):
-        return Partition(tuple(candidate.teacher), tuple(candidate.student))
-    if candidate.per_stage is not None:
-        return per_stage(t, s, input_size, candidate.per_stage)
-    return uniform(t, s, candidate.uniform)
-
-
-def resolve_partition(spec: Spec, name: str) -> PartitionConfig:
-    """Return the cut atoms of the spec's candidate partition ``name``.
-
-    Raises:
-        KeyError: no such candidate. PartitionError: it cannot be built.
-    """
-    assert spec.teacher is not None
-    part = build_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name],
-                           input_size_of(spec.data))
-    return PartitionConfig(name=name, teacher=list(part.teacher), student=list(part.student))
+from ..core.data import SyntheticConfig, input_size_of
+from ..core.stones import SteppingStones
+from ..core.zoo import decompose, list_models, model_entry
+from ..errors import PartitionError
+from .resolve import candidate_partition, probe_model
+from .schema import Choice, Spec
 
 
 def _choices(value: Any) -> list[Any]:
@@ -86,12 +49,12 @@ def check_spec(spec: Spec) -> list[tuple[str, str]]:
     for name in used:
         path = f"partitions.{name}"
         try:
-            part = build_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name], size)
+            part = candidate_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name], size)
             for order in _choices(spec.blockkd.order):
                 for connector in _choices(spec.blockkd.connector):
                     for stones in _choices(spec.blockkd.stones):
                         active = None if stones == "all" else _stone_list(stones)
-                        SteppingStones(_model(spec.teacher.arch), _model(spec.student.arch), part,
+                        SteppingStones(probe_model(spec.teacher.arch), probe_model(spec.student.arch), part,
                                        order=order, connector=connector, active=active,
                                        input_size=size)
         except PartitionError as exc:
@@ -109,4 +72,4 @@ def _stone_list(value: Any) -> list[int]:
 
 def atom_names(arch: str) -> list[str]:
     """Return the atom names of ``arch`` (for messages and `bkdsearch flops`)."""
-    return decompose(_model(arch)).names
+    return decompose(probe_model(arch)).names

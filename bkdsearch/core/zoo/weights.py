@@ -12,14 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import WeightsError
+
 # Wrappers used by the CIFAR distillation repos ({"model": ...}), Lightning-style
 # checkpoints ({"state_dict": ...}) and our own run checkpoints ({"student": ...}).
 _WRAPPER_KEYS = ("model", "state_dict", "student")
 _SHOW = 5
-
-
-class WeightsError(Exception):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
-from .arrays import DataError, _cpu_generator
+from ..errors import DataError
+from .arrays import _cpu_generator
+from .build import DataBundle, register_bundle
 from .loader import _EpochLoader, _resolve_device
+from .splits import stratified_split_indices
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -232,3 +235,65 @@ class FolderLoader(_EpochLoader):
             x = x.to(self.device, non_blocking=non_blocking)
             x = x.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
             yield x, y.to(self.device, non_blocking=non_blocking)
+
+
+@register_bundle("imagefolder")
+def build_folder_data(
+    root: str | Path | None,
+    *,
+    val_fraction: float,
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    device: str | torch.device,
+    augment: bool,
+    num_workers: int,
+    flip: bool | None,
+    data_seed: int,
+    image_size: int,
+) -> DataBundle:
+    """Return the loaders of an image folder (``root/train``, ``root/val``): the validation
+    split carved from ``train`` by ``data_seed``, ``val`` as the test split."""
+    if root is None:
+        raise DataError(f"imagefolder needs root (a folder); {_LAYOUT}")
+    train_folder = open_image_folder(root, "train")
+    test_folder = open_image_folder(root, "val")
+    if list(test_folder.classes) != list(train_folder.classes):
+        only_train = sorted(set(train_folder.classes) - set(test_folder.classes))
+        only_val = sorted(set(test_folder.classes) - set(train_folder.classes))
+        raise DataError(
+            f"class folders of {Path(root) / 'train'} and {Path(root) / 'val'} differ "
+            f"(only in train: {only_train[:5]}, only in val: {only_val[:5]}); {_LAYOUT}"
+        )
+    samples = list(train_folder.samples)
+    val_samples: list[tuple[str, int]] | None = None
+    if val_fraction > 0:
+        train_idx, val_idx = stratified_split_indices(train_folder.targets, val_fraction, data_seed)
+        val_samples = [samples[i] for i in val_idx.tolist()]
+        samples = [samples[i] for i in train_idx.tolist()]
+    classes = tuple(train_folder.classes)
+    common = {"device": device, "seed": seed, "image_size": image_size, "num_workers": num_workers}
+    train_loader = FolderLoader(
+        samples,
+        classes,
+        batch_size,
+        train=True,
+        augment=augment,
+        flip=flip is not False,
+        **common,
+    )
+    return DataBundle(
+        train=train_loader,
+        val=(
+            FolderLoader(val_samples, classes, eval_batch_size, train=False, **common)
+            if val_samples is not None
+            else None
+        ),
+        test=FolderLoader(test_folder.samples, classes, eval_batch_size, train=False, **common),
+        num_classes=len(classes),
+        input_size=(3, image_size, image_size),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        name="imagefolder",
+        classes=classes,
+    )

@@ -28,11 +28,21 @@ Modules: ``arrays`` (:class:`ArrayDataset`, :class:`DataError`, seed derivation)
 
 from __future__ import annotations
 
-from .arrays import DATASETS, ArrayDataset, DataError
-from .build import DataBundle, DatasetInfo, as_cifar_input, build_data, dataset_info, input_size_of
+from ..errors import DataError
+from .arrays import DATASETS, ArrayDataset, array_source, clear_cache, load_arrays, register_source
+from .build import (
+    DataBundle,
+    DatasetInfo,
+    as_cifar_input,
+    build_data,
+    dataset_entry,
+    dataset_info,
+    input_size_of,
+    register_bundle,
+)
 from .folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, open_image_folder
 from .loader import DeviceLoader
-from .sources import DEBIAN_FASHION_MNIST_DIR, clear_cache, load_arrays, read_idx
+from .sources import DEBIAN_FASHION_MNIST_DIR, read_idx
 from .splits import split_train_val, stratified_split_indices
 from .synthetic import SyntheticConfig, make_synthetic
 
@@ -48,15 +58,19 @@ __all__ = [
     "DeviceLoader",
     "FolderLoader",
     "SyntheticConfig",
+    "array_source",
     "as_cifar_input",
     "build_data",
     "clear_cache",
+    "dataset_entry",
     "dataset_info",
     "input_size_of",
     "load_arrays",
     "make_synthetic",
     "open_image_folder",
     "read_idx",
+    "register_bundle",
+    "register_source",
     "split_train_val",
     "stratified_split_indices",
 ]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arrays import DATASETS, ArrayDataset, DataError
-from .folder import _LAYOUT, IMAGENET_MEAN, IMAGENET_STD, FolderLoader, open_image_folder
-from .loader import DeviceLoader
-from .sources import load_arrays
-from .splits import split_train_val, stratified_split_indices
+from .arrays import DATASETS, ArrayDataset, array_source, load_arrays
+from .loader import DeviceLoader, _EpochLoader
+from .splits import split_train_val
 from .synthetic import SyntheticConfig
-
-Loader = DeviceLoader | FolderLoader
 
 
 @dataclass
@@ -38,9 +35,9 @@ class DataBundle:
         classes: class names where the dataset has them (image folders), else None.
     """
 
-    train: Loader
-    val: Loader | None
-    test: Loader
+    train: _EpochLoader
+    val: _EpochLoader | None
+    test: _EpochLoader
     num_classes: int
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
@@ -53,6 +50,33 @@ class DataBundle:
 # generated mirror-symmetric); Fashion-MNIST's garments are centred and upright and are
 # conventionally trained without flips.
 _DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": True}
+
+
+BundleBuilder = Callable[..., "DataBundle"]
+"""``builder(root, *, val_fraction, batch_size, eval_batch_size, seed, device, augment,
+num_workers, flip, data_seed, image_size) -> DataBundle`` for a dataset that is not in memory."""
+
+_BUNDLES: dict[str, BundleBuilder] = {}
+
+
+def register_bundle(name: str) -> Callable[[BundleBuilder], BundleBuilder]:
+    """Decorator registering the loader builder of dataset ``name`` (image folders)."""
+
+    def wrap(builder: BundleBuilder) -> BundleBuilder:
+        _BUNDLES[name] = builder
+        return builder
+
+    return wrap
+
+
+def dataset_entry(name: str) -> Callable[..., Any]:
+    """Return the function that serves dataset ``name``: its loader builder (image folders)
+    or its in-memory source.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    return _BUNDLES[name] if name in _BUNDLES else array_source(name)
 
 
 def as_cifar_input(ds: ArrayDataset) -> ArrayDataset:
@@ -77,7 +101,7 @@ def build_data(
     augment: bool = True,
     crop_padding: int = 4,
     num_workers: int = 0,
-    synthetic: SyntheticConfig | None = None,
+    synthetic: Any = None,
     flip: bool | None = None,
     data_seed: int = 0,
     image_size: int = 224,
@@ -116,8 +140,8 @@ def build_data(
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if name == "imagefolder":
-        return _build_folder(
+    if name in _BUNDLES:
+        return _BUNDLES[name](
             root,
             val_fraction=val_fraction,
             batch_size=batch_size,
@@ -158,65 +182,6 @@ def build_data(
         mean=full.mean,
         std=full.std,
         name=name,
-    )
-
-
-def _build_folder(
-    root: str | Path | None,
-    *,
-    val_fraction: float,
-    batch_size: int,
-    eval_batch_size: int,
-    seed: int,
-    device: str | torch.device,
-    augment: bool,
-    num_workers: int,
-    flip: bool | None,
-    data_seed: int,
-    image_size: int,
-) -> DataBundle:
-    if root is None:
-        raise DataError(f"imagefolder needs root (a folder); {_LAYOUT}")
-    train_folder = open_image_folder(root, "train")
-    test_folder = open_image_folder(root, "val")
-    if list(test_folder.classes) != list(train_folder.classes):
-        only_train = sorted(set(train_folder.classes) - set(test_folder.classes))
-        only_val = sorted(set(test_folder.classes) - set(train_folder.classes))
-        raise DataError(
-            f"class folders of {Path(root) / 'train'} and {Path(root) / 'val'} differ "
-            f"(only in train: {only_train[:5]}, only in val: {only_val[:5]}); {_LAYOUT}"
-        )
-    samples = list(train_folder.samples)
-    val_samples: list[tuple[str, int]] | None = None
-    if val_fraction > 0:
-        train_idx, val_idx = stratified_split_indices(train_folder.targets, val_fraction, data_seed)
-        val_samples = [samples[i] for i in val_idx.tolist()]
-        samples = [samples[i] for i in train_idx.tolist()]
-    classes = tuple(train_folder.classes)
-    common = {"device": device, "seed": seed, "image_size": image_size, "num_workers": num_workers}
-    train_loader = FolderLoader(
-        samples,
-        classes,
-        batch_size,
-        train=True,
-        augment=augment,
-        flip=flip is not False,
-        **common,
-    )
-    return DataBundle(
-        train=train_loader,
-        val=(
-            FolderLoader(val_samples, classes, eval_batch_size, train=False, **common)
-            if val_samples is not None
-            else None
-        ),
-        test=FolderLoader(test_folder.samples, classes, eval_batch_size, train=False, **common),
-        num_classes=len(classes),
-        input_size=(3, image_size, image_size),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        name="imagefolder",
-        classes=classes,
     )
 
 

@@ -2,6 +2,9 @@
 
 Everything a run needs lives in its own objects and is passed in (device, run folder,
 callbacks): several runs may train at once in one process without sharing state.
+
+``cfg`` is a :class:`bkdsearch.spec.RunConfig` or anything with the same attributes (an
+exported script's ``Config``): this module reads it and never imports the spec side.
 """
 
 from __future__ import annotations
@@ -15,45 +18,52 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .data import DataBundle, SyntheticConfig, build_data
+from .cuda_graph import GraphedStep
+from .data import DataBundle, build_data
+from .errors import CheckpointError, NonFiniteLoss, WeightsError
 from .methods import Method, build_method
+from .optim import lr_at, make_optimizer
 from .zoo.registry import create_model
-from .zoo.weights import WeightsError, load_safely, load_weights
+from .zoo.weights import load_safely, load_weights
 
-if TYPE_CHECKING:
-    from .spec import Recipe, RunConfig
+RunConfig = Any
+"""A resolved run configuration (see the module docstring)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``callback(epoch, metrics)`` after each epoch (1-based); may raise to stop the run."""
 
+
+class Progress(Protocol):
+    """What a run tells a progress display (bkdsearch's rich bar, log lines); each call
+    returns nothing and must be cheap: :meth:`step` comes after every training step."""
+
+    def begin(self, epochs: int, start_epoch: int, steps_per_epoch: int) -> None:
+        """The run trains epochs ``start_epoch + 1 .. epochs`` of ``steps_per_epoch`` steps."""
+
+    def step(self) -> None:
+        """One training step was launched."""
+
+    def end_epoch(self, row: Mapping[str, float]) -> None:
+        """An epoch ended with the metrics ``row`` (epoch, loss, val_acc, images_per_s...)."""
+
+    def finish(self) -> None:
+        """The run ended (finished, stopped or failed)."""
+
+
 # Model initialisation draws from torch's global generator: one run at a time seeds it.
 _INIT_LOCK = threading.Lock()
 
-# One CUDA graph capture at a time in the process (torch documents that only one may be
-# underway): several runs may train in threads of one process, and torch.cuda.graph() starts
-# with a device-wide synchronize and empty_cache, which must not land inside another
-# thread's capture.
-_CAPTURE_LOCK = threading.Lock()
 
 _CHECKPOINT_KEYS = ("epoch", "method", "optimizer", "history", "config_digest")
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 class Stopped(Exception):
     """The run's ``should_stop`` hook asked it to stop; the last epoch checkpoint stays."""
-
-
-class CheckpointError(WeightsError):
-    """A run checkpoint (``last.pt``) that cannot be read: corrupt, truncated, not a run
-    checkpoint, or a pickle that would run code. The message names the file and the fix."""
 
 
 @dataclass
@@ -114,136 +124,6 @@ def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) 
     return student, teacher
 
 
-def milestones_of(recipe: Recipe) -> list[int]:
-    """Return the multistep milestones (epochs): given, or 5/8, 6/8, 7/8 of the run
-    (150/180/210 of 240, the published CIFAR schedule)."""
-    if recipe.milestones is not None:
-        return list(recipe.milestones)
-    return [round(recipe.epochs * f) for f in (0.625, 0.75, 0.875)]
-
-
-def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Return the learning rate at 0-based ``epoch`` and ``step`` within it: linear warmup over
-    ``warmup_epochs``, then multistep (x lr_decay at each milestone), cosine or constant."""
-    progress = epoch + step / steps_per_epoch
-    if recipe.warmup_epochs and progress < recipe.warmup_epochs:
-        return recipe.lr * (progress + 1 / steps_per_epoch) / recipe.warmup_epochs
-    if recipe.schedule == "multistep":
-        passed = sum(1 for m in milestones_of(recipe) if epoch >= m)
-        return recipe.lr * recipe.lr_decay**passed
-    if recipe.schedule == "cosine":
-        span = max(recipe.epochs - recipe.warmup_epochs, 1e-9)
-        t = min(max(progress - recipe.warmup_epochs, 0.0) / span, 1.0)
-        return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
-    return recipe.lr
-
-
-def make_optimizer(recipe: Recipe, params: list[nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
-    """Return SGD (momentum, optional Nesterov) or AdamW over ``params``.
-
-    ``capturable``: the learning rate lives in a device tensor and the step launches no host
-    synchronisation, so a CUDA graph can capture it and replay it with a changing lr.
-    """
-    device = params[0].device if params else torch.device("cpu")
-    lr: float | torch.Tensor = torch.tensor(recipe.lr, device=device) if capturable else recipe.lr
-    if recipe.optimizer == "sgd":
-        cls = CapturableSGD if capturable else torch.optim.SGD
-        return cls(params, lr=lr, momentum=recipe.momentum,
-                   nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, capturable=capturable)
-
-
-class CapturableSGD(torch.optim.SGD):
-    """torch.optim.SGD's update (dampening 0), written with foreach ops that read the
-    learning rate from a device tensor, so the step can live inside a CUDA graph.
-
-    State (``momentum_buffer``) has the same layout as torch.optim.SGD's, so checkpoints are
-    interchangeable.
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
-        """Apply one update to every parameter with a gradient."""
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            if momentum:
-                bufs = []
-                for p in params:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state or state["momentum_buffer"] is None:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(state["momentum_buffer"])
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, grads)
-                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
-            if isinstance(lr, torch.Tensor):
-                torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
-            else:
-                torch._foreach_add_(params, grads, alpha=-lr)
-
-
-class GraphedStep:
-    """A whole training step (forward, backward, optimizer) captured once in a CUDA graph.
-
-    Capture needs warm-up iterations, which would change the weights: the state of the
-    method and optimizer is snapshotted before and restored after, so the first replayed
-    step starts exactly where the eager path would. Inputs are copied into static buffers;
-    the learning rate is read from the optimizer's device tensor at each replay.
-    """
-
-    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], method: nn.Module,
-                 optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, warmup: int = 3) -> None:
-        self.static_x = x.clone()
-        self.static_y = y.clone()
-        # Optimizer state (momentum buffers) must exist before capture so it is not
-        # allocated inside the graph's private pool.
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if isinstance(optimizer, CapturableSGD) and group["momentum"]:
-                    optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-        saved_model = {k: v.clone() for k, v in method.state_dict().items()}
-        saved_opt = {p: {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
-                     for p, st in optimizer.state.items()}
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                step(self.static_x, self.static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        # Other runs of this process keep training in their threads meanwhile. Without
-        # ``stream``, torch.cuda.graph captures on one class-wide stream shared by every
-        # thread; with the default "global" error mode, any thread's synchronising call
-        # (an ``.item()`` at another run's epoch end) invalidates this capture, while
-        # "thread_local" only forbids such calls in this thread. The lock keeps two
-        # captures from overlapping.
-        with _CAPTURE_LOCK, torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
-            self.static_loss = step(self.static_x, self.static_y)
-        with torch.no_grad():
-            for k, v in method.state_dict().items():
-                v.copy_(saved_model[k])
-            for p, st in optimizer.state.items():
-                before = saved_opt.get(p)
-                for k, v in st.items():
-                    if isinstance(v, torch.Tensor):
-                        # State born during warm-up (AdamW's moments and step) restarts at zero.
-                        v.copy_(before[k]) if before is not None else v.zero_()
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Copy the batch in, replay the step, return the loss (valid until the next call)."""
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
-        self.graph.replay()
-        return self.static_loss.clone()
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
     """Return top-1 accuracy (%) of ``model`` over ``loader`` in eval mode."""
@@ -278,14 +158,14 @@ class Trainer:
         device: where to train.
         data: pre-built data (else built from ``cfg.data`` on ``device``).
         on_epoch: called after every epoch with the epoch's metrics.
-        progress: show a rich progress bar.
+        progress: told of every step and epoch (see :class:`Progress`); None: silent.
         should_stop: asked before every training step (and so between epochs); when it
             returns True, :meth:`fit` raises :class:`Stopped`.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, teacher_weights: str | None = None,
                  device: torch.device | str | None = None, data: DataBundle | None = None,
-                 on_epoch: EpochCallback | None = None, progress: bool = True,
+                 on_epoch: EpochCallback | None = None, progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -298,7 +178,7 @@ class Trainer:
             val_fraction=cfg.data.val_fraction, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed, device=self.device,
             augment=cfg.data.augment, num_workers=cfg.data.num_workers,
-            synthetic=_synthetic(cfg),
+            synthetic=cfg.data.synthetic,
         )
         self.method: Method = build_method_for(cfg, self.data.num_classes, self.data.input_size,
                                                teacher_weights).to(self.device)
@@ -430,8 +310,9 @@ class Trainer:
         images = 0
         train_time = 0.0
         last_epoch = recipe.epochs if stop_after is None else min(stop_after, recipe.epochs)
-        bar = _Progress(self.progress, f"{self.cfg.name} {self.cfg.method}", last_epoch - start)
-        with bar:
+        if self.progress is not None:
+            self.progress.begin(last_epoch, start, steps)
+        try:
             for epoch in range(start, last_epoch):
                 self._check_stop()
                 self.method.train()
@@ -443,6 +324,8 @@ class Trainer:
                     self._check_stop()
                     self._set_lr(lr_at(recipe, epoch, i, steps))
                     loss_sum += self.train_step(x, y)
+                    if self.progress is not None:
+                        self.progress.step()
                 # .item() waits for this run's stream, which holds all its steps: no
                 # device-wide synchronize, which would also wait on (and, during a capture,
                 # break) the work of other runs in this process.
@@ -463,9 +346,13 @@ class Trainer:
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 self.save_checkpoint(epoch + 1, history)
-                bar.update(row)
+                if self.progress is not None:
+                    self.progress.end_epoch(row)
                 if self.on_epoch is not None:
                     self.on_epoch(epoch + 1, row)
+        finally:
+            if self.progress is not None:
+                self.progress.finish()
         done = last_epoch
         result = RunResult(val_acc=history[-1].get("val_acc") if history else None, test_acc=None,
                            epochs=done, history=history, resumed_from_epoch=start,
@@ -480,48 +367,3 @@ class Trainer:
                 f.write(json.dumps({"final": True, "val_acc": result.val_acc,
                                     "test_acc": result.test_acc}) + "\n")
         return result
-
-
-def _synthetic(cfg: RunConfig) -> SyntheticConfig | None:
-    if cfg.data.dataset != "synthetic":
-        return None
-    return SyntheticConfig.from_dict(cfg.data.synthetic)
-
-
-class _Progress:
-    """A rich progress bar over epochs (silent when disabled)."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled = enabled
-        self.label = label
-        self.total = total
-        self._progress = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            self._progress.__enter__()
-            self._task = self._progress.add_task(self.label, total=self.total, info="")
-        return self
-
-    def update(self, row: dict[str, float]) -> None:
-        if self._progress is None:
-            return
-        info = f"epoch {int(row['epoch'])} loss {row['loss']:.3f}"
-        if "val_acc" in row:
-            info += f" val {row['val_acc']:.2f}%"
-        info += f" {row['images_per_s']:.0f} img/s"
-        self._progress.update(self._task, advance=1, info=info)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)

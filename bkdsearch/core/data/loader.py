@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .arrays import ArrayDataset, DataError, _derive_seed
+from ..errors import DataError
+from .arrays import ArrayDataset, _derive_seed
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

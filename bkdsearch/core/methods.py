@@ -6,17 +6,43 @@ the training loop knows nothing of any particular method.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import Partition, SteppingStones
 from .losses import blockkd_loss, dkd_loss, dkd_warmup_factor, kd_loss, make_logit_loss, stone_weights
+from .partitions import Partition
+from .stones import SteppingStones
 
-if TYPE_CHECKING:
-    from .spec import RunConfig
+RunConfig = Any
+"""A resolved run configuration (:class:`bkdsearch.spec.RunConfig` or the same attributes)."""
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator registering a :class:`Method` under ``name`` (``cfg.method``)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def method_class(name: str) -> type[Method]:
+    """Return the :class:`Method` registered as ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the known ones.
+    """
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(_METHODS))}") from None
 
 
 class StepOut(NamedTuple):
@@ -41,6 +67,12 @@ class Method(nn.Module):
             self.teacher.eval()
         return self
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_size: tuple[int, int, int]) -> Method:
+        """Return the method of ``cfg`` around ``student`` (and the frozen ``teacher``)."""
+        raise NotImplementedError
+
     def start_epoch(self, epoch: int) -> None:
         """Prepare for the 1-based ``epoch``: the training loop calls this before
         each epoch's first step, including the first epoch of a resumed run, so per-epoch
@@ -64,16 +96,31 @@ class Method(nn.Module):
             return self.teacher(x)
 
 
+@register_method("ce")
 class CE(Method):
     """Plain cross-entropy training of the student (the no-distillation baseline)."""
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_size: tuple[int, int, int]) -> CE:
+        """Return CE training of ``student`` (the teacher is not used)."""
+        return cls(student)
 
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         logits = self.student(x)
         return StepOut(F.cross_entropy(logits.float(), y), logits)
 
 
+@register_method("kd")
 class KD(Method):
     """Hinton KD: ``alpha * CE + beta * KD(tau)``."""
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_size: tuple[int, int, int]) -> KD:
+        """Return KD of ``student`` from ``teacher`` with ``cfg.loss``'s tau, alpha and beta."""
+        loss = cfg.loss
+        return cls(student, _needs(teacher, "kd"), loss.tau, loss.alpha, loss.beta)
 
     def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float) -> None:
         super().__init__(student, teacher)
@@ -112,8 +159,17 @@ class DKDWarmup(Method):
         self.dkd_scale.fill_(dkd_warmup_factor(epoch, self.dkd_warmup))
 
 
+@register_method("dkd")
 class DKD(DKDWarmup):
     """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta) * dkd_scale``."""
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_size: tuple[int, int, int]) -> DKD:
+        """Return DKD of ``student`` from ``teacher`` with ``cfg.loss``'s weights and warm-up."""
+        loss = cfg.loss
+        return cls(student, _needs(teacher, "dkd"), loss.tau, loss.alpha, loss.beta, loss.dkd_alpha,
+                   loss.dkd_beta, loss.dkd_warmup)
 
     def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float,
                  dkd_alpha: float, dkd_beta: float, dkd_warmup: int = 0) -> None:
@@ -129,6 +185,7 @@ class DKD(DKDWarmup):
         return StepOut(loss, logits)
 
 
+@register_method("blockkd")
 class BlockKD(DKDWarmup):
     """Block-wise logit distillation through stepping-stones (DESIGN.md); with the ``dkd``
     logit loss, its logit-loss terms warm up as :class:`DKDWarmup` says."""
@@ -144,6 +201,23 @@ class BlockKD(DKDWarmup):
         self.logit_loss = make_logit_loss(loss.logit_loss, loss.tau, loss.dkd_alpha, loss.dkd_beta)
         self.alpha, self.beta, self.gamma, self.tau = loss.alpha, loss.beta, loss.gamma, loss.tau
 
+    @classmethod
+    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_size: tuple[int, int, int]) -> BlockKD:
+        """Return Block-KD of ``student`` from ``teacher`` through the stepping-stones of
+        ``cfg.blockkd``.
+
+        Raises:
+            ValueError: no ``blockkd`` section. PartitionError: an impossible partition.
+        """
+        b = cfg.blockkd
+        if b is None:
+            raise ValueError("method 'blockkd' needs a blockkd section (partition)")
+        stones = SteppingStones(_needs(teacher, "blockkd"), student,
+                                Partition(tuple(b.partition.teacher), tuple(b.partition.student)),
+                                order=b.order, connector=b.connector, active=b.stones, input_size=input_size)
+        return cls(stones, cfg)
+
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         out = self._stones[0](x)
         parts = blockkd_loss(out.student, out.teacher, out.stones, self.weights, y,
@@ -152,30 +226,18 @@ class BlockKD(DKDWarmup):
         return StepOut(parts.total, out.student)
 
 
+def _needs(teacher: nn.Module | None, method: str) -> nn.Module:
+    if teacher is None:
+        raise ValueError(f"method {method!r} needs a teacher")
+    return teacher
+
+
 def build_method(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
                  input_size: tuple[int, int, int]) -> Method:
     """Return the method module of ``cfg.method`` around ``student`` (and ``teacher``).
 
     Raises:
         ValueError: unknown method or a distillation method without teacher.
-        bkdsearch.blocks.PartitionError: an impossible partition.
+        PartitionError: an impossible partition.
     """
-    if cfg.method == "ce":
-        return CE(student)
-    if teacher is None:
-        raise ValueError(f"method {cfg.method!r} needs a teacher")
-    loss = cfg.loss
-    if cfg.method == "kd":
-        return KD(student, teacher, loss.tau, loss.alpha, loss.beta)
-    if cfg.method == "dkd":
-        return DKD(student, teacher, loss.tau, loss.alpha, loss.beta, loss.dkd_alpha, loss.dkd_beta,
-                   loss.dkd_warmup)
-    if cfg.method == "blockkd":
-        b = cfg.blockkd
-        if b is None:
-            raise ValueError("method 'blockkd' needs a blockkd section (partition)")
-        stones = SteppingStones(teacher, student, Partition(tuple(b.partition.teacher), tuple(b.partition.student)),
-                                order=b.order, connector=b.connector, active=b.stones,
-                                input_size=input_size)
-        return BlockKD(stones, cfg)
-    raise ValueError(f"unknown method {cfg.method!r}; choose ce, kd, dkd or blockkd")
+    return method_class(cfg.method).from_config(cfg, student, teacher, input_size)

@@ -1,0 +1,7 @@
+"""``bkdsearch.data``: datasets and loaders (``build_data``, ``load_arrays``...), kept here for
+users; the code lives in :mod:`bkdsearch.core.data`."""
+
+from __future__ import annotations
+
+from .core.data import *  # noqa: F403
+from .core.data import __all__ as __all__

@@ -1,0 +1,68 @@
+"""Every error bkdsearch raises on purpose, in one hierarchy that the CLI maps by class:
+:class:`BadInput` exits with 2, :class:`RunFailure` with 1.
+
+The root and the runtime's own errors live in :mod:`bkdsearch.core.errors` (an exported
+script carries them); this module adds those of the spec, the search and the outputs.
+"""
+
+from __future__ import annotations
+
+from .core.errors import (
+    BadInput,
+    BkdsearchError,
+    CheckpointError,
+    DataError,
+    NonFiniteLoss,
+    PartitionError,
+    RunFailure,
+    WeightsError,
+)
+
+__all__ = [
+    "BadInput",
+    "BkdsearchError",
+    "CheckpointError",
+    "DataError",
+    "ExportError",
+    "NonFiniteLoss",
+    "NotFound",
+    "PartitionError",
+    "RunFailure",
+    "SpecError",
+    "StorageError",
+    "TrialsKeepFailing",
+    "WeightsError",
+]
+
+
+class SpecError(BadInput):
+    """Bad spec or parameter: a list of ``(path, message, line)``; the CLI exits with 2."""
+
+    def __init__(self, errors: list[tuple[str, str, int | None]]) -> None:
+        self.errors = errors
+        super().__init__(self.format())
+
+    def format(self, source: str | None = None) -> str:
+        """Return one line per error: ``source:line: path: message``."""
+        lines = []
+        for path, message, line in self.errors:
+            where = f"{source}:" if source else ""
+            where += f"{line}:" if line else ""
+            lines.append(f"{where} {path or '<spec>'}: {message}".strip())
+        return "\n".join(lines)
+
+
+class StorageError(BadInput):
+    """The storage URL is malformed or the database cannot be reached."""
+
+
+class NotFound(BadInput, LookupError):
+    """No such study or trial in the storage."""
+
+
+class ExportError(BadInput):
+    """The trial cannot be exported (a pruned or failed trial, an unknown architecture)."""
+
+
+class TrialsKeepFailing(RunFailure):
+    """Several trials in a row failed: something is wrong beyond one configuration."""

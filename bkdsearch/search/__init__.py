@@ -1,0 +1,42 @@
+"""The orchestration: Optuna studies of a spec, workers, heartbeats and retries.
+
+``storage`` (URLs -> RDB storages, secrets), ``heartbeat`` (heartbeats, the retry of trials
+whose worker died), ``study`` (open, sampler, pruner, suggestions, trial lookup),
+``objective`` (one trial: resolve -> flops -> teacher -> trainer -> objectives, artifacts,
+resume) and ``worker`` (cap, ask/tell, failures, threads, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+from ..errors import NotFound, StorageError, TrialsKeepFailing
+from .heartbeat import GRACE_S, HEARTBEAT_S, MAX_RETRY, fail_stale_trials, heartbeat_settings
+from .objective import Interrupted, TrialObjective
+from .storage import make_storage
+from .study import FINISHED, TrialSuggest, format_value, load_study, open_study, trial_config
+from .worker import INTERRUPTED, MAX_CONSECUTIVE_FAILURES, Worker, WorkerReport, devices_for, run_workers
+
+__all__ = [
+    "FINISHED",
+    "GRACE_S",
+    "HEARTBEAT_S",
+    "INTERRUPTED",
+    "MAX_CONSECUTIVE_FAILURES",
+    "MAX_RETRY",
+    "Interrupted",
+    "NotFound",
+    "StorageError",
+    "TrialObjective",
+    "TrialSuggest",
+    "TrialsKeepFailing",
+    "Worker",
+    "WorkerReport",
+    "devices_for",
+    "fail_stale_trials",
+    "format_value",
+    "heartbeat_settings",
+    "load_study",
+    "make_storage",
+    "open_study",
+    "run_workers",
+    "trial_config",
+]

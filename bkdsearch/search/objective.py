@@ -1,0 +1,216 @@
+"""One trial: resolve its RunConfig, count its FLOPs, get the teacher, train, return the
+objectives; epoch checkpoints go to the artifact store, and the retry of a dead trial
+resumes from the last one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from .. import __version__
+from ..core.trainer import Progress, Stopped, Trainer
+from ..core.zoo.weights import first_line, load_safely
+from ..errors import NonFiniteLoss, SpecError
+from ..flops import run_flops
+from ..spec import RunConfig, Spec, resolve
+from ..teacher import teacher_weights
+from ..urls import redact
+from .study import TrialSuggest, format_value
+
+
+class Interrupted(Stopped):
+    """The worker was asked to stop (Ctrl-C) while waiting for the teacher or at an epoch's
+    end; within an epoch the trainer raises the base class, :class:`bkdsearch.engine.Stopped`.
+    Either ends the running trial FAIL (interrupted) and queues it again."""
+
+
+class TrialObjective:
+    """Trains the trials of one worker: ``objective(trial)`` returns the trial's objectives.
+
+    Args:
+        spec: the spec. study: its study. device: where trials train.
+        studies_dir: home of run folders and cached teachers.
+        artifacts: where epoch checkpoints go (what a retry resumes from).
+        stop: set to interrupt the running trial at its next step.
+        progress: makes a progress display for a trial (None: silent).
+        log: where progress lines go.
+    """
+
+    def __init__(self, spec: Spec, study: optuna.Study, *, device: torch.device, studies_dir: Path,
+                 artifacts: FileSystemArtifactStore, stop: threading.Event,
+                 progress: Callable[[str], Progress] | None, log: Callable[[str], None]) -> None:
+        self.spec, self.study, self.device = spec, study, device
+        self.studies_dir = Path(studies_dir)
+        self.run_root = self.studies_dir / study.study_name
+        self.artifacts, self.stop, self.progress, self.log = artifacts, stop, progress, log
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        """Train ``trial``'s configuration and return its objective values.
+
+        Raises:
+            optuna.TrialPruned: the pruner stopped it. Interrupted, Stopped: asked to stop.
+            Whatever the run raises (it fails the trial alone).
+        """
+        cfg = resolve(self.spec, TrialSuggest(trial))
+        if self.device.type == "cpu":
+            cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
+        trial.set_user_attr("run_config", cfg.model_dump(mode="json"))
+        trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
+                                         "optuna": optuna.__version__})
+        trial.set_user_attr("device", _device_name(self.device))
+        trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()} {self.device}")
+        params = ", ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
+        self.log(f"trial {trial.number} started on {self.device}: {params or 'no searched parameters'}")
+        report = run_flops(cfg)
+        trial.set_user_attr("flops", report.as_dict())
+        train_gflops = report.train_step / 1e9
+        if self.spec.search.max_train_gflops is not None:
+            trial.set_user_attr("constraint", [train_gflops - self.spec.search.max_train_gflops])
+        run_dir = self.run_root / f"trial-{trial.number}"
+        _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
+        saved = self._resume_from_failed(trial, run_dir, cfg)
+        weights = self._teacher(cfg)
+        last_artifact = [saved]
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            last_artifact[0] = self._save_artifact(trial, run_dir, epoch, last_artifact[0])
+            if self.stop.is_set():
+                raise Interrupted()
+            value = row.get("val_acc")
+            if value is None:
+                return
+            if len(self.study.directions) > 1:
+                return  # Optuna prunes (and records intermediate values for) single-objective only
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
+
+        # should_stop: Ctrl-C stops the trial within one step, not one epoch.
+        trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=self.device,
+                          on_epoch=on_epoch, should_stop=self.stop.is_set,
+                          progress=self.progress(f"trial {trial.number}") if self.progress else None)
+        result = trainer.fit(resume=True)
+        if result.val_acc is None:
+            raise ValueError("no validation split: set data.val_fraction > 0 for a search")
+        trial.set_user_attr("test_acc", result.test_acc)
+        trial.set_user_attr("wall_time_s", result.wall_time_s)
+        trial.set_user_attr("images_per_s", result.images_per_s)
+        objectives = {"val_acc": result.val_acc, "train_gflops": train_gflops,
+                      "student_mflops": report.student / 1e6}
+        return [objectives[o] for o in self.spec.search.objectives]
+
+    def _teacher(self, cfg: RunConfig) -> str | None:
+        """The teacher's weights; one worker of this machine trains a missing teacher while
+        the others wait for it (they would write the same cache files)."""
+        from filelock import FileLock, Timeout
+
+        cache = self.studies_dir / "teachers"
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / ".train.lock"))
+        while True:
+            try:
+                lock.acquire(timeout=1)
+                break
+            except Timeout:
+                if self.stop.is_set():
+                    raise Interrupted() from None
+        try:
+            return teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log)
+        finally:
+            lock.release()
+
+    def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
+        """Store the checkpoint of ``epoch`` in the artifact store, record it in the trial's
+        ``checkpoint`` user attr, remove the previous one; return its artifact id."""
+        artifact_id = uuid.uuid4().hex
+        with (run_dir / "last.pt").open("rb") as f:
+            self.artifacts.write(artifact_id, f)
+        trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
+        if previous:
+            with contextlib.suppress(Exception):
+                self.artifacts.remove(previous)
+        return artifact_id
+
+    def _resume_from_failed(self, trial: optuna.Trial, run_dir: Path, cfg: RunConfig) -> str | None:
+        """For the retry of a trial whose worker died (or was interrupted), fetch the last
+        checkpoint that trial saved into ``run_dir``; record ``resumed_from`` and return the
+        checkpoint's artifact id (None when not a retry).
+
+        The retry inherits the dead trial's user attrs, so ``checkpoint`` names the newest
+        checkpoint of the whole retry chain. A checkpoint that cannot be fetched (another
+        machine's local artifact folder) or belongs to another configuration (another runtime
+        does not count: see :meth:`RunConfig.digest`) means starting from epoch 0, with
+        ``resume_note`` saying why.
+        """
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        if not history:
+            return None
+        source = history[-1]
+        saved = frozen.user_attrs.get("checkpoint")
+        epoch, note = 0, None
+        if saved:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / "last.pt.download"
+            try:
+                with self.artifacts.open_reader(saved["artifact_id"]) as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                state = load_safely(tmp)
+                if state.get("config_digest") != cfg.digest():
+                    note = "the saved checkpoint belongs to another configuration; started from epoch 0"
+                else:
+                    os.replace(tmp, run_dir / "last.pt")
+                    epoch = int(saved["epoch"])
+            except Exception as exc:  # noqa: BLE001 - any failure means: start over
+                note = (f"checkpoint {saved.get('artifact_id')} not available ({first_line(exc)}); "
+                        "started from epoch 0")
+            finally:
+                tmp.unlink(missing_ok=True)
+        trial.set_user_attr("resumed_from", {"trial": source, "epoch": epoch})
+        if note:
+            trial.set_user_attr("resume_note", note)
+            self.log(f"trial {trial.number} retries trial {source}: {note}")
+            return None
+        self.log(f"trial {trial.number} retries trial {source}, resuming after epoch {epoch}")
+        return saved["artifact_id"] if saved else None
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    for name in ("last.pt", "metrics.jsonl", "student.pt"):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / name).unlink()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a trial failed, in one line, for its ``fail_reason`` (URL passwords redacted)."""
+    return redact(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NonFiniteLoss):
+        return f"non-finite loss: {exc}"
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "CUDA out of memory"
+    if isinstance(exc, SpecError):
+        return f"invalid configuration: {exc}".replace("\n", "; ")
+    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(last.filename).name}:{last.lineno}" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

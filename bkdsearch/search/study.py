@@ -1,0 +1,171 @@
+"""The study of a spec: open or resume it (sampler, pruner, objectives), ask an Optuna trial
+for each searched value, and look trials up."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.trial import TrialState
+
+from ..core.zoo.weights import first_line
+from ..errors import NotFound, SpecError, StorageError
+from ..spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec
+from ..urls import redact
+from .storage import clean, make_storage, url_secrets
+
+# Heartbeats, stale-trial retry and grouped TPE are "experimental" in Optuna's terms, stable in
+# practice; the warnings would repeat on every run.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+OBJECTIVE_NAMES = {"val_acc": "val_acc", "train_gflops": "train_gflops", "student_mflops": "student_mflops"}
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    constraints = _constraints if spec.search.max_train_gflops is not None else None
+    kind = spec.search.sampler
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=None)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(constraints_func=constraints)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(constraints_func=constraints)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constraints_func=constraints,
+                                      n_startup_trials=min(10, max(2, spec.search.n_trials // 3)))
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraint", [0.0]))
+
+
+def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    if spec.search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if spec.search.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
+    """Create the study of ``spec`` in ``storage_url`` or load it when it exists (resume).
+
+    The process that creates the study records the spec and enqueues the spec's
+    ``search.enqueue`` configurations (e.g. the published one), once; workers that start at
+    the same moment load it.
+
+    Raises:
+        StorageError: the storage cannot be opened, or the study exists with other objectives.
+    """
+    storage = make_storage(storage_url)
+    secrets = url_secrets(storage_url)
+    name = study_name or spec.name
+    directions = ["maximize"] + ["minimize"] * (len(spec.search.objectives) - 1)
+    created = False
+    try:
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                        sampler=_sampler(spec), pruner=_pruner(spec))
+            created = True
+        except DuplicatedStudyError:
+            study = optuna.load_study(storage=storage, study_name=name, sampler=_sampler(spec),
+                                      pruner=_pruner(spec))
+    except Exception as exc:  # noqa: BLE001 - database errors of any driver
+        raise StorageError(f"cannot create study {name!r} in {clean(storage_url, secrets)}: "
+                           f"{clean(first_line(exc), secrets)}") from None
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
+                            else optuna.study.StudyDirection.MINIMIZE for d in directions]:
+        raise StorageError(f"study {name!r} exists with other objectives; use another --study name")
+    if created or "spec" not in study.user_attrs:
+        study.set_metric_names([OBJECTIVE_NAMES[o] for o in spec.search.objectives])
+        study.set_user_attr("spec", _redacted_spec(spec))
+    if created:
+        for params in spec.search.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _redacted_spec(spec: Spec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json", by_alias=True)
+    if data.get("storage"):
+        data["storage"] = clean(data["storage"], url_secrets(data["storage"]))
+    return data
+
+
+class TrialSuggest:
+    """A :class:`bkdsearch.spec.Suggest` asking an Optuna trial (define-by-run)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def __call__(self, name: str, dist: Distribution) -> Any:
+        if isinstance(dist, FloatRange):
+            low, high = dist.float_range
+            return self.trial.suggest_float(name, low, high, log=dist.log)
+        if isinstance(dist, IntRange):
+            low, high = dist.int_range
+            return self.trial.suggest_int(name, low, high, step=dist.step, log=dist.log)
+        assert isinstance(dist, Choice)
+        encoded = [_encode(c) for c in dist.choice]
+        picked = self.trial.suggest_categorical(name, encoded)
+        if picked not in encoded:  # a fixed (enqueued or retried) value outside the choices
+            raise SpecError([(name, f"value {picked!r} is not one of {encoded}", None)])
+        return dist.choice[encoded.index(picked)]
+
+
+def _encode(value: Any) -> Any:
+    """Optuna categorical choices must be scalars: lists become ``"1,2"`` style strings."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def trial_config(study: optuna.Study, number: int | str) -> tuple[optuna.trial.FrozenTrial, RunConfig]:
+    """Return (trial, its RunConfig) for ``number`` or ``"best"`` (highest val acc among
+    complete trials; for multi-objective, the Pareto trial with the highest val acc).
+
+    Raises:
+        NotFound: no such trial, or no complete trial for ``best``.
+    """
+    if number == "best":
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if not complete:
+            raise NotFound(f"study {study.study_name!r} has no complete trial yet")
+        pool = study.best_trials if len(study.directions) > 1 else complete
+        trial = max(pool, key=lambda t: t.values[0])
+    else:
+        trials = study.get_trials(deepcopy=False)
+        matches = [t for t in trials if t.number == int(number)]
+        if not matches:
+            raise NotFound(f"study {study.study_name!r} has no trial {number}")
+        trial = matches[0]
+    if "run_config" not in trial.user_attrs:
+        raise NotFound(f"trial {trial.number} has no recorded RunConfig")
+    return trial, RunConfig.model_validate(trial.user_attrs["run_config"])
+
+
+def format_value(value: Any) -> str:
+    """Return ``value`` as shown in logs and tables: floats with 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    """Return the existing study ``name``: reading never creates a database (a mistyped
+    SQLite path is a StorageError, not a new empty file).
+
+    Raises:
+        StorageError: the storage cannot be opened. NotFound: no such study (the message
+            lists the studies there).
+    """
+    storage = make_storage(storage_url, create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        raise NotFound(f"no study {name!r} in {redact(storage_url)}; studies: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,408 @@
+"""Workers: pull trials from the study and train them until its cap, across processes and
+machines sharing the storage; threads of one process share a device (one CUDA stream each).
+
+``n_trials`` is a cap on the study's finished (complete or pruned) trials, across workers: a
+worker stops when that many trials have finished, and while the running trials of other
+workers would fill the cap it waits for them (one of them may still fail and need a
+replacement) instead of starting more.
+
+Failures:
+
+- a trial that raises (NaN/inf loss, out of memory, an impossible configuration) ends FAIL
+  with ``fail_reason`` in its user attrs; the worker goes on (until
+  :data:`MAX_CONSECUTIVE_FAILURES` in a row, which stops it: something is wrong beyond one
+  configuration);
+- a trial whose worker died is failed and retried by the next worker that looks
+  (:mod:`bkdsearch.search.heartbeat`), resuming from its last epoch checkpoint;
+- Ctrl-C: the running trials end FAIL (``interrupted``) and are queued again, so the next
+  ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING.
+
+Checkpoints of running trials go to ``--artifact-dir``, else ``BKDSEARCH_ARTIFACT_DIR``,
+else ``studies/<study>/artifacts`` (give every machine of a shared study the same shared
+path so that a retry on another machine finds them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import TrialState
+
+from ..core.trainer import Progress, Stopped, pick_device
+from ..errors import TrialsKeepFailing
+from ..progress import make_progress
+from ..spec import Spec
+from .heartbeat import HEARTBEAT_S, HeartbeatThread, RetryDeadTrial, fail_stale_trials
+from .objective import TrialObjective, _reason
+from .study import FINISHED, format_value
+
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    trials: list[int] = field(default_factory=list)
+
+
+class Worker:
+    """Trains trials of one study on one device until the study's cap is reached.
+
+    Args:
+        spec: the spec.
+        study: the study (from :func:`open_study`).
+        n_trials: cap on the study's finished trials (all workers together).
+        device: where trials train.
+        studies_dir: home of run folders, artifacts and cached teachers.
+        timeout: stop starting new trials after this many seconds.
+        progress: show per-epoch progress.
+        terminal: progress as a moving bar (True) or log lines (False); default: a bar when
+            stdout is a terminal.
+        artifact_dir: where epoch checkpoints of running trials go (default
+            ``BKDSEARCH_ARTIFACT_DIR``, else ``studies_dir/<study>/artifacts``).
+        log: where progress lines go.
+    """
+
+    def __init__(self, spec: Spec, study: optuna.Study, *, n_trials: int, device: torch.device,
+                 studies_dir: Path, timeout: float | None = None, progress: bool = True,
+                 terminal: bool | None = None, artifact_dir: Path | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.spec, self.study, self.n_trials, self.device = spec, study, n_trials, device
+        env_dir = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
+        artifacts = Path(artifact_dir or (Path(env_dir) / study.study_name if env_dir else None)
+                         or Path(studies_dir) / study.study_name / "artifacts")
+        artifacts.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        """Set to interrupt: the running trial ends FAIL (queued again) at its next step."""
+
+        def displays(label: str) -> Progress:
+            return make_progress(label, log, terminal=terminal)
+
+        self.objective = TrialObjective(spec, study, device=device, studies_dir=Path(studies_dir),
+                                        artifacts=FileSystemArtifactStore(str(artifacts)), stop=self.stop,
+                                        progress=displays if progress else None, log=log)
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.log = log
+        self.drain = threading.Event()
+        """Set to finish the running trial and start no other."""
+        self.report = WorkerReport()
+        self.finished = threading.Event()
+        """Set when :meth:`run` has returned (in :func:`run_workers`)."""
+        self.error: BaseException | None = None
+        self.current: optuna.Trial | None = None
+        self._lock = threading.Lock()
+        self._interrupt_lock = threading.Lock()
+        self._consecutive_failures = 0
+        self.last_failure = ""
+        storage = study._storage
+        beat = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+        self._beat = float(beat or HEARTBEAT_S)
+        self._poll_s = min(2.0, self._beat)
+
+    # ---------------------------------------------------------------- cap
+    def _counts(self) -> dict[TrialState, int]:
+        counts: dict[TrialState, int] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            counts[t.state] = counts.get(t.state, 0) + 1
+        return counts
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """True when lower-numbered trials (finished, running, or queued: ``ask`` takes those
+        first) already fill the cap: workers that asked at the same moment."""
+        live = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+        ahead = [t for t in self.study.get_trials(deepcopy=False)
+                 if t.number < trial.number and t.state in live]
+        return len(ahead) >= self.n_trials
+
+    def _drop_surplus(self, trial: optuna.Trial) -> None:
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", "surplus: other workers had already filled the cap")
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if frozen.system_attrs.get("fixed_params") or frozen.params:
+            # A queued trial (enqueued, or a retry): put it back in the queue.
+            self.study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+                user_attrs=frozen.user_attrs, system_attrs=frozen.system_attrs))
+
+    # ---------------------------------------------------------------- loop
+    def _stopping(self) -> bool:
+        if self.stop.is_set() or self.drain.is_set():
+            return True
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def run(self) -> WorkerReport:
+        """Pull and train trials until the cap, the timeout or a stop request.
+
+        Raises:
+            TrialsKeepFailing: :data:`MAX_CONSECUTIVE_FAILURES` trials in a row failed.
+            KeyboardInterrupt: after failing (and re-queueing) the running trial.
+        """
+        waiting_logged = False
+        while not self._stopping():
+            fail_stale_trials(self.study)
+            with self._lock:
+                c = self._counts()
+                finished = sum(c.get(s, 0) for s in FINISHED)
+                if finished >= self.n_trials:
+                    break
+                trial = None
+                if finished + c.get(TrialState.RUNNING, 0) < self.n_trials:
+                    trial = self.study.ask()
+                    self.current = trial
+                    with contextlib.suppress(Exception):  # stale-able from its first moment
+                        self.study._storage.record_heartbeat(trial._trial_id)
+            if trial is None:
+                if not waiting_logged:
+                    self.log(f"waiting: {c.get(TrialState.RUNNING, 0)} running trial(s) may still fill the cap "
+                             f"of {self.n_trials} (one may fail and need a replacement)")
+                    waiting_logged = True
+                self.stop.wait(self._poll_s)
+                continue
+            waiting_logged = False
+            try:
+                if self._surplus(trial):
+                    self._drop_surplus(trial)
+                    continue
+            except KeyboardInterrupt:
+                self._interrupted(trial)
+                raise
+            failed_before = self.report.failed
+            self.run_trial(trial)
+            self._consecutive_failures = (self._consecutive_failures + 1
+                                          if self.report.failed > failed_before else 0)
+            if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                raise TrialsKeepFailing(
+                    f"{self._consecutive_failures} trials in a row failed; the last: {self.last_failure}")
+        return self.report
+
+    def run_trial(self, trial: optuna.Trial) -> None:
+        """Train one asked trial and tell the study how it ended (never raises, except
+        :class:`KeyboardInterrupt` after telling)."""
+        self.current = trial
+        try:
+            with HeartbeatThread(self.study._storage, trial._trial_id, self._beat):
+                values = self.objective(trial)
+        except optuna.TrialPruned as exc:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
+            if self._tell(trial, TrialState.PRUNED):
+                self.report.pruned += 1
+                self.log(f"trial {trial.number} {str(exc) or 'pruned'}")
+        except KeyboardInterrupt:
+            self._interrupted(trial)
+            raise
+        except Stopped:  # Interrupted, or the trainer's own Stopped
+            self._interrupted(trial)
+        except Exception as exc:  # noqa: BLE001 - a failing trial ends alone
+            self._fail(trial, _reason(exc))
+        else:
+            if self._tell(trial, TrialState.COMPLETE, values):
+                self.report.complete += 1
+                with contextlib.suppress(Exception):  # a storage hiccup must not end the worker
+                    self.log(self._outcome(trial, values))
+        self.report.trials.append(trial.number)
+        self.current = None
+        with contextlib.suppress(Exception):
+            self._line()
+
+    def _outcome(self, trial: optuna.Trial, values: list[float]) -> str:
+        """One line on a complete trial: its objectives, test accuracy and speed."""
+        attrs = self.study._storage.get_trial(trial._trial_id).user_attrs
+        parts = [f"{name} {v:.2f}%" if name.endswith("acc") else f"{name} {format_value(v)}"
+                 for name, v in zip(self.spec.search.objectives, values, strict=True)]
+        if attrs.get("test_acc") is not None:
+            parts.append(f"test_acc {attrs['test_acc']:.2f}%")
+        return (f"trial {trial.number} complete: {', '.join(parts)} in {attrs.get('wall_time_s', 0):.0f} s "
+                f"({attrs.get('images_per_s', 0):.0f} img/s)")
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> bool:
+        """Tell the study; False (and a log line) when another worker had already ended the
+        trial (it lost its heartbeat for longer than the grace period)."""
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            self.log(f"trial {trial.number} had already been ended by another worker (its heartbeat "
+                     "stopped for longer than the grace period); its retry carries on")
+            return False
+        self.study.tell(trial, values, state=state, skip_if_finished=True)
+        return True
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", reason)
+        self._tell(trial, TrialState.FAIL)
+        self.report.failed += 1
+        self.last_failure = f"trial {trial.number}: {reason}"
+        self.log(f"trial {trial.number} failed: {reason}")
+
+    def _interrupted(self, trial: optuna.Trial) -> None:
+        """Fail ``trial`` as interrupted and queue it again (same parameters, its last
+        checkpoint): the next ``run`` resumes it."""
+        with self._interrupt_lock:  # the worker's thread and abandon() may both get here
+            self._interrupt(trial)
+
+    def _interrupt(self, trial: optuna.Trial) -> None:
+        storage = self.study._storage
+        frozen = storage.get_trial(trial._trial_id)
+        if frozen.state.is_finished():
+            return
+        saved = frozen.user_attrs.get("checkpoint") or {}
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("fail_reason", f"{INTERRUPTED}; queued again, the next run resumes it "
+                                               f"after epoch {saved.get('epoch', 0)}")
+        self.current = None
+        if not self._tell(trial, TrialState.FAIL):
+            return  # another worker had failed it (and queued its retry)
+        self.report.failed += 1
+        with contextlib.suppress(Exception):
+            RetryDeadTrial(max_retry=None, inherit_intermediate_values=True)(
+                self.study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+        self.log(f"trial {trial.number} {INTERRUPTED}; queued again to resume")
+
+    def abandon(self) -> None:
+        """From another thread, when this worker cannot stop in time: fail its running trial
+        as interrupted (and queue it again)."""
+        trial = self.current
+        if trial is not None:
+            with contextlib.suppress(Exception):
+                self._interrupted(trial)
+
+    def _line(self) -> None:
+        c = self._counts()
+        best = "-"
+        with contextlib.suppress(Exception):
+            if len(self.study.directions) == 1 and c.get(TrialState.COMPLETE):
+                best = f"{self.study.best_value:.2f}% (trial {self.study.best_trial.number})"
+        self.log(f"study {self.study.study_name}: {c.get(TrialState.COMPLETE, 0)} done, "
+                 f"{c.get(TrialState.PRUNED, 0)} pruned, {c.get(TrialState.FAIL, 0)} failed, "
+                 f"{c.get(TrialState.RUNNING, 0)} running / cap {self.n_trials}; best val acc {best}")
+
+
+
+def devices_for(option: str) -> list[torch.device]:
+    """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu`` or
+    ``0,1,...``.
+
+    Raises:
+        ValueError: a GPU index that does not exist.
+    """
+    if option == "auto":
+        n = torch.cuda.device_count()
+        return [torch.device(f"cuda:{i}") for i in range(n)] or [torch.device("cpu")]
+    if option == "cpu":
+        return [torch.device("cpu")]
+    out = []
+    for part in option.split(","):
+        if not part.strip().isdigit() or int(part) >= torch.cuda.device_count():
+            raise ValueError(f"--devices {option}: no GPU {part.strip()!r} "
+                             f"({torch.cuda.device_count()} visible)")
+        out.append(pick_device(part.strip()))
+    return out
+
+
+@contextlib.contextmanager
+def _stream(device: torch.device) -> Iterator[None]:
+    if device.type == "cuda":
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            yield
+    else:
+        yield
+
+
+def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list[torch.device],
+                trials_per_device: int, studies_dir: Path, timeout: float | None,
+                progress: bool, log: Callable[[str], None] = print,
+                artifact_dir: Path | None = None) -> WorkerReport:
+    """Run ``trials_per_device`` concurrent trial loops per device in this process (threads,
+    each on its own CUDA stream) and return the combined report.
+
+    Ctrl-C stops every loop within one training step: the running trials end FAIL
+    (``interrupted``) and are queued again, then ``KeyboardInterrupt`` is re-raised. A second
+    Ctrl-C does not wait (for a teacher being trained, say): it fails the running trials
+    from here and ends the process at once (exit status 130).
+
+    Raises:
+        TrialsKeepFailing: a loop saw too many failures in a row (the others finish their
+            running trial first).
+        KeyboardInterrupt: after Ctrl-C, with nothing left RUNNING.
+    """
+    workers = [Worker(spec, study, n_trials=n_trials, device=d, studies_dir=studies_dir,
+                      timeout=timeout, progress=progress,
+                      terminal=sys.stdout.isatty() and len(devices) * trials_per_device == 1,
+                      artifact_dir=artifact_dir, log=log)
+               for d in devices for _ in range(trials_per_device)]
+    shared = threading.Lock()
+    for w in workers:
+        w._lock = shared
+    threads = [threading.Thread(target=_run_in_stream, args=(w, workers), daemon=True, name=f"worker-{i}")
+               for i, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    try:
+        _wait(workers)
+    except KeyboardInterrupt:
+        log("interrupted: stopping; the running trials end as failed and are queued to resume "
+            "(Ctrl-C again to stop at once)")
+        for w in workers:
+            w.stop.set()
+        try:
+            _wait(workers)
+        except KeyboardInterrupt:
+            for w in workers:
+                w.abandon()
+            log("stopped at once; the running trials are marked failed and queued to resume")
+            # Training threads are still inside torch: interpreter shutdown around them would
+            # abort the process, so leave without it (the database is already consistent).
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(130)
+        raise KeyboardInterrupt from None
+    errors = [w.error for w in workers if w.error is not None]
+    if errors:
+        raise errors[0]
+    total = WorkerReport()
+    for w in workers:
+        total.complete += w.report.complete
+        total.pruned += w.report.pruned
+        total.failed += w.report.failed
+        total.trials += w.report.trials
+    return total
+
+
+def _wait(workers: list[Worker]) -> None:
+    # Not Thread.join: a KeyboardInterrupt inside join() leaves the thread looking finished
+    # while it still runs (CPython < 3.13).
+    while not all(w.finished.is_set() for w in workers):
+        for w in workers:
+            w.finished.wait(timeout=0.2)
+
+
+def _run_in_stream(worker: Worker, siblings: list[Worker]) -> None:
+    try:
+        with _stream(worker.device):
+            worker.run()
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        worker.error = exc
+        for w in siblings:
+            w.drain.set()
+    finally:
+        worker.finished.set()

@@ -1,0 +1,137 @@
+"""The resolved configuration of one run: :class:`RunConfig` and its parts (every value fixed).
+
+What ``train``, the search and ``export`` share; nothing in it knows about distributions
+or Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Dataset, split and batch settings of one run."""
+
+    dataset: Literal["cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic"]
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    synthetic: dict[str, Any] | None = None
+
+
+class Recipe(_Strict):
+    """Optimiser and schedule of one run (every value fixed)."""
+
+    epochs: int = Field(ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] | None = None
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+_DKD_WARMUP_DOC = (
+    "Epochs over which the DKD loss ramps in linearly: its terms are scaled by "
+    "min(epoch / dkd_warmup, 1), epochs counted from 1, so the full loss applies from epoch "
+    "dkd_warmup on; 0 (the default) turns the ramp off. Applies to the DKD terms only "
+    "(method dkd, or blockkd with logit_loss dkd). The published DKD recipe uses 20 of "
+    "240 epochs on CIFAR."
+)
+
+
+class LossConfig(_Strict):
+    """Loss weights and temperature; which terms apply depends on the method."""
+
+    tau: float = Field(4.0, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(0.0, ge=0)
+    decay: float = Field(0.5, gt=0, le=1)
+    logit_loss: Literal["kl", "dkd"] = "kl"
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+    dkd_warmup: int = Field(0, ge=0, description=_DKD_WARMUP_DOC)
+
+
+class PartitionConfig(_Strict):
+    """Concrete cut atoms of one run (n-1 on each side) and the candidate's name."""
+
+    name: str = "custom"
+    teacher: list[str]
+    student: list[str]
+
+
+class BlockKDConfig(_Strict):
+    """Stepping-stone settings of one Block-KD run."""
+
+    partition: PartitionConfig
+    order: Literal["shallow_first", "deep_first"] = "shallow_first"
+    connector: Literal["conv1x1", "conv3x3", "identity"] = "conv1x1"
+    stones: list[int] | None = None
+
+
+class RuntimeConfig(_Strict):
+    """How a run executes; never changes what it computes beyond float rounding."""
+
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    cuda_graph: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+
+
+class ModelConfig(_Strict):
+    """A network: zoo architecture and optional checkpoint (a path, loaded weights-only)."""
+
+    arch: str
+    checkpoint: str | None = None
+
+
+class RunConfig(_Strict):
+    """One fully resolved training run: what ``train``, the search and ``export`` share."""
+
+    name: str
+    seed: int = 0
+    method: Literal["ce", "kd", "dkd", "blockkd"]
+    data: DataConfig
+    teacher: ModelConfig | None
+    teacher_recipe: Recipe | None = None
+    student: ModelConfig
+    train: Recipe
+    loss: LossConfig = LossConfig()
+    blockkd: BlockKDConfig | None = None
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def digest(self) -> str:
+        """Return a short stable hash of what the run computes: everything but ``runtime``.
+
+        ``runtime`` (device, amp, channels_last, cuda_graph, compile) changes only how a run
+        executes, so it is left out for every user of the hash:
+
+        - checkpoints (``last.pt``): a trial retried on another kind of device (its GPU
+          worker died, a CPU worker retries it) or with graphs/amp switched resumes from the
+          saved epoch;
+        - the run folders of ``bkdsearch train``: the same run under another runtime finds
+          (and resumes) its folder, as it already did with ``--device``;
+        - the teacher cache: a teacher trained under one runtime serves all of them, so a
+          retry on another device kind distils from the same teacher instead of training a
+          second one.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"runtime"}), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

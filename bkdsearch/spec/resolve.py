@@ -1,0 +1,197 @@
+"""Resolution: a :class:`Spec` and a :class:`Suggest` -> one :class:`RunConfig`.
+
+:func:`resolve` asks the :class:`Suggest` for every distribution, define-by-run (an Optuna
+trial in the search, defaults and ``--set`` overrides in ``bkdsearch train``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from torch import nn
+
+from ..core.data import input_size_of
+from ..core.partitions import Partition, build_partition
+from ..core.zoo import create_model
+from ..errors import PartitionError, SpecError
+from .config import BlockKDConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig
+from .errors import validation_error
+from .schema import Distribution, PartitionSpec, SearchBlockKD, Spec, _is_dist
+
+
+class Suggest(Protocol):
+    """Chooses a value for each searched parameter (define-by-run)."""
+
+    def __call__(self, name: str, dist: Distribution) -> Any:  # pragma: no cover - protocol
+        ...
+
+
+class Defaults:
+    """A :class:`Suggest` taking each distribution's default, or an override by name.
+
+    ``overrides`` maps parameter names (``train.lr``, ``blockkd.tau``...) to values.
+    """
+
+    def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
+        self.overrides = dict(overrides or {})
+        self.used: set[str] = set()
+
+    def __call__(self, name: str, dist: Distribution) -> Any:
+        if name in self.overrides:
+            self.used.add(name)
+            return self.overrides[name]
+        return dist.fallback()
+
+
+def _pick(suggest: Suggest, name: str, value: Any, fixed_overrides: Mapping[str, Any]) -> Any:
+    if _is_dist(value):
+        return suggest(name, value)
+    if name in fixed_overrides:
+        return fixed_overrides[name]
+    return value
+
+
+def resolve(spec: Spec, suggest: Suggest, *, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Return the RunConfig of one run, asking ``suggest`` for each searched value.
+
+    ``overrides`` (``--set``) may also replace fixed values. Partitions are resolved to
+    concrete cut atoms.
+
+    Raises:
+        SpecError: an override names no parameter, or a value is invalid.
+        PartitionError: a generated partition cannot be built.
+    """
+    try:
+        return _resolve(spec, suggest, overrides)
+    except (SpecError, PartitionError):
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc).splitlines()[0]
+        given = ", ".join(f"{k}={v!r}" for k, v in (overrides or {}).items())
+        raise SpecError([(given, f"invalid value: {detail}", None)]) from None
+
+
+def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) -> RunConfig:
+    fixed = dict(overrides or {})
+    known = set(parameter_names(spec))
+    unknown = sorted(set(fixed) - known)
+    if unknown:
+        raise SpecError([(k, f"unknown parameter; known: {', '.join(sorted(known))}", None) for k in unknown])
+
+    def pick(name: str, value: Any) -> Any:
+        return _pick(suggest, name, value, fixed)
+
+    method = pick("method", spec.method)
+    r = spec.train
+    recipe = {
+        key: pick(f"train.{key}", getattr(r, key))
+        for key in ("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+                    "schedule", "warmup_epochs")
+    }
+    b = spec.blockkd
+    loss: dict[str, Any] = {}
+    blockkd = None
+    if method in ("kd", "dkd", "blockkd"):
+        loss["tau"] = pick("blockkd.tau", b.tau)
+        loss["alpha"] = pick("blockkd.alpha", b.alpha)
+        loss["beta"] = pick("blockkd.beta", b.beta)
+    logit_loss = "dkd" if method == "dkd" else "kl"
+    if method == "blockkd":
+        loss["gamma"] = pick("blockkd.gamma", b.gamma)
+        loss["decay"] = pick("blockkd.decay", b.decay)
+        logit_loss = pick("blockkd.logit_loss", b.logit_loss)
+    loss["logit_loss"] = logit_loss
+    if logit_loss == "dkd":
+        loss["dkd_alpha"] = pick("blockkd.dkd_alpha", b.dkd_alpha)
+        loss["dkd_beta"] = pick("blockkd.dkd_beta", b.dkd_beta)
+        loss["dkd_warmup"] = pick("blockkd.dkd_warmup", b.dkd_warmup)
+    if method == "blockkd":
+        part_name = pick("blockkd.partition", b.partition)
+        stones = pick("blockkd.stones", b.stones)
+        if isinstance(stones, str):
+            stones = None if stones == "all" else [int(s) for s in stones.split(",") if s.strip()]
+        assert spec.teacher is not None
+        blockkd = BlockKDConfig(
+            partition=resolve_partition(spec, part_name),
+            order=pick("blockkd.order", b.order),
+            connector=pick("blockkd.connector", b.connector),
+            stones=stones,
+        )
+    teacher = None
+    if method != "ce" and spec.teacher is not None:
+        teacher = ModelConfig(arch=spec.teacher.arch, checkpoint=spec.teacher.checkpoint)
+    try:
+        return RunConfig(
+            name=spec.name,
+            seed=int(fixed.get("seed", spec.seed)),
+            method=method,
+            data=spec.data,
+            teacher=teacher,
+            teacher_recipe=spec.teacher.recipe if spec.teacher else None,
+            student=spec.student,
+            train=Recipe(milestones=r.milestones, lr_decay=r.lr_decay, **recipe),
+            loss=LossConfig(**loss),
+            blockkd=blockkd,
+            runtime=spec.runtime,
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def parameter_names(spec: Spec) -> list[str]:
+    """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``."""
+    names = ["seed", "method"]
+    names += [f"train.{k}" for k in ("epochs", "optimizer", "lr", "momentum", "nesterov",
+                                     "weight_decay", "schedule", "warmup_epochs")]
+    names += [f"blockkd.{k}" for k in SearchBlockKD.model_fields]
+    return names
+
+
+def searched(spec: Spec) -> dict[str, Distribution]:
+    """Return the distributions of the spec by parameter name (what the study searches)."""
+    out: dict[str, Distribution] = {}
+    if _is_dist(spec.method):
+        out["method"] = spec.method
+    for section, prefix in ((spec.train, "train"), (spec.blockkd, "blockkd")):
+        for key in type(section).model_fields:
+            value = getattr(section, key)
+            if _is_dist(value):
+                out[f"{prefix}.{key}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def probe_model(arch: str) -> nn.Module:
+    """Return a shared eval-mode instance of ``arch`` for shape and atom queries (never trained)."""
+    # Shapes and atom names do not depend on the number of classes.
+    return create_model(arch, num_classes=10).eval()
+
+
+def candidate_partition(teacher: str, student: str, candidate: PartitionSpec,
+                        input_size: tuple[int, int, int]) -> Partition:
+    """Return the concrete partition of a spec's ``candidate`` (explicit or a generator) for
+    the pair of architectures.
+
+    Raises:
+        PartitionError: the generator cannot produce it for this pair.
+    """
+    form = candidate if isinstance(candidate, str) else candidate.model_dump(exclude_none=True)
+    try:
+        return build_partition(probe_model(teacher), probe_model(student), form, input_size)
+    except PartitionError as exc:
+        raise PartitionError(f"{teacher} -> {student}: {exc}") from None
+
+
+def resolve_partition(spec: Spec, name: str) -> PartitionConfig:
+    """Return the cut atoms of the spec's candidate partition ``name``.
+
+    Raises:
+        KeyError: no such candidate. PartitionError: it cannot be built.
+    """
+    assert spec.teacher is not None
+    part = candidate_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name],
+                           input_size_of(spec.data))
+    return PartitionConfig(name=name, teacher=list(part.teacher), student=list(part.student))

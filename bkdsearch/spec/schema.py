@@ -1,0 +1,255 @@
+"""The spec format (Pydantic v2): search-space values and the sections of a spec file.
+
+A spec is YAML. Any searchable value is either fixed or a distribution::
+
+    lr: 0.05                                  # fixed
+    lr: {float: [0.01, 0.2], log: true}       # float range
+    epochs: {int: [10, 40], step: 10}         # int range
+    order: {choice: [shallow_first, deep_first]}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .config import _DKD_WARMUP_DOC, DataConfig, ModelConfig, Recipe, RuntimeConfig, _Strict
+
+METHODS = ("ce", "kd", "dkd", "blockkd")
+
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
+
+
+def _check_range(low: float, high: float, log: bool, default: float | None) -> None:
+    if not low < high:
+        raise ValueError(f"range must have low < high, got [{low}, {high}]")
+    if log and low <= 0:
+        raise ValueError("a log range needs low > 0")
+    if default is not None and not low <= default <= high:
+        raise ValueError(f"default {default} is outside [{low}, {high}]")
+
+
+class FloatRange(_Strict):
+    """``{float: [low, high], log: false, default: ...}``: a float searched in [low, high]."""
+
+    float_range: tuple[float, float] = Field(alias="float")
+    log: bool = False
+    default: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        _check_range(*self.float_range, self.log, self.default)
+        return self
+
+    def fallback(self) -> float:
+        """Return the default, else the (geometric when log) midpoint."""
+        if self.default is not None:
+            return self.default
+        low, high = self.float_range
+        return math.sqrt(low * high) if self.log else (low + high) / 2
+
+
+class IntRange(_Strict):
+    """``{int: [low, high], step: 1, log: false, default: ...}``: an integer in [low, high]."""
+
+    int_range: tuple[int, int] = Field(alias="int")
+    step: int = Field(1, ge=1)
+    log: bool = False
+    default: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        _check_range(*self.int_range, self.log, self.default)
+        return self
+
+    def fallback(self) -> int:
+        """Return the default, else the low end."""
+        return self.int_range[0] if self.default is None else self.default
+
+
+class Choice(_Strict):
+    """``{choice: [a, b, ...], default: a}``: one of a list of values."""
+
+    choice: list[Any] = Field(min_length=1)
+    default: Any = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Choice:
+        if self.default is not None and self.default not in self.choice:
+            raise ValueError(f"default {self.default!r} is not one of {self.choice}")
+        return self
+
+    def fallback(self) -> Any:
+        """Return the default, else the first choice."""
+        return self.choice[0] if self.default is None else self.default
+
+
+Distribution = FloatRange | IntRange | Choice
+
+
+SearchFloat = float | FloatRange | Choice
+
+
+SearchInt = int | IntRange | Choice
+
+
+SearchBool = bool | Choice
+
+
+def _is_dist(value: Any) -> bool:
+    return isinstance(value, FloatRange | IntRange | Choice)
+
+
+class SearchRecipe(_Strict):
+    """The student's recipe in a spec: any value fixed or searched."""
+
+    epochs: SearchInt
+    optimizer: Literal["sgd", "adamw"] | Choice = "sgd"
+    lr: SearchFloat = 0.05
+    momentum: SearchFloat = 0.9
+    nesterov: SearchBool = False
+    weight_decay: SearchFloat = 5e-4
+    schedule: Literal["multistep", "cosine", "constant"] | Choice = "multistep"
+    milestones: list[int] | None = None
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: SearchInt = 0
+
+
+class SearchBlockKD(_Strict):
+    """Block-KD parameters in a spec: any value fixed or searched."""
+
+    partition: str | Choice = "stage"
+    order: Literal["shallow_first", "deep_first"] | Choice = "shallow_first"
+    connector: Literal["conv1x1", "conv3x3", "identity"] | Choice = "conv1x1"
+    stones: Literal["all"] | list[int] | Choice = "all"
+    tau: SearchFloat = 4.0
+    alpha: SearchFloat = 1.0
+    beta: SearchFloat = 1.0
+    gamma: SearchFloat = 0.0
+    decay: SearchFloat = 0.5
+    logit_loss: Literal["kl", "dkd"] | Choice = "kl"
+    dkd_alpha: SearchFloat = 1.0
+    dkd_beta: SearchFloat = 8.0
+    dkd_warmup: SearchInt = Field(0, description=_DKD_WARMUP_DOC)
+
+    @field_validator("dkd_warmup")
+    @classmethod
+    def _warmup_epochs(cls, v: int | IntRange | Choice) -> int | IntRange | Choice:
+        """Return ``v`` when every value it may take is a whole number of epochs >= 0.
+
+        Raises:
+            ValueError: a negative value (or range start), or a choice that is not an integer.
+        """
+        values = v.choice if isinstance(v, Choice) else [v.int_range[0] if isinstance(v, IntRange) else v]
+        bad = [x for x in values if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+        if bad:
+            raise ValueError(f"dkd_warmup is a number of epochs >= 0, got {bad[0]!r}")
+        return v
+
+
+class ExplicitPartition(_Strict):
+    """``{teacher: [cut, ...], student: [cut, ...]}``: explicit cut atoms."""
+
+    teacher: list[str]
+    student: list[str]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> ExplicitPartition:
+        if len(self.teacher) != len(self.student):
+            raise ValueError(
+                f"teacher has {len(self.teacher)} cuts and student {len(self.student)}: "
+                "both sides need the same number"
+            )
+        return self
+
+
+class GeneratedPartition(_Strict):
+    """A generator: ``stage_aligned``, ``{per_stage: k}`` or ``{uniform: n}``."""
+
+    per_stage: int | None = Field(None, ge=1, le=8)
+    uniform: int | None = Field(None, ge=2, le=16)
+
+    @model_validator(mode="after")
+    def _one(self) -> GeneratedPartition:
+        if (self.per_stage is None) == (self.uniform is None):
+            raise ValueError("give exactly one of per_stage or uniform")
+        return self
+
+
+PartitionSpec = Literal["stage_aligned"] | ExplicitPartition | GeneratedPartition
+
+
+class TeacherSpec(_Strict):
+    """The frozen teacher: architecture, checkpoint, and the recipe used when training it."""
+
+    arch: str
+    checkpoint: str | None = None
+    recipe: Recipe | None = None
+
+
+class SearchSettings(_Strict):
+    """Optuna study settings."""
+
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    sampler: Literal["tpe", "random", "gp", "nsga2"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    objectives: list[Literal["val_acc", "train_gflops", "student_mflops"]] = ["val_acc"]
+    max_train_gflops: float | None = Field(None, gt=0)
+    enqueue: list[dict[str, Any]] = []
+
+    @field_validator("objectives")
+    @classmethod
+    def _val_acc_first(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "val_acc" or len(set(v)) != len(v) or len(v) > 2:
+            raise ValueError("objectives start with val_acc, optionally one FLOP objective")
+        return v
+
+
+class Spec(_Strict):
+    """A whole spec file. Unknown keys are errors."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataConfig
+    teacher: TeacherSpec | None = None
+    student: ModelConfig
+    method: Literal["ce", "kd", "dkd", "blockkd"] | Choice = "blockkd"
+    train: SearchRecipe
+    blockkd: SearchBlockKD = SearchBlockKD()
+    partitions: dict[str, PartitionSpec] = {"stage": "stage_aligned"}
+    search: SearchSettings = SearchSettings()
+    storage: str | None = None
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("partitions")
+    @classmethod
+    def _nonempty(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("at least one candidate partition is needed")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        methods = self.method.choice if isinstance(self.method, Choice) else [self.method]
+        if any(m != "ce" for m in methods) and self.teacher is None:
+            raise ValueError(f"method {'/'.join(methods)} needs a teacher")
+        names = (
+            self.blockkd.partition.choice
+            if isinstance(self.blockkd.partition, Choice)
+            else [self.blockkd.partition]
+        )
+        unknown = [n for n in names if n not in self.partitions]
+        if unknown:
+            raise ValueError(
+                f"blockkd.partition names {unknown} not defined under partitions "
+                f"(defined: {sorted(self.partitions)})"
+            )
+        return self
+
+    def default_storage(self) -> str:
+        """Return the storage URL: the spec's, else ``sqlite:///studies/<name>.db``."""
+        return self.storage or f"sqlite:///studies/{self.name}.db"
