@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -31,6 +31,19 @@ class DataConfig(_Strict):
     synthetic: dict[str, Any] | None = None
 
 
+def check_milestones(milestones: list[int] | None, epochs: int | None) -> None:
+    """Raise ValueError naming the milestones that are not increasing epochs >= 1, or (when
+    ``epochs`` is known) fall at or past the last epoch, where they would never apply."""
+    if not milestones:
+        return
+    if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+        raise ValueError(f"milestones {milestones} must be increasing epochs >= 1")
+    late = [m for m in milestones if epochs is not None and m >= epochs]
+    if late:
+        raise ValueError(f"milestones {late} are at or past the last epoch ({epochs}): "
+                         "they would never lower the learning rate")
+
+
 class Recipe(_Strict):
     """Optimiser and schedule of one run (every value fixed)."""
 
@@ -44,6 +57,11 @@ class Recipe(_Strict):
     milestones: list[int] | None = None
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _milestones_inside(self) -> Recipe:
+        check_milestones(self.milestones, self.epochs)
+        return self
 
 
 _DKD_WARMUP_DOC = (

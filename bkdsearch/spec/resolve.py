@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from ..core.data import input_size_of
+from ..core.optim import scale_milestones
 from ..core.partitions import Partition, build_partition
 from ..core.zoo import create_model
 from ..errors import PartitionError, SpecError
@@ -132,7 +133,8 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
             teacher=teacher,
             teacher_recipe=spec.teacher.recipe if spec.teacher else None,
             student=spec.student,
-            train=Recipe(milestones=r.milestones, lr_decay=r.lr_decay, **recipe),
+            train=Recipe(milestones=_milestones(r.milestones, r.epochs, recipe["epochs"], fixed),
+                         lr_decay=r.lr_decay, **recipe),
             loss=LossConfig(**loss),
             blockkd=blockkd,
             runtime=spec.runtime,
@@ -141,11 +143,23 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
         raise validation_error(exc) from None
 
 
+def _milestones(milestones: list[int] | None, spec_epochs: Any, epochs: int,
+                fixed: Mapping[str, Any]) -> list[int] | None:
+    """The run's milestones: ``--set train.milestones`` when given; the spec's scaled to the
+    run's epochs when ``--set train.epochs`` changed a fixed epoch count (150/180/210 of 240
+    -> 62/75/88 of 100); else the spec's."""
+    if "train.milestones" in fixed:
+        return fixed["train.milestones"]
+    if milestones and "train.epochs" in fixed and isinstance(spec_epochs, int) and epochs != spec_epochs:
+        return scale_milestones(milestones, spec_epochs, epochs)
+    return milestones
+
+
 def parameter_names(spec: Spec) -> list[str]:
     """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``."""
     names = ["seed", "method"]
     names += [f"train.{k}" for k in ("epochs", "optimizer", "lr", "momentum", "nesterov",
-                                     "weight_decay", "schedule", "warmup_epochs")]
+                                     "weight_decay", "schedule", "warmup_epochs", "milestones")]
     names += [f"blockkd.{k}" for k in SearchBlockKD.model_fields]
     return names
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .config import _DKD_WARMUP_DOC, DataConfig, ModelConfig, Recipe, RuntimeConfig, _Strict
+from .config import _DKD_WARMUP_DOC, DataConfig, ModelConfig, Recipe, RuntimeConfig, _Strict, check_milestones
 
 METHODS = ("ce", "kd", "dkd", "blockkd")
 
@@ -116,6 +116,11 @@ class SearchRecipe(_Strict):
     milestones: list[int] | None = None
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: SearchInt = 0
+
+    @model_validator(mode="after")
+    def _milestones_inside(self) -> SearchRecipe:
+        check_milestones(self.milestones, self.epochs if isinstance(self.epochs, int) else None)
+        return self
 
 
 class SearchBlockKD(_Strict):
