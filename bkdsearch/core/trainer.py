@@ -26,13 +26,10 @@ from torch import nn
 from .cuda_graph import GraphedStep
 from .data import DataBundle, build_data
 from .errors import CheckpointError, NonFiniteLoss, WeightsError
-from .methods import Method, build_method
+from .methods import Method, RunConfig, build_method
 from .optim import lr_at, make_optimizer
 from .zoo.registry import create_model
 from .zoo.weights import load_safely, load_weights
-
-RunConfig = Any
-"""A resolved run configuration (see the module docstring)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``callback(epoch, metrics)`` after each epoch (1-based); may raise to stop the run."""

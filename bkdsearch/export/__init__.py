@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pprint
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ def _body(inlined: Inlined) -> str:
             title = _SECTIONS[index][0]
             parts.append(f"# {'=' * 77}\n# {title}\n# {'=' * 77}")
         where = "/".join(mod.name.split(".")) + ".py"
-        parts.append(f"# --- from {where}: {mod.doc}".rstrip(": ") + "\n\n" + render_module(inlined, mod))
+        about = "\n".join(f"# {line}" for line in textwrap.wrap(mod.doc, 96))
+        parts.append(f"# --- {where}\n{about}\n\n" + render_module(inlined, mod))
     return "\n\n\n".join(parts) + "\n"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +47,9 @@ class Module:
 
     @property
     def doc(self) -> str:
-        """Return the first line of the module docstring ('' when none)."""
-        text = ast.get_docstring(self.tree) or ""
-        return text.strip().splitlines()[0] if text.strip() else ""
+        """Return the first paragraph of the module docstring, on one line ('' when none)."""
+        text = (ast.get_docstring(self.tree) or "").strip()
+        return " ".join(text.split("\n\n")[0].split())
 
 
 def _root(module: str) -> str:
@@ -308,8 +309,39 @@ def render_module(inlined: Inlined, mod: Module) -> str:
         for lineno, start, end, text in sorted(edits, reverse=True):
             row = lineno - 1 - first
             chunk[row] = chunk[row][:start] + text.encode() + chunk[row][end:]
-        pieces.append("\n".join(c.decode() for c in chunk))
+        text = [c.decode() for c in chunk]
+        for doc in sorted(_docstrings(node), key=lambda d: d.lineno, reverse=True):
+            a, b = doc.lineno - 1 - first, (doc.end_lineno or doc.lineno) - first
+            text[a:b] = _summary(text[a:b])
+        pieces.append("\n".join(text))
     return "\n\n\n".join(pieces)
+
+
+_SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Attributes|Raises \(constructor\)):\s*$")
+
+
+def _docstrings(node: ast.AST) -> list[ast.Constant]:
+    out = []
+    for n in ast.walk(node):
+        body = getattr(n, "body", None)
+        if (isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            out.append(body[0].value)
+    return out
+
+
+def _summary(doc: list[str]) -> list[str]:
+    """A docstring's lines without its reference sections (Args:, Returns:, Raises:...): the
+    script keeps what each definition is for; the library keeps the full reference."""
+    cut = next((i for i, line in enumerate(doc) if i and _SECTION.match(line)), None)
+    if cut is None:
+        return doc
+    kept = doc[:cut]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    indent = doc[0][: len(doc[0]) - len(doc[0].lstrip())]
+    return [*kept, indent + '"""']
 
 
 def _next_statement(mod: Module, node: ast.stmt) -> ast.stmt | None:
@@ -357,6 +389,13 @@ def _edits(inlined: Inlined, mod: Module, node: ast.stmt) -> list[tuple[int, int
     return edits
 
 
+def _by_type(name: str) -> tuple[int, str]:
+    """isort's order-by-type: CONSTANTS, then Classes, then the rest."""
+    bare = name.split(" as ")[0]
+    kind = 0 if bare.isupper() and len(bare) > 1 else 1 if bare[:1].isupper() else 2
+    return kind, bare
+
+
 def import_lines(external: dict[str, tuple[str, str | None]]) -> list[str]:
     """Return the merged import statements for the used external names, isort-style:
     standard library first, then third-party; ``import x`` before ``from x import``."""
@@ -371,7 +410,7 @@ def import_lines(external: dict[str, tuple[str, str | None]]) -> list[str]:
     blocks = []
     for std in (True, False):
         block = [f"import {m}" for m in sorted(plain[std], key=lambda s: s.split(" ")[0])]
-        block += [f"from {m} import {', '.join(sorted(names, key=str.lower))}"
+        block += [f"from {m} import {', '.join(sorted(names, key=_by_type))}"
                   for (s, m), names in sorted(froms.items()) if s == std]
         if block:
             blocks.append("\n".join(block))

@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--epochs", type=_positive_int, default=train["epochs"],
                         help="training epochs; explicit lr milestones scale with them")
     parser.add_argument("--milestones", type=_milestones, default=None,
-                        help="lr milestones as comma-separated epochs (default: the trial's, scaled to --epochs)")
+                        help="lr milestones as comma-separated epochs; None: the trial's, scaled to --epochs")
     parser.add_argument("--out", default="run", help="output folder (checkpoints, metrics.jsonl, student.pt)")
     parser.add_argument("--val-fraction", type=_fraction, default=0.0,
                         help="validation share of the training set (0: train on all of it)")

@@ -1,0 +1,161 @@
+"""The exporter: every ready spec exports to one plain script that imports only torch,
+torchvision, numpy and the standard library, passes ruff, answers --help outside the repo,
+trains bit-identically to `bkdsearch train` (a homogeneous and a heterogeneous pair), and
+scales its schedule with --epochs."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_SPEC
+
+from bkdsearch.core.optim import scale_milestones
+from bkdsearch.core.trainer import Trainer
+from bkdsearch.core.zoo import create_model
+from bkdsearch.errors import ExportError
+from bkdsearch.export import render_script, roots
+from bkdsearch.export.inliner import check_external, inline
+from bkdsearch.spec import Defaults, Spec, load_spec, resolve
+
+SPECS = sorted(Path(__file__).resolve().parent.parent.joinpath("specs").glob("*.yaml"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+RUFF = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+RUFF_RULES = ["--isolated", "--select", "E,F,W,I,B,UP,SIM", "--line-length", "120"]
+
+
+def _imports(text: str) -> set[str]:
+    roots_ = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            roots_ |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            roots_.add(node.module.split(".")[0])
+    return roots_ - {"__future__"}
+
+
+def _write(tmp_path: Path, cfg, name: str = "train.py") -> Path:
+    script = tmp_path / name
+    script.write_text(render_script(cfg, {"study": "test", "trial": 0}))
+    return script
+
+
+@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_ready_spec_exports_a_plain_script(spec_path: Path, tmp_path: Path) -> None:
+    cfg = resolve(load_spec(spec_path), Defaults())
+    script = _write(tmp_path, cfg)
+    text = script.read_text()
+    assert _imports(text) - set(sys.stdlib_module_names) <= {"torch", "torchvision", "numpy", "PIL"}
+    # Only the trial's own model families are inlined.
+    arch_files = {f"zoo/{n}.py" for n in ("resnet_cifar", "wrn", "vgg", "mobilenetv2", "shufflenet", "imagenet")}
+    used = {f for f in arch_files if f"core/{f}" in text}
+    archs = {cfg.student.arch} | ({cfg.teacher.arch} if cfg.teacher and cfg.method != "ce" else set())
+    from bkdsearch.core.zoo import model_entry
+
+    expected = {f"zoo/{model_entry(a).builder.__module__.rsplit('.', 1)[1]}.py" for a in archs}
+    assert used == expected
+    lint = subprocess.run([RUFF, "check", *RUFF_RULES, str(script)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    # Outside the repository, with nothing of bkdsearch on the path.
+    r = subprocess.run([sys.executable, "-I", str(script), "--help"], capture_output=True, text=True,
+                       cwd=tmp_path, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--teacher-checkpoint" in r.stdout and "(default:" in r.stdout
+
+
+def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
+    cfg = resolve(Spec.model_validate(TINY_SPEC), Defaults())
+    text = _write(tmp_path, cfg).read_text()
+    defined = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    assert {"BlockKD", "SteppingStones", "Trainer", "CifarResNet", "load_synthetic", "main"} <= defined
+    # Other methods, data sources and model families are not carried along.
+    assert not defined & {"KD", "DKD", "CE", "load_cifar100", "build_folder_data", "WideResNet", "ShuffleNetV2"}
+
+
+def test_names_defined_in_two_modules_are_renamed_not_clashing(tmp_path: Path) -> None:
+    spec = load_spec(SPECS[[p.stem for p in SPECS].index("r32x4_shufflev2")])
+    cfg = resolve(spec, Defaults())
+    inlined = inline(roots(cfg))
+    clashing = [key for key, script_name in inlined.renames.items() if script_name != key[1]]
+    assert any(name == "_stage_ends" for _, name in clashing)  # resnet_cifar's and shufflenet's
+    text = _write(tmp_path, cfg).read_text()
+    compile(text, "train.py", "exec")
+    tops = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    names = [n.name for n in tops]
+    assert len(names) == len(set(names))
+
+
+def test_an_import_the_script_cannot_use_is_refused() -> None:
+    check_external("torch.nn.functional", "x")
+    check_external("collections.abc", "x")
+    for module in ("rich.progress", "optuna", "pydantic", "bkdsearch_other"):
+        with pytest.raises(ExportError, match="cannot use"):
+            check_external(module, "x")
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location("exported_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_epochs_scale_milestones_unless_given(tmp_path: Path) -> None:
+    assert scale_milestones([150, 180, 210], 240, 100) == [62, 75, 88]
+    cfg = resolve(load_spec(SPECS[[p.stem for p in SPECS].index("r110_r32")]), Defaults())
+    script = _load_script(_write(tmp_path, cfg))
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")  # existence is what parse_args checks
+    _, scaled = script.parse_args(["--epochs", "100", "--teacher-checkpoint", str(teacher)])
+    assert scaled["train"]["milestones"] == [62, 75, 88] and scaled["train"]["epochs"] == 100
+    _, given = script.parse_args(["--epochs", "100", "--milestones", "50,80", "--teacher-checkpoint", str(teacher)])
+    assert given["train"]["milestones"] == [50, 80]
+    _, same = script.parse_args(["--teacher-checkpoint", str(teacher)])
+    assert same["train"]["milestones"] == [150, 180, 210]
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--epochs", "100", "--milestones", "50,120", "--teacher-checkpoint", str(teacher)])
+    assert exit_info.value.code == 2
+
+
+def test_script_without_teacher_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
+    cfg = resolve(Spec.model_validate(TINY_SPEC), Defaults())
+    script = _write(tmp_path, cfg)
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu"], capture_output=True, text=True,
+                       cwd=tmp_path, env=ENV, timeout=120)
+    assert r.returncode == 2 and "--teacher-checkpoint is required" in r.stderr and "Traceback" not in r.stderr
+
+
+def _hetero_cfg():
+    """A tiny r32x4_shufflev2-shaped pair: CIFAR ResNet x4 teacher, ShuffleNetV2 student."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["teacher"] = {"arch": "resnet8x4"}
+    spec["student"] = {"arch": "ShuffleV2"}
+    spec["data"]["synthetic"].update(train_size=160, test_size=64)
+    spec["data"]["batch_size"] = 32
+    spec["train"] = {"epochs": 1, "lr": 0.05, "schedule": "multistep"}
+    return resolve(Spec.model_validate(spec), Defaults())
+
+
+def test_heterogeneous_export_trains_bit_identically_to_train(tmp_path: Path) -> None:
+    cfg = _hetero_cfg()
+    torch.manual_seed(3)
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"model": create_model("resnet8x4", num_classes=10).state_dict()}, teacher)
+    script = _write(tmp_path, cfg)
+    r = subprocess.run([sys.executable, str(script), "--teacher-checkpoint", str(teacher), "--device", "cpu",
+                        "--out", str(tmp_path / "exported"), "--val-fraction", str(cfg.data.val_fraction)],
+                       capture_output=True, text=True, env=ENV, cwd="/", timeout=600)
+    assert r.returncode == 0, r.stderr
+    trained = Trainer(cfg, tmp_path / "trained", teacher_weights=str(teacher), device="cpu").fit()
+    a = torch.load(tmp_path / "exported" / "student.pt", weights_only=True)
+    b = torch.load(trained.student_path, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
