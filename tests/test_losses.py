@@ -132,3 +132,38 @@ def test_logit_scale_multiplies_the_logit_loss_term_only():
     # A scale of one changes no bit: warm-up off is the loss as it always was.
     assert torch.equal(blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, logit_scale=torch.tensor(1.0), **kw).total,
                        plain.total)
+
+
+def _mdistiller_dkd(student, teacher, target, tau, alpha, beta):
+    """DKD as mdistiller writes it (probability space), evaluated in float64 where nothing
+    underflows: the reference."""
+    gt = F.one_hot(target, student.shape[1]).double()
+    other = 1 - gt
+    p_s = F.softmax(student / tau, dim=1)
+    p_t = F.softmax(teacher / tau, dim=1)
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * other).sum(1)], dim=1)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * other).sum(1)], dim=1)
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * tau**2 / target.shape[0]
+    p_t2 = F.softmax(teacher / tau - 1000.0 * gt, dim=1)
+    log_p_s2 = F.log_softmax(student / tau - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(log_p_s2, p_t2, reduction="sum") * tau**2 / target.shape[0]
+    return alpha * tckd + beta * nckd
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0, 8.0])
+def test_dkd_agrees_with_mdistiller_when_the_target_mass_underflows(tau):
+    g = torch.Generator().manual_seed(int(tau))
+    student = torch.randn(8, 10, generator=g) * 2
+    teacher = torch.randn(8, 10, generator=g) * 2
+    target = torch.randint(0, 10, (8,), generator=g)
+    # A 30-logit gap: the student's target probability is ~e^-30 / tau, below float32's
+    # reach at tau 1 once exponentiated and summed.
+    student[torch.arange(8), target] -= 30.0
+    ours_in = student.clone().requires_grad_(True)
+    ref_in = student.double().clone().requires_grad_(True)
+    ours = dkd_loss(ours_in, teacher, target, tau, 1.0, 8.0)
+    ref = _mdistiller_dkd(ref_in, teacher.double(), target, tau, 1.0, 8.0)
+    ours.backward()
+    ref.backward()
+    assert math.isclose(ours.item(), ref.item(), rel_tol=1e-4)
+    assert torch.allclose(ours_in.grad.double(), ref_in.grad, rtol=1e-3, atol=1e-6)

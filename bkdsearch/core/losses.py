@@ -36,12 +36,12 @@ def dkd_loss(
     s = student.float() / tau
     t = teacher.float() / tau
     gt = F.one_hot(target, s.shape[1]).bool()
-    p_s = F.softmax(s, dim=1)
-    p_t = F.softmax(t, dim=1)
-    # Binary (target vs rest) masses; clamp keeps log finite when a mass underflows.
-    b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-12)
-    b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1).clamp_min(1e-12)
-    tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean()
+    # Binary (target vs rest) masses in log space: a mass that underflows in float32 (a target
+    # 30 logits below the rest) keeps its exact log and gradient, where clamping the mass
+    # would zero the gradient.
+    log_b_s = _log_binary_masses(s, target, gt)
+    log_b_t = _log_binary_masses(t, target, gt)
+    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(1).mean()
     # Masking the target logit out (-inf would give nan*0) renormalises over the others.
     masked_s = s.masked_fill(gt, -1e9)
     masked_t = t.masked_fill(gt, -1e9)
@@ -50,6 +50,14 @@ def dkd_loss(
         reduction="batchmean", log_target=True,
     )
     return (alpha * tckd + beta * nckd) * tau**2
+
+
+def _log_binary_masses(logits: Tensor, target: Tensor, gt: Tensor) -> Tensor:
+    """Return ``log [p(target), p(rest)]`` per row of ``softmax(logits)``, shape (N, 2)."""
+    log_z = torch.logsumexp(logits, dim=1, keepdim=True)
+    log_target = logits.gather(1, target[:, None])
+    log_rest = torch.logsumexp(logits.masked_fill(gt, float("-inf")), dim=1, keepdim=True)
+    return torch.cat([log_target, log_rest], dim=1) - log_z
 
 
 def dkd_warmup_factor(epoch: int, warmup: int) -> float:

@@ -6,7 +6,8 @@ connector C_i.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -113,6 +114,9 @@ class SteppingStones(nn.Module):
                 f"stones {bad} do not exist for {order} with {n} blocks "
                 f"(valid: {list(possible)})"
             )
+        # Per stone, the student's BatchNorms after its cut (plain lists, not submodules).
+        self._s_norms = {i: [m for block in self._s_blocks[i:] for m in block.modules()
+                             if isinstance(m, nn.modules.batchnorm._BatchNorm)] for i in self.active}
         t_shapes = cut_shapes(teacher, partition.teacher, input_size)
         s_shapes = cut_shapes(student, partition.student, input_size)
         cut_names = [*zip(partition.teacher, partition.student, strict=True), ("end", "end")]
@@ -161,8 +165,27 @@ class SteppingStones(nn.Module):
         stones = []
         for i in self.active:
             z = self.connectors[str(i)](feats[i - 1])
-            stones.append(self._s_head(_run(self._s_blocks[i:], z)))
+            # The student's later blocks see connected teacher features here: they normalise
+            # with these batches' statistics but must not fold them into the running
+            # statistics that evaluation uses (only the student's own forward does).
+            with batch_stats_only(self._s_norms[i]):
+                stones.append(self._s_head(_run(self._s_blocks[i:], z)))
         return StoneOutputs(y_s, y_t, stones)
+
+
+@contextlib.contextmanager
+def batch_stats_only(norms: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, BatchNorm layers ``norms`` that track running statistics normalise
+    with the batch's statistics (in train mode) and leave their running statistics and
+    ``num_batches_tracked`` untouched."""
+    tracking = [m for m in norms if m.track_running_stats]
+    for m in tracking:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in tracking:
+            m.track_running_stats = True
 
 
 def _run(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
