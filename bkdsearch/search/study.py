@@ -3,7 +3,10 @@ for each searched value, and look trials up."""
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
+import zlib
 from typing import Any
 
 import optuna
@@ -29,16 +32,17 @@ OBJECTIVE_NAMES = {"val_acc": "val_acc", "train_gflops": "train_gflops", "studen
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    """Return the spec's sampler seeded with ``seed`` (TPE multivariate by default)."""
     constraints = _constraints if spec.search.max_train_gflops is not None else None
     kind = spec.search.sampler
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=None)
+        return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
-        return optuna.samplers.GPSampler(constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(constraints_func=constraints)
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constraints_func=constraints,
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, constraints_func=constraints, seed=seed,
                                       n_startup_trials=min(10, max(2, spec.search.n_trials // 3)))
 
 
@@ -46,12 +50,46 @@ def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get("constraint", [0.0]))
 
 
-def _pruner(spec: Spec) -> optuna.pruners.BasePruner:
+COSINE_WARMUP_FRACTION = 0.5
+"""Share of a cosine (or constant) run before the pruner may act, unless the spec says."""
+
+
+def _fixed(value: Any) -> Any:
+    return value.fallback() if isinstance(value, FloatRange | IntRange | Choice) else value
+
+
+def first_prunable_step(spec: Spec) -> int:
+    """Return the last epoch at which the pruner must not act yet: the first lr milestone of a
+    multistep schedule (accuracy before the first decay is biased against high learning rates
+    and strong weight decay, exactly what a search explores), else the warm-up share of the
+    run (``search.pruner_warmup_fraction`` when the spec has it)."""
+    recipe = spec.train
+    epochs = int(_fixed(recipe.epochs))
+    if _fixed(recipe.schedule) == "multistep":
+        milestones = recipe.milestones or [round(epochs * f) for f in (0.625, 0.75, 0.875)]
+        return max(1, min(milestones))
+    fraction = getattr(spec.search, "pruner_warmup_fraction", None)
+    fraction = COSINE_WARMUP_FRACTION if fraction is None else fraction
+    return max(int(_fixed(recipe.warmup_epochs)), round(fraction * epochs))
+
+
+def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
+    """Return the spec's pruner; it never prunes at or before :func:`first_prunable_step`."""
+    warmup = first_prunable_step(spec)
     if spec.search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        epochs = int(_fixed(spec.train.epochs))
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, min(warmup + 1, epochs)), max_resource=epochs)
     if spec.search.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    # Optuna may prune at step == n_warmup_steps: the first step it may act on is warmup + 1.
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup + 1)
+
+
+def worker_seed(spec_seed: int) -> int:
+    """Return this process's sampler seed when it joins an existing study: derived from the
+    spec's seed, the host and the pid, so workers sharing a study do not draw the same values."""
+    mixed = f"{spec_seed}/{socket.gethostname()}/{os.getpid()}".encode()
+    return zlib.crc32(mixed) & 0xFFFFFFFF
 
 
 def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
@@ -71,12 +109,14 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
     created = False
     try:
         try:
+            # The creating process samples with the spec's seed: a study re-made from the same spec
+            # asks the same first parameters.
             study = optuna.create_study(storage=storage, study_name=name, directions=directions,
-                                        sampler=_sampler(spec), pruner=_pruner(spec))
+                                        sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec))
             created = True
         except DuplicatedStudyError:
-            study = optuna.load_study(storage=storage, study_name=name, sampler=_sampler(spec),
-                                      pruner=_pruner(spec))
+            study = optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(
+                spec, worker_seed(spec.seed)), pruner=make_pruner(spec))
     except Exception as exc:  # noqa: BLE001 - database errors of any driver
         raise StorageError(f"cannot create study {name!r} in {clean(storage_url, secrets)}: "
                            f"{clean(first_line(exc), secrets)}") from None

@@ -47,6 +47,22 @@ class Defaults:
         return dist.fallback()
 
 
+PUBLISHED_WEIGHTS = {"kd": {"alpha": 0.1, "beta": 0.9}}
+"""CE (alpha) and KD (beta) weights of the published baselines (Hinton KD as mdistiller and
+RepDistiller run it on CIFAR), used when a spec leaves ``blockkd.alpha``/``beta`` unset."""
+
+DKD_WARMUP = (20, 240)
+"""DKD's published warm-up: 20 of 240 epochs; method ``dkd`` without ``blockkd.dkd_warmup``
+ramps in over the same share of its own epochs."""
+
+
+def _published(section: SearchBlockKD, method: str, name: str) -> Any:
+    """The spec's value of ``name``, or the published baseline's when the spec left it unset."""
+    if name not in section.model_fields_set and name in PUBLISHED_WEIGHTS.get(method, {}):
+        return PUBLISHED_WEIGHTS[method][name]
+    return getattr(section, name)
+
+
 def _pick(suggest: Suggest, name: str, value: Any, fixed_overrides: Mapping[str, Any]) -> Any:
     if _is_dist(value):
         return suggest(name, value)
@@ -97,8 +113,8 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
     blockkd = None
     if method in ("kd", "dkd", "blockkd"):
         loss["tau"] = pick("blockkd.tau", b.tau)
-        loss["alpha"] = pick("blockkd.alpha", b.alpha)
-        loss["beta"] = pick("blockkd.beta", b.beta)
+        loss["alpha"] = pick("blockkd.alpha", _published(b, method, "alpha"))
+        loss["beta"] = pick("blockkd.beta", _published(b, method, "beta"))
     logit_loss = "dkd" if method == "dkd" else "kl"
     if method == "blockkd":
         loss["gamma"] = pick("blockkd.gamma", b.gamma)
@@ -108,7 +124,10 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
     if logit_loss == "dkd":
         loss["dkd_alpha"] = pick("blockkd.dkd_alpha", b.dkd_alpha)
         loss["dkd_beta"] = pick("blockkd.dkd_beta", b.dkd_beta)
-        loss["dkd_warmup"] = pick("blockkd.dkd_warmup", b.dkd_warmup)
+        warmup = b.dkd_warmup
+        if method == "dkd" and "dkd_warmup" not in b.model_fields_set:
+            warmup = round(DKD_WARMUP[0] * recipe["epochs"] / DKD_WARMUP[1])
+        loss["dkd_warmup"] = pick("blockkd.dkd_warmup", warmup)
     if method == "blockkd":
         part_name = pick("blockkd.partition", b.partition)
         stones = pick("blockkd.stones", b.stones)
