@@ -1,49 +1,107 @@
-"""Study status tables and reports (PNG plots + summary.md)."""
+"""What a person reads about a study: ``status`` tables that fit 80 columns, and ``report``:
+titled PNG plots plus a summary.md that links them and ends with the export command."""
 
 from __future__ import annotations
 
+import math
+import statistics
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from .errors import NotFound
 from .search import format_value, load_study, make_storage, trial_config
 from .urls import redact
 
+RECENT_FAILURES = 5
+"""How many of the latest failed trials ``status`` lists (not the surplus trials of a race on
+the cap: they were queued again and never trained)."""
+
+MIN_TRIALS_FOR_IMPORTANCE = 10
+"""Parameter importances from fewer finished trials are noise; the report says so instead."""
+
+
+# --------------------------------------------------------------------------- facts
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def _objective_text(name: str, value: float) -> str:
+    return f"{value:.2f}%" if name.endswith("acc") else f"{value:.3g}"
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def configurations(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """Return one entry per configuration of complete trials: a searched trial with the trials
+    that confirm it (user attr ``confirm_of``), as mean/std/n of validation and test accuracy,
+    best mean validation accuracy first."""
+    groups: dict[int, list[FrozenTrial]] = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.values:
+            groups.setdefault(int(t.user_attrs.get("confirm_of", t.number)), []).append(t)
+    out = []
+    for origin, members in groups.items():
+        val = [t.values[0] for t in members]
+        test = [t.user_attrs["test_acc"] for t in members if t.user_attrs.get("test_acc") is not None]
+        first = min(members, key=lambda t: t.number)
+        entry = {"trial": origin, "n": len(members), "val": _mean_std(val), "params": first.params,
+                 "test": _mean_std(test) if test else None, "confirmed": len(members) > 1}
+        out.append(entry)
+    return sorted(out, key=lambda e: e["val"][0], reverse=True)
+
+
+def _flat(t: FrozenTrial) -> dict[str, Any]:
+    attrs = t.user_attrs
+    flops = attrs.get("flops") or {}
+    return {"number": t.number, "values": t.values, "test_acc": attrs.get("test_acc"),
+            "student_mflops": flops["student"] / 1e6 if flops.get("student") else None,
+            "train_gflops": flops["train_step"] / 1e9 if flops.get("train_step") else None,
+            "wall_time_s": attrs.get("wall_time_s"), "params": t.params}
+
 
 def study_status(storage_url: str, study_name: str | None = None) -> list[dict[str, Any]]:
     """Return one dict per study (or just ``study_name``): trial counts by state, the best
-    trials (val acc, test acc, params), the running trials (worker, epochs done, params) and
-    the last failed trials with their reasons.
+    trials (objectives, test acc, FLOPs, time, params), the confirmed configurations, the
+    running trials (worker, epochs done, params) and the last failures with their reasons.
 
     Raises:
-        StudyNotFound: ``study_name`` is not in the storage.
-        bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
+        NotFound: ``study_name`` is not in the storage.
+        StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
     storage = make_storage(storage_url, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is not None:
         if study_name not in names:
             raise NotFound(f"no study {study_name!r} in {redact(storage_url)}; "
-                                f"studies: {', '.join(names) or 'none'}")
+                           f"studies: {', '.join(names) or 'none'}")
         names = [study_name]
     rows = []
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = study.best_trials if len(study.directions) > 1 else sorted(
-            complete, key=lambda t: t.values[0], reverse=True)[:5]
+        pareto = {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
+        best = sorted(complete, key=lambda t: t.values[0], reverse=True)[:5]
         rows.append({
             "study": name,
             "objectives": study.metric_names or ["val_acc"],
-            "counts": counts,
-            "best": [{"number": t.number, "values": t.values, "test_acc": t.user_attrs.get("test_acc"),
-                      "params": t.params} for t in best],
+            "counts": {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState},
+            "best": [{**_flat(t), "pareto": t.number in pareto} for t in best],
+            "configurations": [c for c in configurations(trials) if c["confirmed"]],
+            "teacher_acc": study.user_attrs.get("teacher_test_acc"),
             "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
             "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
                        for t in trials if t.state == TrialState.FAIL
@@ -52,12 +110,7 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
     return rows
 
 
-RECENT_FAILURES = 5
-"""How many of the latest failed trials ``status`` lists (not the surplus trials of a race on
-the cap: they were queued again and never trained)."""
-
-
-def _running(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+def _running(trial: FrozenTrial) -> dict[str, Any]:
     """A running trial: who trains it, how far it got (its last epoch checkpoint) and since when."""
     attrs = trial.user_attrs
     return {"number": trial.number, "worker": attrs.get("worker", "-"),
@@ -67,8 +120,12 @@ def _running(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
             "params": trial.params}
 
 
+# --------------------------------------------------------------------------- status
+
+
 def render_status(rows: list[dict[str, Any]], console: Any) -> None:
-    """Print :func:`study_status` rows as rich tables."""
+    """Print :func:`study_status` rows: short tables with units, each trial's parameters on
+    their own wrapped lines, so nothing is cut at 80 columns."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -76,129 +133,311 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         console.print("no studies in this storage")
     for row in rows:
         c = row["counts"]
-        console.print(f"[bold]{row['study']}[/]: {c['complete']} complete, {c['pruned']} pruned, "
+        console.print(f"[bold]{escape(row['study'])}[/]: {c['complete']} complete, {c['pruned']} pruned, "
                       f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
-        table = Table()
-        table.add_column("trial", justify="right")
-        for name in row["objectives"]:
-            table.add_column(name, justify="right")
-        table.add_column("test_acc", justify="right")
-        table.add_column("params")
-        for b in row["best"]:
-            table.add_row(str(b["number"]), *(f"{v:.3f}" for v in b["values"]),
-                          "-" if b["test_acc"] is None else f"{b['test_acc']:.2f}",
-                          escape(", ".join(f"{k}={format_value(v)}" for k, v in b["params"].items())))
-        console.print(table)
+        if row.get("teacher_acc") is not None:
+            console.print(f"teacher test accuracy {_pct(row['teacher_acc'])}")
+        if not row["best"]:
+            console.print("no complete trial yet")
+        else:
+            multi = len(row["objectives"]) > 1
+            table = Table(title=f"best trials by {row['objectives'][0]}", title_justify="left")
+            table.add_column("trial", justify="right")
+            for name in row["objectives"]:
+                table.add_column(f"{name} (%)" if name.endswith("acc") else name, justify="right")
+            table.add_column("test (%)", justify="right")
+            table.add_column("MFLOPs", justify="right")
+            table.add_column("min", justify="right")
+            for b in row["best"]:
+                mark = "*" if multi and b["pareto"] else ""
+                table.add_row(f"{b['number']}{mark}",
+                              *(f"{v:.2f}" if n.endswith("acc") else f"{v:.3g}"
+                                for n, v in zip(row["objectives"], b["values"], strict=False)),
+                              "-" if b["test_acc"] is None else f"{b['test_acc']:.2f}",
+                              "-" if b["student_mflops"] is None else f"{b['student_mflops']:.1f}",
+                              "-" if b["wall_time_s"] is None else f"{b['wall_time_s'] / 60:.1f}")
+            console.print(table)
+            if multi:
+                console.print("* on the Pareto front")
+            for b in row["best"]:
+                console.print(f"  trial {b['number']}: {escape(_params_text(b['params']) or '-')}")
+        if row.get("configurations"):
+            table = Table(title="confirmed configurations (mean ± std over seeds)", title_justify="left")
+            for name in ("trial", "n", "val (%)", "test (%)"):
+                table.add_column(name, justify="right")
+            for conf in row["configurations"]:
+                test = conf["test"]
+                table.add_row(str(conf["trial"]), str(conf["n"]), f"{conf['val'][0]:.2f} ± {conf['val'][1]:.2f}",
+                              "-" if test is None else f"{test[0]:.2f} ± {test[1]:.2f}")
+            console.print(table)
         if row["running"]:
-            running = Table(title="running")
-            for name in ("trial", "worker", "epoch", "started", "params"):
-                running.add_column(name, justify="right" if name in ("trial", "epoch") else "left")
+            running = Table(title="running", title_justify="left")
+            for name in ("trial", "epoch", "started", "worker"):
+                running.add_column(name, justify="right" if name in ("trial", "epoch") else "left",
+                                   overflow="fold")
             for r in row["running"]:
-                running.add_row(str(r["number"]), escape(r["worker"]), f"{r['epoch']}/{r['epochs'] or '?'}",
-                                r["started"] or "-",
-                                escape(", ".join(f"{k}={format_value(v)}" for k, v in r["params"].items())))
+                running.add_row(str(r["number"]), f"{r['epoch']}/{r['epochs'] or '?'}", r["started"] or "-",
+                                escape(r["worker"]))
             console.print(running)
         for f in row["failed"]:
-            console.print(f"failed trial {f['number']}: {escape(f['reason'])}", soft_wrap=True)
+            console.print(f"failed trial {f['number']}: {escape(f['reason'])}")
+
+
+# --------------------------------------------------------------------------- report
 
 
 def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]:
-    """Write PNG plots (history, Pareto front when multi-objective, importances,
-    intermediate values) and ``summary.md`` into ``out_dir``; return the files written.
+    """Write titled PNG plots and ``summary.md`` into ``out_dir``; return the files written.
+
+    Plots: history (complete and pruned trials, best so far), validation curves per epoch,
+    loss terms of the best trial when recorded, accuracy against FLOPs, parallel coordinates,
+    the Pareto front (two objectives) and parameter importances (from
+    :data:`MIN_TRIALS_FOR_IMPORTANCE` finished trials). A plot without data is skipped with a
+    line in summary.md saying why. A study with no complete trial gets a failure report.
 
     Raises:
-        StudyNotFound: no such study, or it has no complete trial.
-        bkdsearch.search.StorageError: the storage cannot be opened (or is a missing SQLite file).
+        NotFound: no such study.
+        StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
     import matplotlib
 
     matplotlib.use("Agg")
+    study = load_study(storage_url, study_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    names = study.metric_names or ["val_acc"]
+    files: list[Path] = []
+    skipped: list[str] = []
+    plots: list[tuple[str, str, Callable[[Any], str | None]]] = [
+        ("history.png", "optimisation history", lambda ax: _history(ax, trials, names[0])),
+        ("curves.png", "validation accuracy per epoch", lambda ax: _curves(ax, trials)),
+        ("loss_terms.png", "loss terms of the best trial", lambda ax: _loss_terms(ax, complete)),
+        ("acc_vs_flops.png", f"{names[0]} against student MFLOPs", lambda ax: _acc_flops(ax, complete)),
+    ]
+    if complete:
+        for filename, title, draw in plots:
+            _save(out_dir, filename, f"{study.study_name}: {title}", draw, files, skipped)
+        files += _optuna_plots(study, complete, names, out_dir, skipped)
+    summary = out_dir / "summary.md"
+    summary.write_text(_summary(study, trials, names, files, skipped) if complete else _failures(study, trials))
+    return [*files, summary]
+
+
+def _save(out_dir: Path, filename: str, title: str, draw: Callable[[Any], str | None], files: list[Path],
+          skipped: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    try:
+        why_not = draw(ax)
+        if why_not:
+            skipped.append(f"`{filename}` not drawn: {why_not}.")
+            return
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=100)
+        files.append(out_dir / filename)
+    finally:
+        plt.close(fig)
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _percent_y(ax: Any, label: str) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_ylabel(label)
+
+
+def _history(ax: Any, trials: list[FrozenTrial], name: str) -> str | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in done], [t.values[0] for t in done], label="complete", color="tab:blue")
+    if pruned:
+        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+        ax.scatter([t.number for t in pruned], last, marker="x", color="tab:gray", label="pruned (last epoch)")
+    ordered = sorted(done, key=lambda t: t.number)
+    best, xs, ys = -math.inf, [], []
+    for t in ordered:
+        best = max(best, t.values[0])
+        xs.append(t.number)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    _integer_x(ax)
+    _percent_y(ax, name.replace("_", " ") + " (%)" if name.endswith("acc") else name)
+    ax.legend()
+    return None
+
+
+def _curves(ax: Any, trials: list[FrozenTrial]) -> str | None:
+    shown = [t for t in trials if t.intermediate_values and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not shown:
+        return "no trial reported per-epoch values (multi-objective studies do not report them to Optuna)"
+    for t in shown:
+        steps = sorted(t.intermediate_values)
+        style = "-" if t.state == TrialState.COMPLETE else ":"
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], style, alpha=0.7)
+    ax.set_xlabel("epoch (dotted: pruned)")
+    _integer_x(ax)
+    _percent_y(ax, "validation accuracy (%)")
+    return None
+
+
+def _loss_terms(ax: Any, complete: list[FrozenTrial]) -> str | None:
+    best = max(complete, key=lambda t: t.values[0])
+    curves = best.user_attrs.get("loss_terms")
+    if not curves:
+        return f"trial {best.number} recorded no per-epoch loss terms"
+    for term, values in sorted(curves.items()):
+        ax.plot(range(1, len(values) + 1), values, label=term)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean loss term per step")
+    _integer_x(ax)
+    ax.legend()
+    return None
+
+
+def _acc_flops(ax: Any, complete: list[FrozenTrial]) -> str | None:
+    points = [(f["student_mflops"], f["values"][0], f["number"]) for f in map(_flat, complete)
+              if f["student_mflops"] is not None]
+    if not points:
+        return "no trial recorded FLOPs"
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    for x, y, n in points:
+        ax.annotate(str(n), (x, y), fontsize=8)
+    ax.set_xlabel("student MFLOPs per image")
+    _percent_y(ax, "validation accuracy (%)")
+    return None
+
+
+def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[str], out_dir: Path,
+                  skipped: list[str]) -> list[Path]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    study = load_study(storage_url, study_name)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        raise NotFound(f"study {study_name!r} has no complete trial to report on")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
     multi = len(study.directions) > 1
-    names = study.metric_names or ["val_acc"]
-    plots: list[tuple[str, Any]] = [
-        ("history.png", lambda: ovm.plot_optimization_history(study, target=(lambda t: t.values[0]) if multi else None,
-                                                             target_name=names[0])),
-        ("intermediate.png", lambda: ovm.plot_intermediate_values(study)),
-    ]
+    target = (lambda t: t.values[0]) if multi else None
+    plots: list[tuple[str, str, Callable[[], Any]]] = []
+    if complete[0].params:
+        plots.append(("parallel.png", f"parameters against {names[0]}",
+                      lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=names[0])))
+        if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
+            plots.append(("importances.png", f"parameter importances for {names[0]}",
+                          lambda: ovm.plot_param_importances(study, target=target, target_name=names[0])))
+        else:
+            skipped.append(f"`importances.png` not drawn: {len(complete)} complete trials; importances need "
+                           f"at least {MIN_TRIALS_FOR_IMPORTANCE} to mean anything.")
     if multi:
-        plots.append(("pareto.png", lambda: ovm.plot_pareto_front(study, target_names=names)))
-    if len(complete) >= 2 and complete[0].params:
-        plots.append(("importances.png", lambda: ovm.plot_param_importances(
-            study, target=(lambda t: t.values[0]) if multi else None, target_name=names[0])))
+        plots.append(("pareto.png", "Pareto front", lambda: ovm.plot_pareto_front(study, target_names=names)))
+    files = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for filename, make in plots:
+        for filename, title, make in plots:
             try:
                 ax = make()
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                (out_dir / f"{filename}.txt").write_text(f"not plotted: {exc}\n")
+                skipped.append(f"`{filename}` not drawn: {exc}.")
                 continue
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(8, 5)
+            fig.suptitle(f"{study.study_name}: {title}")
+            fig.set_size_inches(9, 5)
             fig.tight_layout()
             fig.savefig(out_dir / filename, dpi=100)
             plt.close(fig)
             files.append(out_dir / filename)
-    summary = out_dir / "summary.md"
-    summary.write_text(_summary(study, names))
-    files.append(summary)
     return files
 
 
-def _summary(study: optuna.Study, names: list[str]) -> str:
-    trials = study.get_trials(deepcopy=False)
+def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], files: list[Path],
+             skipped: list[str]) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     lines = [f"# Study `{study.study_name}`", "",
              f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed trials.",
-             "Selection used validation accuracy only; test accuracy is reported, never selected on.", ""]
-    best = sorted(complete, key=lambda t: t.values[0], reverse=True)[:10]
-    lines += ["## Best trials", "", "| trial | " + " | ".join(names) + " | test_acc | params |",
-              "|---" * (len(names) + 3) + "|"]
-    for t in best:
-        test = t.user_attrs.get("test_acc")
-        lines.append(f"| {t.number} | " + " | ".join(f"{v:.3f}" for v in t.values)
-                     + f" | {'-' if test is None else f'{test:.2f}'} | "
-                     + ", ".join(f"{k}={format_value(v)}" for k, v in t.params.items()) + " |")
+             "Selection used validation accuracy only; test accuracy is reported, never selected on."]
+    teacher = study.user_attrs.get("teacher_test_acc")
+    if teacher is not None:
+        lines.append(f"Teacher test accuracy: {_pct(teacher)}.")
+    confs = configurations(trials)
+    lines += ["", "## Best trials", "",
+              "| trial | " + " | ".join(names) + " | test acc | student MFLOPs | time (min) | params |",
+              "|---" * (len(names) + 5) + "|"]
+    for f in map(_flat, sorted(complete, key=lambda t: t.values[0], reverse=True)[:10]):
+        lines.append(f"| {f['number']} | " + " | ".join(_objective_text(n, v) for n, v in zip(names, f["values"],
+                                                                                           strict=False))
+                     + f" | {_pct(f['test_acc'])} | "
+                     + ("-" if f["student_mflops"] is None else f"{f['student_mflops']:.1f}") + " | "
+                     + ("-" if f["wall_time_s"] is None else f"{f['wall_time_s'] / 60:.1f}") + " | "
+                     + (_params_text(f["params"]) or "-") + " |")
+    confirmed = [c for c in confs if c["confirmed"]]
+    if confirmed:
+        lines += ["", "## Confirmed configurations (mean ± std over seeds)", "",
+                  "| trial | n | val acc | test acc |", "|---|---|---|---|"]
+        for c in confirmed:
+            test = "-" if c["test"] is None else f"{c['test'][0]:.2f} ± {c['test'][1]:.2f}%"
+            lines.append(f"| {c['trial']} | {c['n']} | {c['val'][0]:.2f} ± {c['val'][1]:.2f}% | {test} |")
+        lines.append(f"\nConfirmed winner (highest mean validation accuracy): trial {confirmed[0]['trial']}.")
     if len(study.directions) > 1:
         lines += ["", "## Pareto front", ""]
-        lines += [f"- trial {t.number}: " + ", ".join(f"{n}={v:.3f}" for n, v in zip(names, t.values, strict=False))
+        lines += [f"- trial {t.number}: " + ", ".join(f"{n} {_objective_text(n, v)}"
+                                                      for n, v in zip(names, t.values, strict=False))
                   for t in study.best_trials]
+    lines += _against_enqueued(study, complete)
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{p.stem}]({p.name})" for p in files]
+    lines += [f"- {why}" for why in skipped]
+    lines += ["", "## Next", "", "Export the best configuration as a plain training script:", "",
+              f"    bkdsearch export --study {study.study_name} --trial best -o train_best.py", ""]
+    return "\n".join(lines)
+
+
+def _against_enqueued(study: optuna.Study, complete: list[FrozenTrial]) -> list[str]:
     enqueued = study.user_attrs.get("spec", {}).get("search", {}).get("enqueue", [])
-    if enqueued:
-        lines += ["", "## Against the enqueued (published) configuration", ""]
-        ref = _first_matching(complete, enqueued[0])
-        if ref is None:
-            lines.append("The enqueued configuration has not completed yet.")
-        else:
-            top = best[0]
-            lines.append(f"Enqueued configuration: trial {ref.number}, val acc {ref.values[0]:.2f}%, "
-                         f"test acc {_pct(ref.user_attrs.get('test_acc'))}.")
-            lines.append(f"Best found: trial {top.number}, val acc {top.values[0]:.2f}% "
-                         f"({top.values[0] - ref.values[0]:+.2f} points), test acc "
-                         f"{_pct(top.user_attrs.get('test_acc'))}.")
+    if not enqueued:
+        return []
+    lines = ["", "## Against the enqueued (published) configuration", ""]
+    ref = _first_matching(complete, enqueued[0])
+    if ref is None:
+        return [*lines, "The enqueued configuration has not completed yet."]
+    top = max(complete, key=lambda t: t.values[0])
+    lines.append(f"Enqueued configuration: trial {ref.number}, val acc {ref.values[0]:.2f}%, "
+                 f"test acc {_pct(ref.user_attrs.get('test_acc'))}.")
+    lines.append(f"Best found: trial {top.number}, val acc {top.values[0]:.2f}% "
+                 f"({top.values[0] - ref.values[0]:+.2f} points, single runs: confirm over seeds before "
+                 f"trusting the difference), test acc {_pct(top.user_attrs.get('test_acc'))}.")
+    return lines
+
+
+def _failures(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    reasons: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            reasons.setdefault(t.user_attrs.get("fail_reason", "no reason recorded"), []).append(t.number)
+    lines = [f"# Study `{study.study_name}`: no complete trial yet", "",
+             f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed, "
+             f"{counts['running']} running trials.", ""]
+    if reasons:
+        lines += ["## Why trials failed", "", "| trials | count | reason |", "|---|---|---|"]
+        for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(str(n) for n in numbers[:10]) + (" ..." if len(numbers) > 10 else "")
+            lines.append(f"| {shown} | {len(numbers)} | {reason.replace('|', '/')} |")
     lines.append("")
     return "\n".join(lines)
 
 
-def _first_matching(trials: list[optuna.trial.FrozenTrial], params: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+def _first_matching(trials: list[FrozenTrial], params: dict[str, Any]) -> FrozenTrial | None:
     for t in sorted(trials, key=lambda t: t.number):
         if all(t.params.get(k) == v for k, v in params.items()):
             return t
     return None
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}%"
-
-
-__all__ = ["render_status", "study_status", "trial_config", "write_report"]
+__all__ = ["configurations", "render_status", "study_status", "trial_config", "write_report"]

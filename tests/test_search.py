@@ -143,11 +143,49 @@ def test_report_writes_plots_and_summary(study_dir):
     out = Path(tmp) / "report"
     r = bkd("report", "--storage", storage, "--study", "tiny", "-o", str(out), cwd=tmp)
     assert r.returncode == 0, r.stderr
-    for name in ("history.png", "intermediate.png", "importances.png", "summary.md"):
+    for name in ("history.png", "curves.png", "acc_vs_flops.png", "parallel.png", "summary.md"):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.md").read_text()
     assert "Best trials" in summary and "enqueued" in summary
     assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
+    # Every plot is linked; the ones not drawn say why; the summary ends with the export command.
+    for png in out.glob("*.png"):
+        assert f"]({png.name})" in summary, png.name
+    assert not (out / "importances.png").exists() and "importances need at least 10" in summary
+    assert summary.rstrip().endswith("bkdsearch export --study tiny --trial best -o train_best.py")
+    assert "single runs: confirm over seeds" in summary
+
+
+def test_status_fits_80_columns_with_units(study_dir):
+    import io
+
+    from rich.console import Console
+
+    from bkdsearch.report import render_status, study_status
+
+    tmp, spec, storage = study_dir
+    buffer = io.StringIO()
+    render_status(study_status(storage, "tiny"), Console(file=buffer, width=80, color_system=None))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not any("\u2026" in line for line in lines), "a cell was cut"
+    text = buffer.getvalue()
+    assert "best trials by val_acc" in text and "val_acc (%)" in text and "MFLOPs" in text
+    assert any(line.startswith("  trial 0: ") and "train.lr=0.1" in line for line in lines)
+
+
+def test_report_of_a_study_with_only_failed_trials_lists_the_reasons(tmp_path):
+    storage = f"sqlite:///{tmp_path}/f.db"
+    study = optuna.create_study(study_name="broken", storage=storage)
+    for reason in ("DataError: no data", "DataError: no data", "CUDA out of memory"):
+        trial = study.ask()
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    r = bkd("report", "--storage", storage, "--study", "broken", "-o", str(tmp_path / "rep"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "no complete trial yet" in summary and "| 0, 1 | 2 | DataError: no data |" in summary
+    assert "| 2 | 1 | CUDA out of memory |" in summary
 
 
 def test_export_round_trip_equals_train(study_dir, teacher_ckpt):

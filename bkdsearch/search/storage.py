@@ -1,5 +1,9 @@
 """Opening an Optuna RDB storage from a URL (SQLite, PostgreSQL, MySQL/MariaDB), and the
-secrets of a URL that must never be printed."""
+secrets of a URL that must never be printed.
+
+Storages on a server (PostgreSQL, MySQL/MariaDB) wait for it through outages
+(:mod:`bkdsearch.search.patient`, ``BKDSEARCH_STORAGE_PATIENCE_S``); SQLite files do not.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ from ..core.zoo.weights import first_line
 from ..errors import StorageError
 from ..urls import redact
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings
+from .patient import PatientStorage, patience_setting
+
+POOL_RECYCLE_S = 1800
+"""Server connections are replaced after this many seconds (before a server's or a
+firewall's idle timeout cuts them); dead ones are caught by ``pool_pre_ping`` anyway."""
 
 
 def clean(text: str, secrets: list[str]) -> str:
@@ -35,12 +44,17 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
     """Return an RDB storage for ``url`` with heartbeats and retry of trials whose worker died.
 
     SQLite gets a busy timeout and WAL journaling so several local workers do not hit
-    "database is locked"; PostgreSQL a connect timeout. ``create=False`` refuses a SQLite
-    file that does not exist yet (for commands that only read, e.g. ``status``).
+    "database is locked"; a server (PostgreSQL, MySQL/MariaDB) a connect timeout, TCP
+    keepalives (PostgreSQL) or read/write timeouts (MySQL) so a vanished host is noticed,
+    recycled connections, and a :class:`~bkdsearch.search.patient.PatientStorage` whose calls
+    wait for the server through an outage (up to ``BKDSEARCH_STORAGE_PATIENCE_S`` seconds).
+    ``create=False`` refuses a SQLite file that does not exist yet (for commands that only
+    read, e.g. ``status``).
 
     Raises:
-        StorageError: malformed URL, missing driver, missing SQLite file (``create=False``)
-            or unreachable server; the message never contains the password.
+        StorageError: malformed URL, missing driver, missing SQLite file (``create=False``),
+            a bad ``BKDSEARCH_STORAGE_PATIENCE_S``, or a server unreachable at the start;
+            the message never contains the password.
     """
     from sqlalchemy.engine import make_url
 
@@ -53,8 +67,10 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
     secrets = url_secrets(url)
     shown = clean(url, secrets)
     beat, grace = heartbeat_settings()
+    patience = patience_setting()
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     backend = parsed.get_backend_name()
+    server = backend in ("postgresql", "mysql")
     if backend == "sqlite":
         db = parsed.database or ""
         if db and db != ":memory:" and not db.startswith("file:"):
@@ -67,15 +83,17 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
                 raise StorageError(f"cannot create the folder of storage {shown}: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         kwargs = {"connect_args": {"timeout": 60}}
-    elif backend == "postgresql" and "connect_timeout" not in parsed.query:
-        kwargs["connect_args"] = {"connect_timeout": 10}
+    elif server:
+        kwargs["pool_recycle"] = POOL_RECYCLE_S
+        kwargs["connect_args"] = _server_connect_args(backend, parsed.get_driver_name(), set(parsed.query))
     attempts = 6
     for attempt in range(attempts):
         try:
-            storage = RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=beat, grace_period=grace,
-                heartbeat_stale_trial_callback=RetryDeadTrial(max_retry=MAX_RETRY, inherit_intermediate_values=True),
-            )
+            options: dict[str, Any] = dict(
+                engine_kwargs=kwargs, heartbeat_interval=beat, grace_period=grace,
+                heartbeat_stale_trial_callback=RetryDeadTrial(max_retry=MAX_RETRY, inherit_intermediate_values=True))
+            storage = (PatientStorage(url, patience_s=patience, where=shown, **options) if server
+                       else RDBStorage(url, **options))
             break
         except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many types; all mean "this URL does not work"
             if attempt < attempts - 1 and _creation_race(exc):
@@ -86,6 +104,27 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
         with contextlib.suppress(Exception), storage.engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _server_connect_args(backend: str, driver: str, given: set[str]) -> dict[str, Any]:
+    """Driver options that bound how long a dead server or host can hold a call (options
+    given in the URL's query win)."""
+    if backend == "postgresql":
+        # libpq: fail a connection attempt after 10 s; probe an idle connection after 30 s
+        # of silence, and drop it after 3 unanswered probes 10 s apart.
+        wanted: dict[str, Any] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                                  "keepalives_interval": 10, "keepalives_count": 3}
+        if driver not in ("psycopg", "psycopg2"):
+            wanted = {"connect_timeout": 10} if driver != "pg8000" else {}
+    elif driver in ("pymysql", "mysqldb", "mysqlconnector"):
+        # No answer to a query for 2 minutes means a dead connection (innodb_lock_wait_timeout
+        # is 50 s by default, so a wait for a lock is not cut short).
+        wanted = {"connect_timeout": 10}
+        if driver in ("pymysql", "mysqldb"):
+            wanted.update(read_timeout=120, write_timeout=120)
+    else:
+        wanted = {}
+    return {k: v for k, v in wanted.items() if k not in given}
 
 
 _QUERY_SECRETS = ("password", "passwd", "pwd")
