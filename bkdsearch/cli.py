@@ -23,6 +23,11 @@ out = Console(highlight=False)
 STUDIES = Path("studies")
 
 
+def _example(line: str) -> str:
+    """The epilog of a command's --help: one example line (kept as written)."""
+    return f"\b\nExample:\n  {line}"
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn known errors into a short message and exit code (2 bad input, 1 runtime); every
     message has the passwords of the URLs in it replaced by ``***``."""
@@ -66,7 +71,7 @@ def main() -> None:
     """Declarative AutoML for block-wise logit distillation (Block-KD)."""
 
 
-@main.command()
+@main.command(epilog=_example("bkdsearch validate specs/quickstart.yaml"))
 @click.argument("spec_path", metavar="SPEC")
 @handle_errors
 def validate(spec_path: str) -> None:
@@ -108,7 +113,7 @@ def _space_size(space: dict[str, Any]) -> str:
     return str(size)
 
 
-@main.command()
+@main.command(epilog=_example("bkdsearch schema > spec.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editor completion)."""
     from .spec import Spec
@@ -124,7 +129,14 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
     return spec, resolve(spec, Defaults(overrides), overrides=overrides)
 
 
-@main.command()
+def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
+    """The teacher cache, when ``cfg``'s teacher has no checkpoint (it is trained there)."""
+    if cfg.teacher is None or cfg.method == "ce" or cfg.teacher.checkpoint:
+        return {}
+    return {"teacher cache": STUDIES / "teachers"}
+
+
+@main.command(epilog=_example("bkdsearch train specs/quickstart.yaml --set blockkd.tau=2 --out runs/t2"))
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Fix a parameter (e.g. train.lr=0.1, blockkd.tau=4); repeatable.")
@@ -137,10 +149,14 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
           no_resume: bool) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
     from .core.trainer import Trainer
+    from .preflight import preflight
     from .teacher import teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
+    preflight(cfg, devices={"--device": device} if device else None,
+              folders={"--out" if out_dir else "run folder": run_dir, **_teacher_cache_folders(cfg)},
+              teacher_cache=STUDIES / "teachers")
     weights = teacher_weights(cfg, STUDIES / "teachers")
     trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,13 +171,14 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}%"
 
 
-@main.command()
+@main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --device cpu"))
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
     from .core.trainer import Trainer, evaluate
+    from .preflight import preflight
     from .spec import Defaults, resolve
     from .teacher import teacher_run_config, teacher_weights
 
@@ -171,6 +188,10 @@ def teacher(spec_path: str, device: str | None) -> None:
     cfg = resolve(spec, Defaults())
     if cfg.method == "ce":  # the teacher is the same whatever the student's method
         cfg = cfg.model_copy(update={"method": "kd"})
+    # The student plays no part here: its checkpoint is not checked.
+    checked = cfg.model_copy(update={"student": cfg.student.model_copy(update={"checkpoint": None})})
+    preflight(checked, devices={"--device": device} if device else None, folders=_teacher_cache_folders(cfg),
+              teacher_cache=STUDIES / "teachers")
     path = teacher_weights(cfg, STUDIES / "teachers")
     tcfg = teacher_run_config(cfg)
     evaluated = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
@@ -180,9 +201,11 @@ def teacher(spec_path: str, device: str | None) -> None:
     out.print(f"test accuracy {acc:.2f}%")
 
 
-@main.command()
+@main.command(epilog=_example("bkdsearch flops specs/r110_r32.yaml --set blockkd.partition=stage"))
 @click.argument("spec_path", metavar="SPEC")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a parameter for the table (e.g. blockkd.partition=fine, blockkd.connector=conv3x3); "
+                   "repeatable. Searched entries take their default otherwise.")
 @handle_errors
 def flops(spec_path: str, sets: tuple[str, ...]) -> None:
     """FLOP and parameter table: teacher, student, stones and the train step."""
@@ -192,23 +215,67 @@ def flops(spec_path: str, sets: tuple[str, ...]) -> None:
     render_flops_table(run_flops(cfg), out)
 
 
-def _storage_for(spec_path: str | None, storage: str | None) -> str:
-    if storage:
-        return storage
-    if spec_path:
-        return _load(spec_path).default_storage()
-    raise click.UsageError("give --storage URL (or a SPEC whose storage to use)")
+def _study_name(given: str | None, spec: Any | None) -> str | None:
+    """The study a command works on: ``--study`` (checked against the naming rule), else
+    the spec's name (checked too), else None.
+
+    Raises:
+        PreflightError: the name breaks the rule (exit 2).
+    """
+    from .preflight import check_study_name
+
+    if given is not None:
+        return check_study_name(given, "--study")
+    if spec is not None:
+        return check_study_name(spec.name, "name (the spec's, used as the study name)")
+    return None
 
 
-@main.command()
+def _target(spec_path: str | None, storage: str | None, study_name: str | None, *,
+            need_study: bool) -> tuple[str, str | None]:
+    """(storage URL, study name) of a reading command: the options, else the spec's.
+
+    Raises:
+        click.UsageError: neither --storage nor SPEC (or, with ``need_study``, neither
+            --study nor SPEC). PreflightError: a study name that breaks the rule.
+    """
+    spec = _load(spec_path) if spec_path else None
+    name = _study_name(study_name, spec)
+    url = storage or (spec.default_storage() if spec is not None else None)
+    if not url:
+        raise click.UsageError("give --storage URL (or a SPEC whose storage to use)")
+    if need_study and name is None:
+        raise click.UsageError("give --study NAME (or a SPEC whose study to use)")
+    return url, name
+
+
+def _artifact_folder(option: str | None, study: str) -> tuple[str, Path]:
+    """(what the user calls it, path) of the folder a worker keeps trial checkpoints in, as
+    :class:`bkdsearch.search.Worker` picks it."""
+    import os
+
+    if option:
+        return "--artifact-dir", Path(option) / study
+    env = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
+    if env:
+        return "BKDSEARCH_ARTIFACT_DIR", Path(env) / study
+    return "artifact folder", STUDIES / study / "artifacts"
+
+
+_STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
+
+
+@main.command(epilog=_example("bkdsearch run specs/quickstart.yaml --n-trials 4 --devices cpu"))
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db).")
-@click.option("--study", "study_name", default=None, help="Study name (default: the spec's name).")
+@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the spec's name).")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Cap on the study's finished trials, across all workers.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop starting trials after S seconds.")
-@click.option("--devices", default="auto", show_default=True, help="auto, cpu, or GPU indices 0,1,...")
+@click.option("--devices", default="auto", show_default=True,
+              help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
+                   "(also cuda:0,cuda:1); each must exist.")
 @click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="Trials trained at once on each device (one CUDA stream each).")
 @click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
@@ -220,16 +287,24 @@ def _storage_for(spec_path: str | None, storage: str | None) -> str:
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
         quiet: bool) -> None:
-    """Run (or resume) the spec's study: trials until the cap is reached."""
-    from .search import devices_for, open_study, run_workers
+    """Run (or resume) the spec's study: trials until the cap is reached.
+
+    Before the study is opened (no trial is written otherwise) it checks what every trial
+    needs: the data, the teacher's and student's checkpoints, the folders, the devices."""
+    from .preflight import parse_devices, preflight
+    from .search import open_study, run_workers
 
     spec = _load(spec_path)
     url = storage or spec.default_storage()
-    try:
-        devs = devices_for(devices)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--devices") from None
-    study = open_study(spec, url, study_name)
+    name = _study_name(study_name, spec)
+    assert name is not None
+    devs = parse_devices(devices)
+    artifact_label, artifact_path = _artifact_folder(artifact_dir, name)
+    # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
+    preflight(spec, devices={"runtime.device": spec.runtime.device} if devices.strip() == "auto" else {},
+              folders={"studies folder": STUDIES, artifact_label: artifact_path},
+              teacher_cache=STUDIES / "teachers", search=True)
+    study = open_study(spec, url, name)
     cap = n_trials or spec.search.n_trials
     # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
     out.print(f"study [bold]{escape(study.study_name)}[/] in {escape(redact(url))}; cap {cap} trials; "
@@ -243,10 +318,11 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
               soft_wrap=True)
 
 
-@main.command()
+@main.command(epilog=_example("bkdsearch status specs/quickstart.yaml --json"))
 @click.argument("spec_path", metavar="[SPEC]", required=False)
-@click.option("--storage", default=None, help="SQLAlchemy URL.")
-@click.option("--study", "study_name", default=None, help="Study name (default: all studies).")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
+@click.option("--study", "study_name", default=None,
+              help=f"{_STUDY_HELP} (default: the SPEC's name, else all studies).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def status(spec_path: str | None, storage: str | None, study_name: str | None, as_json: bool) -> None:
@@ -254,27 +330,29 @@ def status(spec_path: str | None, storage: str | None, study_name: str | None, a
     (worker, epoch) and the last failures with their reasons."""
     from .report import render_status, study_status
 
-    url = _storage_for(spec_path, storage)
-    if spec_path and not study_name:
-        study_name = _load(spec_path).name
-    rows = study_status(url, study_name)
+    url, name = _target(spec_path, storage, study_name, need_study=False)
+    rows = study_status(url, name)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
         render_status(rows, out)
 
 
-@main.command()
-@click.option("--storage", required=True, help="SQLAlchemy URL.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@main.command(epilog=_example("bkdsearch dashboard specs/quickstart.yaml --port 8080"))
+@click.argument("spec_path", metavar="[SPEC]", required=False)
+@click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface, reachable from other machines).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="TCP port to listen on.")
 @handle_errors
-def dashboard(storage: str, host: str, port: int) -> None:
-    """Serve optuna-dashboard on the storage."""
+def dashboard(spec_path: str | None, storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the storage (of the SPEC, or --storage)."""
     from .search import make_storage
 
+    url, _ = _target(spec_path, storage, None, need_study=False)
     # create=False: a mistyped SQLite path is an error, not a new empty study database.
-    opened = make_storage(storage, create=False)
+    opened = make_storage(url, create=False)
     try:
         from optuna_dashboard import run_server
     except ImportError:
@@ -282,32 +360,58 @@ def dashboard(storage: str, host: str, port: int) -> None:
     run_server(opened, host=host, port=port)
 
 
-@main.command()
-@click.option("--storage", required=True, help="SQLAlchemy URL.")
-@click.option("--study", "study_name", required=True, help="Study name.")
+def _writing(output: str, field: str, write: Callable[[], Any]) -> Any:
+    """Return ``write()``; an OSError about ``output`` (a folder that cannot be written)
+    becomes bad input (exit 2), not a runtime failure."""
+    from .preflight import output_error
+
+    try:
+        return write()
+    except OSError as exc:
+        refusal = output_error(exc, output, field)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+@main.command(epilog=_example("bkdsearch export specs/quickstart.yaml --trial best -o train_best.py"))
+@click.argument("spec_path", metavar="[SPEC]", required=False)
+@click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
+@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the SPEC's name).")
 @click.option("--trial", "trial_ref", default="best", show_default=True, help="best or a trial number.")
+@click.option("--allow-pruned", is_flag=True, help="Export a pruned trial too (its configuration, trained in full).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Script to write.")
 @handle_errors
-def export(storage: str, study_name: str, trial_ref: str, output: str) -> None:
+def export(spec_path: str | None, storage: str | None, study_name: str | None, trial_ref: str,
+           allow_pruned: bool, output: str) -> None:
     """Write a standalone PyTorch training script for one trial's configuration."""
     from .export import export_trial
+    from .preflight import check_output
 
+    url, name = _target(spec_path, storage, study_name, need_study=True)
+    assert name is not None
     if trial_ref != "best" and not trial_ref.isdigit():
         raise click.BadParameter("best or a trial number", param_hint="--trial")
-    path = export_trial(storage, study_name, trial_ref, Path(output))
+    check_output(output, "-o", folder=False)
+    path = _writing(output, "-o", lambda: export_trial(url, name, trial_ref, Path(output), allow_pruned=allow_pruned))
     out.print(f"wrote {path}")
 
 
-@main.command()
-@click.option("--storage", required=True, help="SQLAlchemy URL.")
-@click.option("--study", "study_name", required=True, help="Study name.")
+@main.command(epilog=_example("bkdsearch report specs/quickstart.yaml -o report/"))
+@click.argument("spec_path", metavar="[SPEC]", required=False)
+@click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
+@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the SPEC's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @handle_errors
-def report(storage: str, study_name: str, output: str) -> None:
+def report(spec_path: str | None, storage: str | None, study_name: str | None, output: str) -> None:
     """Write PNG plots and summary.md for a study."""
+    from .preflight import check_output
     from .report import write_report
 
-    files = write_report(storage, study_name, Path(output))
+    url, name = _target(spec_path, storage, study_name, need_study=True)
+    assert name is not None
+    check_output(output, "-o", folder=True)
+    files = _writing(output, "-o", lambda: write_report(url, name, Path(output)))
     for f in files:
         out.print(f"wrote {f}")
 

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 
+import optuna
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import TINY_SPEC, write_spec
 
+from bkdsearch.cli import main
+from bkdsearch.spec import Defaults, Spec, resolve
 from bkdsearch.zoo import create_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -84,3 +88,122 @@ def test_run_artifact_dir_option_wins_and_log_lines_do_not_wrap(tmp_path, teache
     assert not (tmp_path / "studies" / "tiny" / "artifacts").exists()
     assert "study tiny: 1 done, 0 pruned, 0 failed, 0 running / cap 1; best val acc" in r.stdout
     assert "study tiny in sqlite:///studies/tiny.db; cap 1 trials; devices cpu x 1" in r.stdout
+
+
+# --------------------------------------------------------------------------- strict inputs, SPEC arguments
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def study_dir(tmp_path, monkeypatch):
+    """tmp_path as the working folder, holding s.yaml (TINY_SPEC) and its default study
+    studies/tiny.db with trial 0 COMPLETE and trial 1 PRUNED, both with their RunConfig."""
+    monkeypatch.chdir(tmp_path)
+    spec = Spec.model_validate(TINY_SPEC)
+    cfg = resolve(spec, Defaults()).model_dump(mode="json")
+    write_spec(tmp_path / "s.yaml", TINY_SPEC)
+    (tmp_path / "studies").mkdir()
+    study = optuna.create_study(study_name="tiny", storage="sqlite:///studies/tiny.db", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=61.5,
+                                              user_attrs={"run_config": cfg, "test_acc": 60.0}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 20.0},
+                                              user_attrs={"run_config": cfg, "pruned_reason": "epoch 1"}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", "a/b", "x" * 65, ".."])
+@pytest.mark.parametrize("command", [
+    ["run", "s.yaml"], ["status", "s.yaml"], ["status", "--storage", "sqlite:///studies/tiny.db"],
+    ["export", "s.yaml", "-o", "out.py"], ["report", "s.yaml", "-o", "rep"],
+])
+def test_study_names_are_refused_with_the_rule(study_dir, command, name):
+    before = sorted(p.relative_to(study_dir) for p in study_dir.rglob("*"))
+    result = invoke(*command, "--study", name)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert f"--study: {name!r} is not a study name" in result.stderr
+    assert "1 to 64 letters, digits, '-', '_' or '.'" in result.stderr
+    assert sorted(p.relative_to(study_dir) for p in study_dir.rglob("*")) == before  # nothing written
+    assert not (study_dir.parent.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("command, output", [
+    (["export", "s.yaml", "--trial", "best", "-o"], "/proc/forbidden/train.py"),
+    (["report", "s.yaml", "-o"], "/proc/forbidden/report"),
+    (["export", "s.yaml", "--trial", "best", "-o"], "s.yaml/train.py"),  # below a file
+    (["report", "s.yaml", "-o"], "s.yaml/report"),
+])
+def test_outputs_that_cannot_be_written_are_bad_input(study_dir, command, output):
+    result = invoke(*command, output)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: -o:") and output in result.stderr
+    assert "Traceback" not in result.stderr and "failed:" not in result.stderr
+
+
+def test_export_allow_pruned_and_spec_argument(study_dir):
+    result = invoke("export", "s.yaml", "--trial", "1", "-o", "pruned.py")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "trial 1 was pruned" in result.stderr and "--allow-pruned" in result.stderr
+    assert not (study_dir / "pruned.py").exists()
+    result = invoke("export", "s.yaml", "--trial", "1", "--allow-pruned", "-o", "pruned.py")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "trial: 1\n    state: PRUNED" in (study_dir / "pruned.py").read_text()
+    # Storage and study from the SPEC; --study still overrides it, --storage too.
+    result = invoke("export", "s.yaml", "-o", "best.py")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "study: tiny\n    trial: 0\n    state: COMPLETE" in (study_dir / "best.py").read_text()
+    result = invoke("export", "s.yaml", "--study", "other", "-o", "other.py")
+    assert result.exit_code == 2 and "no study 'other'" in result.stderr
+    result = invoke("export", "s.yaml", "--storage", "sqlite:///elsewhere.db", "-o", "x.py")
+    assert result.exit_code == 2 and "no SQLite database at elsewhere.db" in result.stderr
+    result = invoke("export", "-o", "x.py", "--storage", "sqlite:///studies/tiny.db")
+    assert result.exit_code == 2 and "give --study NAME (or a SPEC" in result.stderr
+
+
+def test_report_of_a_spec(study_dir):
+    result = invoke("report", "s.yaml", "-o", "rep")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "# Study `tiny`" in (study_dir / "rep" / "summary.md").read_text()
+    result = invoke("report", "-o", "rep2")
+    assert result.exit_code == 2 and "give --storage URL (or a SPEC" in result.stderr
+
+
+def test_dashboard_takes_its_storage_from_a_spec(tmp_path):
+    """A spec never run: its default storage does not exist, so nothing is served (exit 2)."""
+    write_spec(tmp_path / "s.yaml", TINY_SPEC)
+    r = subprocess.run([sys.executable, "-m", "bkdsearch.cli", "dashboard", "s.yaml", "--port", "1"],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "no SQLite database at studies/tiny.db" in r.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+def test_devices_option_is_checked(study_dir):
+    count = torch.cuda.device_count()
+    for devices in (str(count), f"cuda:{count}", "gpu", "0,,1"):
+        result = invoke("run", "s.yaml", "--devices", devices)
+        assert result.exit_code == 2, (devices, result.stdout, result.stderr)
+        assert "--devices:" in result.stderr
+    if not count:
+        result = invoke("run", "s.yaml", "--devices", "cuda")
+        assert result.exit_code == 2 and "CUDA is not available" in result.stderr
+    assert len(optuna.load_study(study_name="tiny", storage="sqlite:///studies/tiny.db").trials) == 2
+
+
+COMMANDS = ["validate", "schema", "run", "train", "teacher", "status", "export", "dashboard", "report", "flops"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_an_example(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    example = result.stdout.split("Example:", 1)[1].strip().splitlines()[0]
+    assert example.startswith(f"bkdsearch {command}")
+
+
+def test_dashboard_and_flops_options_have_help():
+    text = invoke("dashboard", "--help").stdout
+    assert "Address to listen on" in text and "TCP port" in text
+    assert "Fix a parameter for the table" in invoke("flops", "--help").stdout

@@ -1,0 +1,373 @@
+"""Checks made once before a loop starts: what every trial (or the one run of ``train`` and
+``teacher``) needs, so that a missing dataset, a refused checkpoint, a folder that cannot
+be written or a device that does not exist is one clear refusal (exit 2) instead of the
+same failure in every trial.
+
+:func:`preflight` checks, the way the run itself will use them:
+
+- the dataset opens for train, validation and test (the real :func:`build_data` on the
+  CPU: in-memory arrays loaded, image folders indexed, the validation split carved);
+- the teacher's checkpoint exists and loads (weights-only) into its architecture with the
+  dataset's class count; without a checkpoint, the CE run that trains the teacher can be
+  built, and a cached teacher, when there is one, loads;
+- the student's checkpoint likewise, when given;
+- each folder the run writes to can be created and written (a probe file, removed again);
+- each requested device exists.
+
+Values that a search varies are never checked here: a configuration that only some trials
+reach (a partition one searched value cannot build) stays a failure of those trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
+
+STUDY_NAME_RULE = "1 to 64 letters, digits, '-', '_' or '.', not '.' or '..' (it names folders)"
+_STUDY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_INDEX = re.compile(r"[0-9]+")
+_DEVICE_FORMS = "auto, cpu, cuda, cuda:N or a GPU index N"
+
+
+class PreflightError(BadInput):
+    """What a run needs is missing or broken; one ``(field, message)`` per problem, each
+    message saying what is wrong and how to fix it (the CLI exits with 2)."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        """Return the problems as text: the single one on one line, several one per line."""
+        if len(self.problems) == 1:
+            field, message = self.problems[0]
+            return f"{field}: {message}"
+        lines = [f"{len(self.problems)} problems, nothing was started:"]
+        lines += [f"  {field}: {message}" for field, message in self.problems]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def check_study_name(name: str, field: str = "--study") -> str:
+    """Return ``name`` when it is a valid study name (:data:`STUDY_NAME_RULE`).
+
+    Raises:
+        PreflightError: ``name`` breaks the rule (empty, too long, a path separator...).
+    """
+    if not _STUDY_NAME.fullmatch(name) or name in (".", ".."):
+        raise PreflightError([(field, f"{name!r} is not a study name: use {STUDY_NAME_RULE}")])
+    return name
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _no_cuda() -> str:
+    import torch
+
+    return f"CUDA is not available on this machine (torch {torch.__version__} sees no GPU)"
+
+
+def device_problem(name: str | torch.device | None) -> str | None:
+    """Return why device ``name`` cannot be used here, or None when it can (``auto`` and
+    ``cpu`` always can; ``cuda``, ``cuda:N`` and a bare index ``N`` need that GPU)."""
+    import torch
+
+    if name is None:
+        return None
+    text = str(name).strip()
+    if text in ("auto", "cpu"):
+        return None
+    fix = "use cpu or auto"
+    count = torch.cuda.device_count()
+    if text == "cuda":
+        return None if count else f"{_no_cuda()}; {fix}"
+    index = text.removeprefix("cuda:")
+    if _INDEX.fullmatch(index):
+        if int(index) < count:
+            return None
+        if not count:
+            return f"{text!r}: {_no_cuda()}; {fix}"
+        return f"{text!r}: no GPU {int(index)} ({count} visible: cuda:0..cuda:{count - 1})"
+    return f"unknown device {text!r}: give {_DEVICE_FORMS}"
+
+
+def parse_devices(option: str) -> list[torch.device]:
+    """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu``,
+    ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``); the same
+    devices as :func:`bkdsearch.search.devices_for`, which knows fewer spellings.
+
+    Raises:
+        PreflightError: a part that is no device, a GPU that does not exist (or no CUDA at
+            all), or a GPU given twice.
+    """
+    import torch
+
+    text = option.strip()
+    count = torch.cuda.device_count()
+    every_gpu = [torch.device(f"cuda:{i}") for i in range(count)]
+    if text == "auto":
+        return every_gpu or [torch.device("cpu")]
+    if text == "cpu":
+        return [torch.device("cpu")]
+    if text == "cuda":
+        if not count:
+            raise PreflightError([("--devices", f"cuda: {_no_cuda()}; use --devices cpu (or auto)")])
+        return every_gpu
+    problems: list[str] = []
+    indices: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        index = part.removeprefix("cuda:")
+        if not _INDEX.fullmatch(index):
+            problems.append(f"{part!r} is not a device: give auto, cpu, cuda, or GPU indices such as 0,1 "
+                            "(or cuda:0,cuda:1)")
+        elif int(index) >= count:
+            problems.append(f"{part!r}: " + (f"{_no_cuda()}; use --devices cpu (or auto)" if not count
+                                             else f"no GPU {int(index)} ({count} visible: 0..{count - 1})"))
+        elif int(index) in indices:
+            problems.append(f"GPU {int(index)} is given twice; use --trials-per-device K to train K trials "
+                            "at once on one GPU")
+        else:
+            indices.append(int(index))
+    if problems:
+        raise PreflightError([("--devices", p) for p in problems])
+    return [torch.device(f"cuda:{i}") for i in indices]
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _probe_folder(folder: Path, created: list[Path]) -> str | None:
+    """Create ``folder`` (noting in ``created`` the folders made) and write and remove a
+    probe file in it; return why that failed, or None."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{folder} is a file, not a folder; choose a folder"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        return f"cannot create {folder} ({getattr(exc, 'strerror', None) or exc}); choose a folder you can write to"
+    finally:
+        created.extend(p for p in missing if p.is_dir())
+    if not folder.is_dir():
+        return f"{folder} is not a folder; choose a folder"
+    probe = folder / f".bkdsearch-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot write into {folder} ({exc.strerror or exc}); choose a folder you can write to"
+    return None
+
+
+def check_output(path: str | Path, field: str, *, folder: bool) -> Path:
+    """Return ``path`` when it can be written: an output file (``folder=False``) or an
+    output folder, creating nothing (a probe file is written into, and removed from, the
+    nearest folder that exists).
+
+    Raises:
+        PreflightError: the path (or a part of it) is of the wrong kind, or the nearest
+            existing folder cannot be written.
+    """
+    path = Path(path)
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise PreflightError([(field, f"{path} exists and is not a {kind}; give a {kind} path")])
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise PreflightError([(field, f"{existing} is a file, so {path} cannot be created; give another path")])
+    problem = _probe_folder(existing, [])
+    if problem:
+        raise PreflightError([(field, f"cannot write {path}: {problem}")])
+    return path
+
+
+def output_error(exc: OSError, path: str | Path, field: str) -> PreflightError | None:
+    """Return the bad-input error for ``exc`` when it is about writing ``path`` (or
+    something inside it), else None (another failure, left as it is)."""
+    name = getattr(exc, "filename", None)
+    if name is None:
+        return None
+    target, culprit = Path(path).absolute(), Path(os.fsdecode(name)).absolute()
+    if culprit != target and target not in culprit.parents and culprit not in target.parents:
+        return None
+    return PreflightError([(field, f"cannot write {culprit} ({exc.strerror or exc}); "
+                                   "choose a place you can write to")])
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _weights_problem(role: str, arch: str, path: str, num_classes: int | None, fix: str) -> str | None:
+    """Why the ``role`` (teacher, student) checkpoint at ``path`` does not load into
+    ``arch``, or None when it does."""
+    import torch
+
+    from .core.zoo import create_model
+    from .core.zoo.weights import check_fits, read_state_dict
+    from .errors import WeightsError
+
+    file = Path(path)
+    if not file.is_file():
+        return f"{role} checkpoint not found: {file}; {fix}"
+    try:
+        state = read_state_dict(file)  # weights-only: a pickle that would run code is refused
+    except WeightsError as exc:
+        return f"{exc}; {fix}"
+    if num_classes is None:  # the class count depends on data that did not open
+        return None
+    try:
+        # fork_rng: building the model draws from torch's global generator; leave it as it was.
+        with torch.random.fork_rng(devices=[]):
+            model = create_model(arch, num_classes=num_classes)
+    except KeyError as exc:
+        return f"{exc.args[0] if exc.args else exc}; {fix}"
+    try:
+        check_fits(model, state)  # what load_weights checks, then loads
+        model.load_state_dict(state, strict=True)
+    except (WeightsError, RuntimeError) as exc:
+        return f"{file} is not a {arch} with {num_classes} classes: {exc}; {fix}"
+    return None
+
+
+# --------------------------------------------------------------------------- the run's needs
+
+
+def _methods(source: Any) -> list[str]:
+    from .spec import Choice
+
+    method = source.method
+    return [str(m) for m in method.choice] if isinstance(method, Choice) else [str(method)]
+
+
+def _teacher_run(source: Any) -> Any:
+    """The RunConfig whose teacher is ``source``'s (a Spec or a RunConfig): what
+    :func:`bkdsearch.teacher.teacher_run_config` and the teacher cache read."""
+    from .spec import ModelConfig, Recipe, RunConfig, Spec
+
+    if not isinstance(source, Spec):
+        return source
+    assert source.teacher is not None
+    return RunConfig(name=source.name, seed=source.seed, method="kd", data=source.data,
+                     teacher=ModelConfig(arch=source.teacher.arch, checkpoint=source.teacher.checkpoint),
+                     teacher_recipe=source.teacher.recipe, student=source.student, train=Recipe(epochs=1),
+                     runtime=source.runtime)
+
+
+def _data_problems(data: Any, seed: int, search: bool) -> tuple[int | None, list[tuple[str, str]]]:
+    """(class count or None, problems) of the data section, opened as the trainer opens it."""
+    from .core.data import SyntheticConfig, build_data, dataset_info
+    from .errors import DataError
+
+    problems: list[tuple[str, str]] = []
+    if search and data.val_fraction <= 0:
+        problems.append(("data.val_fraction", "is 0, but the search selects on validation accuracy; "
+                                              "set data.val_fraction > 0 (e.g. 0.1)"))
+    try:
+        synthetic = SyntheticConfig.from_dict(data.synthetic) if data.dataset == "synthetic" else None
+        num_classes = dataset_info(data.dataset, synthetic=synthetic).num_classes
+    except (TypeError, ValueError) as exc:
+        return None, [*problems, ("data.synthetic" if data.dataset == "synthetic" else "data.dataset", str(exc))]
+    try:
+        bundle = build_data(data.dataset, root=data.root, download=data.download, val_fraction=data.val_fraction,
+                            batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, seed=seed,
+                            device="cpu", augment=data.augment, num_workers=data.num_workers,
+                            synthetic=data.synthetic)
+    except DataError as exc:
+        problems.append(("data", str(exc)))
+    except ValueError as exc:  # a validation split that comes out empty, say
+        problems.append(("data", f"{exc}; fix data.val_fraction or data.batch_size"))
+    else:
+        num_classes = num_classes or bundle.num_classes
+    return num_classes, problems
+
+
+def preflight(source: Any, *, devices: Mapping[str, str | torch.device | None] | None = None,
+              folders: Mapping[str, str | Path] | None = None, teacher_cache: str | Path | None = None,
+              search: bool = False) -> None:
+    """Check, before the first trial (``run``) or the loop (``train``, ``teacher``), what
+    every run of ``source`` needs; return None when all is there.
+
+    Args:
+        source: a :class:`bkdsearch.spec.Spec` (a search: its searched values are not
+            checked) or a resolved :class:`bkdsearch.spec.RunConfig`.
+        devices: the devices the runs will use, by the name the user knows them by (an
+            option, a spec field); None: ``{"runtime.device": source.runtime.device}``.
+        folders: folders the runs write to, by the name the user knows them by (an option,
+            a spec field): each is created when missing and must take a file.
+        teacher_cache: where CE-trained teachers are cached; a cached teacher that is there
+            (for a teacher without checkpoint) must load.
+        search: ``source`` is searched (``run``): a validation split is required.
+
+    Raises:
+        PreflightError: one entry per problem, each naming the field or option and the fix.
+    """
+    from .teacher import cached_teacher_path, teacher_run_config
+
+    problems: list[tuple[str, str]] = []
+    wanted = {"runtime.device": source.runtime.device} if devices is None else devices
+    for label, device in wanted.items():
+        problem = device_problem(device)
+        if problem:
+            problems.append((label, problem))
+
+    created: list[Path] = []
+    for label, folder in (folders or {}).items():
+        problem = _probe_folder(Path(folder), created)
+        if problem:
+            problems.append((label, problem))
+
+    num_classes, data_problems = _data_problems(source.data, source.seed, search)
+    problems += data_problems
+
+    teacher = source.teacher
+    if teacher is not None and any(m != "ce" for m in _methods(source)):
+        if teacher.checkpoint:
+            problem = _weights_problem("teacher", teacher.arch, teacher.checkpoint, num_classes,
+                                       f"give teacher.checkpoint a state dict of {teacher.arch} trained on "
+                                       f"{source.data.dataset}, or remove it to train the teacher")
+            if problem:
+                problems.append(("teacher.checkpoint", problem))
+        else:
+            try:
+                run = _teacher_run(source)
+                teacher_run_config(run)
+            except (TypeError, ValueError) as exc:
+                problems.append(("teacher.recipe", f"the teacher cannot be trained with it: {exc}"))
+            else:
+                cached = cached_teacher_path(run, teacher_cache) if teacher_cache is not None else None
+                if cached is not None and cached.is_file():
+                    problem = _weights_problem("cached teacher", teacher.arch, str(cached), num_classes,
+                                               "delete it to train the teacher again")
+                    if problem:
+                        problems.append(("cached teacher", problem))
+    student = source.student
+    if student.checkpoint:
+        problem = _weights_problem("student", student.arch, student.checkpoint, num_classes,
+                                   f"give student.checkpoint a state dict of {student.arch} trained on "
+                                   f"{source.data.dataset}, or remove it to start from scratch")
+        if problem:
+            problems.append(("student.checkpoint", problem))
+
+    if problems:
+        # Leave no empty folder behind a refusal (deepest first).
+        for folder in sorted(created, key=lambda p: len(p.absolute().parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise PreflightError(problems)
