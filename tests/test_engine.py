@@ -363,8 +363,8 @@ def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
 
 
 def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
-    from bkdsearch.core.trainer import build_method_for
     from bkdsearch.core.losses import blockkd_loss, make_logit_loss
+    from bkdsearch.core.trainer import build_method_for
 
     cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
     method = build_method_for(cfg, 10, (3, 32, 32), teacher_ckpt).eval()  # eval: repeatable forwards

@@ -8,13 +8,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SEED_LIMIT = 2**32
+"""Seeds are in ``[0, SEED_LIMIT)``: what numpy's and torch's seeding accept."""
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or a bare GPU index N"
+"""The forms a device name may take, for error messages."""
+
+_DEVICE = re.compile(r"auto|cpu|cuda|(?:cuda:)?[0-9]{1,3}")
+
+
+def check_device(name: str) -> str:
+    """Return ``name`` when it is a device bkdsearch can use (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N`` or a bare GPU index ``N``).
+
+    Raises:
+        ValueError: any other name, with a message listing the allowed forms.
+    """
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ValueError(f"device {name!r} is not one of the allowed forms: {DEVICE_FORMS}")
+    return name
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field (and float inside a tuple or union) refuses
+    # nan, inf and -inf; a non-finite learning rate or temperature is never a valid choice.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -113,6 +136,16 @@ class RuntimeConfig(_Strict):
     cuda_graph: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        """Return ``v`` when it is a device name of an allowed form.
+
+        Raises:
+            ValueError: another name; the message lists the allowed forms.
+        """
+        return check_device(v)
+
 
 class ModelConfig(_Strict):
     """A network: zoo architecture and optional checkpoint (a path, loaded weights-only)."""
@@ -125,7 +158,7 @@ class RunConfig(_Strict):
     """One fully resolved training run: what ``train``, the search and ``export`` share."""
 
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     method: Literal["ce", "kd", "dkd", "blockkd"]
     data: DataConfig
     teacher: ModelConfig | None

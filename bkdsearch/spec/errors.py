@@ -3,6 +3,7 @@ with its path and YAML line, and only the errors of the form the user evidently 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ def validation_error(exc: ValidationError, lines: Mapping[str, int] | None = Non
         if cut is None:
             plain.append((loc, msg, err["type"]))
         else:
-            rest = tuple(i for i in loc[cut + 1:] if not _is_tag(i))
+            # After the member's tag come its own field names ("float" of {float: [...]}).
+            rest = tuple(i for i in loc[cut + 1:] if not _is_generated_tag(i))
             unions.setdefault(loc[:cut], {}).setdefault(_member_name(loc[cut]), []).append(
                 (loc[:cut] + rest, msg, err["type"]))
     for where, members in unions.items():
@@ -38,6 +40,8 @@ def validation_error(exc: ValidationError, lines: Mapping[str, int] | None = Non
         meant = _meant_member(value, members)
         if meant is not None:
             plain += members[meant]
+        elif isinstance(value, float) and not math.isfinite(value):
+            plain.append((where, f"invalid value {value!r}: must be a finite number", "finite_number"))
         else:
             forms = " | ".join(_FORM_NAMES.get(m, m) for m in members)
             plain.append((where, f"invalid value {value!r}: expected {forms}", "union"))
@@ -69,7 +73,11 @@ def _member_name(tag: str) -> str:
 
 
 def _is_tag(item: Any) -> bool:
-    return isinstance(item, str) and (item in _FORM_NAMES or item.startswith(("literal[", "function-")))
+    return isinstance(item, str) and (item in _FORM_NAMES or _is_generated_tag(item))
+
+
+def _is_generated_tag(item: Any) -> bool:
+    return isinstance(item, str) and item.startswith(("literal[", "function-"))
 
 
 def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
@@ -94,12 +102,14 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif not _is_tag(item):
+        elif not _is_generated_tag(item):
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
 
 
 def line_of(path: str, lines: Mapping[str, int]) -> int | None:
+    """Return the YAML line of ``path`` (``train.lr.float[0]``), else of its nearest enclosing
+    key found in ``lines``; None when there is none."""
     while path:
         if path in lines:
             return lines[path]

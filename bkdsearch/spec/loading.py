@@ -1,8 +1,15 @@
 """Reading spec files: YAML (safe loader) -> validated :class:`Spec`, with each error's line;
-``--set key=value`` overrides."""
+``--set key=value`` overrides.
+
+A spec file must be a regular file of at most :data:`MAX_SPEC_BYTES` (a FIFO or a device
+would block or never end); a key given twice in one mapping is an error naming both lines
+(PyYAML would silently keep the last).
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,61 +21,213 @@ from .checks import check_spec
 from .errors import line_of, validation_error
 from .schema import Spec
 
+MAX_SPEC_BYTES = 1_000_000
+"""The largest spec file read (bytes); real specs are a few kilobytes."""
 
-def _node_lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = f"{path}.{key.value}" if path else str(key.value)
-            out[child] = key.start_mark.line + 1
-            _node_lines(value, child, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            _node_lines(value, f"{path}[{i}]", out)
+_MAX_NODES = 20_000  # YAML nodes read, or visited with aliases expanded ("billion laughs"); specs have hundreds
+_MAX_DEPTH = 64  # nesting of collections; PyYAML's scanner slows down with the square of it
+_SHOW_DUPLICATES = 20
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build Python objects), which also records every key
+    given twice in one mapping instead of silently keeping the last value."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.paths: dict[int, str] = {}  # id(mapping node) -> its path in the spec
+        self.duplicates: list[tuple[str, str, int]] = []  # (path, message, line)
+        self.composed = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803 - PyYAML's name
+        """Open a ``[`` or ``{``, refusing more than ``_MAX_DEPTH`` levels."""
+        if self.flow_level >= _MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"values nested more than {_MAX_DEPTH} levels deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        """Open an indented block, refusing more than ``_MAX_DEPTH`` levels."""
+        if len(self.indents) >= _MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"values nested more than {_MAX_DEPTH} levels deep",
+                                            self.get_mark())
+        return super().add_indent(column)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Read one node, refusing documents of more than ``_MAX_NODES`` (PyYAML reads some
+        10^4-10^5 per second: a megabyte of ``[1,1,1,...]`` would take a minute)."""
+        self.composed += 1
+        if self.composed > _MAX_NODES:
+            raise SpecError([("", f"too large: more than {_MAX_NODES} YAML values in one spec",
+                              self.peek_event().start_mark.line + 1)])
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Return the mapping of ``node``, noting every key it gives twice (merged keys aside)."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:  # "<<: *base" then own keys: overriding is meant
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader itself refuses it below
+                    continue
+                if first is None:
+                    seen[key] = line
+                else:
+                    parent = self.paths.get(id(node), "")
+                    path = f"{parent}.{key}" if parent else str(key)
+                    where = f"twice on line {line}" if first == line else f"at line {first} and again at line {line}"
+                    self.duplicates.append((path, f"duplicate key {key!r}: given {where}", line))
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Walk:
+    """The YAML line of every path in a composed document, and the path of every mapping node;
+    refuses documents that expand (through aliases) to too many nodes, or contain themselves."""
+
+    def __init__(self, paths: dict[int, str]) -> None:
+        self.lines: dict[str, int] = {}
+        self.paths = paths
+        self.visited = 0
+        self.open: set[int] = set()
+
+    def __call__(self, node: yaml.Node, path: str) -> None:
+        self.visited += 1
+        if self.visited > _MAX_NODES:
+            raise SpecError([("", f"the spec expands (through YAML aliases) to more than {_MAX_NODES} values",
+                              node.start_mark.line + 1)])
+        if id(node) in self.open:
+            raise SpecError([(path, "a YAML alias refers to a value that contains it (a recursive value)",
+                              node.start_mark.line + 1)])
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self.open.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                self.paths.setdefault(id(node), path)
+                for key, value in node.value:
+                    child = f"{path}.{key.value}" if path else str(key.value)
+                    self.lines[child] = key.start_mark.line + 1
+                    self(value, child)
+            else:
+                for i, value in enumerate(node.value):
+                    self(value, f"{path}[{i}]")
+            self.open.discard(id(node))
+
+
+def _read_yaml(text: str) -> tuple[Any, dict[str, int]]:
+    """Return the data of YAML ``text`` and the line of each of its paths.
+
+    Raises:
+        SpecError: malformed YAML, duplicate keys, nesting too deep, or too many values.
+    """
+    loader: _SpecLoader | None = None
+    try:
+        loader = _SpecLoader(text)  # its reader refuses unprintable characters at once
+        node = loader.get_single_node()
+        walk = _Walk(loader.paths)
+        if node is not None:
+            walk(node, "")
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([("", f"malformed YAML: {problem}", line)]) from None
+    except RecursionError:
+        raise SpecError([("", "malformed YAML: values nested too deeply", None)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    assert loader is not None
+    if loader.duplicates:
+        shown = loader.duplicates[:_SHOW_DUPLICATES]
+        more = len(loader.duplicates) - len(shown)
+        raise SpecError(shown + ([("", f"and {more} more duplicate key(s)", None)] if more else []))
+    return data, walk.lines
 
 
 def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Parse YAML text into a validated :class:`Spec` (safe loader; no code runs).
 
     Raises:
-        SpecError: malformed YAML or any invalid field (all of them, with YAML lines).
+        SpecError: malformed YAML, a key given twice in one mapping (naming both lines), or any
+            invalid field (all of them, with YAML lines).
     """
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([("", f"malformed YAML: {problem}", line)]) from None
+    data, lines = _read_yaml(text)
     if not isinstance(data, dict):
         raise SpecError([("", "a spec is a YAML mapping (name:, data:, student:, ...)", 1)])
-    lines: dict[str, int] = {}
-    if node is not None:
-        _node_lines(node, "", lines)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, lines, data) from None
+    except RecursionError:
+        raise SpecError([("", "values nested too deeply", None)]) from None
     problems = check_spec(spec)
     if problems:
         raise SpecError([(p, m, line_of(p, lines)) for p, m in problems])
     return spec
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def _refuse(path: Path, why: str) -> SpecError:
+    return SpecError([("", f"cannot read spec {path}: {why}", None)])
+
+
+def _check_file(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, f"it is {_kind(st.st_mode)}, not a regular file")
+    if st.st_size > MAX_SPEC_BYTES:
+        raise _refuse(path, f"it has {st.st_size} bytes, over the limit of {MAX_SPEC_BYTES} bytes for a spec")
+
+
+def read_spec_text(path: str | Path) -> str:
+    """Return the text of the spec file at ``path``, after checking (before reading a byte) that
+    it is a regular file of at most :data:`MAX_SPEC_BYTES` bytes.
+
+    Raises:
+        SpecError: a missing or unreadable path; a directory, FIFO, device or socket; a file
+            over the size limit; text that is not UTF-8. The message says which.
+    """
+    path = Path(path)
+    try:
+        _check_file(path, os.stat(path))
+        # O_NONBLOCK: should the path turn into a FIFO after the check, opening it cannot hang;
+        # the check is repeated on what was opened.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as f:
+            _check_file(path, os.fstat(f.fileno()))
+            raw = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise _refuse(path, str(exc.strerror or exc)) from None
+    if len(raw) > MAX_SPEC_BYTES:  # it grew after the check
+        raise _refuse(path, f"it has over {MAX_SPEC_BYTES} bytes, the limit for a spec")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _refuse(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate the spec file at ``path``.
 
     Raises:
-        SpecError: unreadable file, malformed YAML or invalid fields.
+        SpecError: a path that is not a regular file, a file over :data:`MAX_SPEC_BYTES`, an
+            unreadable file, malformed YAML, duplicate keys or invalid fields.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        detail = getattr(exc, "strerror", None) or exc
-        raise SpecError([("", f"cannot read spec {path}: {detail}", None)]) from None
-    return parse_spec(text, str(path))
+    return parse_spec(read_spec_text(path), str(path))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -83,7 +242,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise SpecError([(item, "expected key=value", None)])
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+            out[key.strip()] = _read_yaml(raw)[0] if raw.strip() else None
+        except SpecError:
             raise SpecError([(key, f"cannot parse value {raw!r}", None)]) from None
     return out

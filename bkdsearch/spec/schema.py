@@ -10,12 +10,34 @@ A spec is YAML. Any searchable value is either fixed or a distribution::
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from .config import _DKD_WARMUP_DOC, DataConfig, ModelConfig, Recipe, RuntimeConfig, _Strict, check_milestones
+from .config import (
+    _DKD_WARMUP_DOC,
+    SEED_LIMIT,
+    BlockKDConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    Recipe,
+    RunConfig,
+    RuntimeConfig,
+    _Strict,
+    check_milestones,
+)
 
 METHODS = ("ce", "kd", "dkd", "blockkd")
 
@@ -70,6 +92,18 @@ class IntRange(_Strict):
         return self.int_range[0] if self.default is None else self.default
 
 
+def _non_finite(value: Any) -> float | None:
+    """Return the first nan/inf float in ``value`` (searched through lists and dicts), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    for item in items:
+        found = _non_finite(item)
+        if found is not None:
+            return found
+    return None
+
+
 class Choice(_Strict):
     """``{choice: [a, b, ...], default: a}``: one of a list of values."""
 
@@ -78,6 +112,9 @@ class Choice(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Choice:
+        bad = _non_finite([*self.choice, self.default])
+        if bad is not None:
+            raise ValueError(f"choices must be finite, got {bad!r}")
         if self.default is not None and self.default not in self.choice:
             raise ValueError(f"default {self.default!r} is not one of {self.choice}")
         return self
@@ -103,6 +140,46 @@ def _is_dist(value: Any) -> bool:
     return isinstance(value, FloatRange | IntRange | Choice)
 
 
+@functools.cache
+def _adapter(model: type[BaseModel], field: str) -> TypeAdapter[Any]:
+    """The validator of one field of a resolved config (its type and constraints, finite floats)."""
+    info = model.model_fields[field]
+    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    return TypeAdapter(kind, config=ConfigDict(allow_inf_nan=False))
+
+
+def _values_taken(value: Any) -> list[tuple[str, Any]]:
+    """``(what, value)`` for every value a fixed or searched value may take, or that bounds it:
+    a range's ends and default, each choice; a range's values lie between its ends, and every
+    constraint of a config field is an interval, so checking the ends checks them all."""
+    if isinstance(value, FloatRange | IntRange):
+        low, high = value.float_range if isinstance(value, FloatRange) else value.int_range
+        ends = [("range low end", low), ("range high end", high)]
+        return ends + ([("default", value.default)] if value.default is not None else [])
+    if isinstance(value, Choice):
+        return [("choice", x) for x in value.choice]
+    return [("value", value)]
+
+
+def check_values(value: Any, model: type[BaseModel], field: str) -> Any:
+    """Return ``value`` (fixed or a distribution) when every value it may take is valid for
+    ``model.field`` of the resolved config (type, bounds, finite; no boolean for a number).
+
+    Raises:
+        ValueError: naming the first value that is not, and why.
+    """
+    adapter = _adapter(model, field)
+    for what, x in _values_taken(value):
+        try:
+            out = adapter.validate_python(x)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{what} {x!r} is invalid: {reason[:1].lower()}{reason[1:]}") from None
+        if isinstance(x, bool) and not isinstance(out, bool):  # YAML's yes/no/on/off are booleans
+            raise ValueError(f"{what} {x!r} is invalid: a boolean, where a number is expected")
+    return value
+
+
 class SearchRecipe(_Strict):
     """The student's recipe in a spec: any value fixed or searched."""
 
@@ -116,6 +193,19 @@ class SearchRecipe(_Strict):
     milestones: list[int] | None = None
     lr_decay: float = Field(0.1, gt=0, le=1)
     warmup_epochs: SearchInt = 0
+
+    @field_validator("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+                     "warmup_epochs")
+    @classmethod
+    def _valid_values(cls, v: Any, info: ValidationInfo) -> Any:
+        """Return ``v`` when every value it may take is valid for the run's recipe (epochs >= 1,
+        lr > 0, momentum in [0, 1), weight_decay >= 0, all finite).
+
+        Raises:
+            ValueError: naming the first value (a fixed value, a range end or a choice) that is not.
+        """
+        assert info.field_name is not None
+        return check_values(v, Recipe, info.field_name)
 
     @model_validator(mode="after")
     def _milestones_inside(self) -> SearchRecipe:
@@ -153,6 +243,20 @@ class SearchBlockKD(_Strict):
         if bad:
             raise ValueError(f"dkd_warmup is a number of epochs >= 0, got {bad[0]!r}")
         return v
+
+    @field_validator("tau", "alpha", "beta", "gamma", "decay", "logit_loss", "dkd_alpha", "dkd_beta", "dkd_warmup",
+                     "order", "connector")
+    @classmethod
+    def _valid_values(cls, v: Any, info: ValidationInfo) -> Any:
+        """Return ``v`` when every value it may take is valid for the run's loss or Block-KD
+        settings (tau > 0, weights >= 0, decay in (0, 1], all finite; known orders and connectors).
+
+        Raises:
+            ValueError: naming the first value (a fixed value, a range end or a choice) that is not.
+        """
+        assert info.field_name is not None
+        model = BlockKDConfig if info.field_name in ("order", "connector") else LossConfig
+        return check_values(v, model, info.field_name)
 
 
 class ExplicitPartition(_Strict):
@@ -206,6 +310,19 @@ class SearchSettings(_Strict):
     max_train_gflops: float | None = Field(None, gt=0)
     enqueue: list[dict[str, Any]] = []
 
+    @field_validator("enqueue")
+    @classmethod
+    def _finite_enqueued(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Return ``v`` when no enqueued parameter is nan or inf.
+
+        Raises:
+            ValueError: naming the non-finite value.
+        """
+        bad = _non_finite(v)
+        if bad is not None:
+            raise ValueError(f"enqueued parameters must be finite, got {bad!r}")
+        return v
+
     @field_validator("objectives")
     @classmethod
     def _val_acc_first(cls, v: list[str]) -> list[str]:
@@ -218,7 +335,7 @@ class Spec(_Strict):
     """A whole spec file. Unknown keys are errors."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="0 <= seed < 2**32 (numpy's and torch's seeding limits)")
     data: DataConfig
     teacher: TeacherSpec | None = None
     student: ModelConfig
@@ -229,6 +346,16 @@ class Spec(_Strict):
     search: SearchSettings = SearchSettings()
     storage: str | None = None
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, v: Any) -> Any:
+        """Return ``v`` when every method it may take is known.
+
+        Raises:
+            ValueError: naming the first unknown one.
+        """
+        return check_values(v, RunConfig, "method")
 
     @field_validator("partitions")
     @classmethod

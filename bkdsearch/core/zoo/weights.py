@@ -32,18 +32,52 @@ def load_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message goes on to advise weights_only=False, which would run the file's
-        # code: show only what its weights-only unpickler objected to.
-        found = re.search(r"Unsupported (global: GLOBAL \S+|[^.\n]*)", str(exc))
-        finding = found.group(0) if found else first_line(exc)
-        if finding.startswith("Unsupported global"):
+        finding = unpickler_finding(exc)
+        if _GLOBAL.search(finding):
             raise WeightsError(f"refused to load {path}: loading it would run code from the file "
                                f"({finding}); nothing was run") from None
         # Random bytes and a pickle of protocol 4+ carrying code look alike to it.
         raise WeightsError(f"refused to load {path}: not plain tensors: corrupt, or a pickle that "
                            f"would run code ({finding}); nothing was run") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
-        raise WeightsError(f"cannot read {path}: corrupt or unreadable ({first_line(exc)})") from None
+        raise WeightsError(f"cannot read {path}: corrupt or unreadable ({unpickler_finding(exc)})") from None
+
+
+# What torch's weights-only unpickler objects to, in the words of several torch versions:
+# "Unsupported global: GLOBAL x.y was not an allowed global by default" (older releases),
+# "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (2.14),
+# "Unsupported operand 149" (bytes it cannot read: random data, or pickle protocol 4+).
+_GLOBAL = re.compile(r"(?i)\bglobal\b")
+_FINDINGS = (
+    re.compile(r"(?i)(?:trying to load )?unsupported global\b[^\n]*"),
+    re.compile(r"(?i)WeightsUnpickler error:\s*([^\n]+)"),
+    re.compile(r"(?i)unsupported [^\n]*"),
+)
+# Sentences never shown: torch's advice to load the file unsafely, and its boilerplate around it.
+_ADVICE = re.compile(r"(?i)weights_only\W*(?:=|set to|to)\W*False|re-?running|"
+                     r"add_safe_globals|safe_globals|allowlist|in pytorch 2\.6|file an issue|"
+                     r"check the documentation|trusted source|weights only load failed")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def unpickler_finding(exc: BaseException) -> str:
+    """Return what a loader objected to in ``exc``, in one line and without torch's advice.
+
+    Only the finding (``Trying to load unsupported GLOBAL posix.system whose module posix is
+    blocked``, ``Unsupported operand 149``, a zip reader's complaint) is kept; any sentence
+    advising ``weights_only=False`` (or ``weights_only`` set to False), re-running, or
+    allowlisting globals is dropped. Returns the exception's type name when nothing is left.
+    """
+    text = str(exc)
+    for pattern in _FINDINGS:
+        found = pattern.search(text)
+        if found:
+            text = found.group(found.lastindex or 0)
+            break
+    kept = [s for line in text.splitlines() for s in _SENTENCE_END.split(line.strip())
+            if s.strip() and not _ADVICE.search(s)]
+    finding = " ".join(kept[:1]).strip().rstrip(".")
+    return finding or type(exc).__name__
 
 
 def first_line(exc: BaseException) -> str:
