@@ -13,6 +13,7 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.trial import TrialState
 
+from ..core.optim import scale_milestones
 from ..core.zoo.weights import first_line
 from ..errors import NotFound, SpecError, StorageError
 from ..spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec
@@ -64,20 +65,30 @@ def first_prunable_step(spec: Spec) -> int:
     and strong weight decay, exactly what a search explores), else the warm-up share of the
     run (``search.pruner_warmup_fraction`` when the spec has it)."""
     recipe = spec.train
-    epochs = int(_fixed(recipe.epochs))
+    epochs = search_epochs(spec)
     if _fixed(recipe.schedule) == "multistep":
-        milestones = recipe.milestones or [round(epochs * f) for f in (0.625, 0.75, 0.875)]
+        full = int(_fixed(recipe.epochs))
+        given = recipe.milestones and (scale_milestones(recipe.milestones, full, epochs) if full != epochs
+                                       else recipe.milestones)
+        milestones = given or [round(epochs * f) for f in (0.625, 0.75, 0.875)]
         return max(1, min(milestones))
     fraction = getattr(spec.search, "pruner_warmup_fraction", None)
     fraction = COSINE_WARMUP_FRACTION if fraction is None else fraction
     return max(int(_fixed(recipe.warmup_epochs)), round(fraction * epochs))
 
 
+def search_epochs(spec: Spec) -> int:
+    """Return the epochs of a search trial: the fidelity's when the spec searches cheaper,
+    else the recipe's (its default when searched)."""
+    fidelity = spec.search.fidelity
+    return fidelity.epochs if fidelity is not None and fidelity.epochs else int(_fixed(spec.train.epochs))
+
+
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
     """Return the spec's pruner; it never prunes at or before :func:`first_prunable_step`."""
     warmup = first_prunable_step(spec)
     if spec.search.pruner == "hyperband":
-        epochs = int(_fixed(spec.train.epochs))
+        epochs = search_epochs(spec)
         return optuna.pruners.HyperbandPruner(min_resource=max(1, min(warmup + 1, epochs)), max_resource=epochs)
     if spec.search.pruner == "none":
         return optuna.pruners.NopPruner()

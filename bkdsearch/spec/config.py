@@ -52,6 +52,12 @@ class DataConfig(_Strict):
     augment: bool = True
     num_workers: int = Field(0, ge=0)
     synthetic: dict[str, Any] | None = None
+    split_seed: int = Field(0, ge=0, lt=2**32, description=(
+        "Seed of the dataset itself: the validation split (and the synthetic set's generation). "
+        "Kept apart from the run's seed so every trial of a study validates on the same samples."))
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description=(
+        "Share of the training split a run trains on (class-stratified, fixed by split_seed); "
+        "below 1 only at a search's lower fidelity."))
 
 
 def check_milestones(milestones: list[int] | None, epochs: int | None) -> None:

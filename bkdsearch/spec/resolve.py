@@ -71,18 +71,23 @@ def _pick(suggest: Suggest, name: str, value: Any, fixed_overrides: Mapping[str,
     return value
 
 
-def resolve(spec: Spec, suggest: Suggest, *, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def resolve(spec: Spec, suggest: Suggest, *, overrides: Mapping[str, Any] | None = None,
+            fidelity: bool = False) -> RunConfig:
     """Return the RunConfig of one run, asking ``suggest`` for each searched value.
 
     ``overrides`` (``--set``) may also replace fixed values. Partitions are resolved to
-    concrete cut atoms.
+    concrete cut atoms. ``fidelity``: the search's cheaper recipe (``search.fidelity``, see
+    :func:`at_fidelity`) when the spec has one.
 
     Raises:
         SpecError: an override names no parameter, or a value is invalid.
         PartitionError: a generated partition cannot be built.
     """
     try:
-        return _resolve(spec, suggest, overrides)
+        cfg = _resolve(spec, suggest, overrides)
+        if fidelity and spec.search.fidelity is not None:
+            cfg = at_fidelity(cfg, spec.search.fidelity.epochs, spec.search.fidelity.train_fraction)
+        return cfg
     except (SpecError, PartitionError):
         raise
     except (TypeError, ValueError, KeyError) as exc:
@@ -172,6 +177,31 @@ def _milestones(milestones: list[int] | None, spec_epochs: Any, epochs: int,
     if milestones and "train.epochs" in fixed and isinstance(spec_epochs, int) and epochs != spec_epochs:
         return scale_milestones(milestones, spec_epochs, epochs)
     return milestones
+
+
+def at_fidelity(cfg: RunConfig, epochs: int | None, train_fraction: float = 1.0) -> RunConfig:
+    """Return ``cfg`` at a lower fidelity: ``epochs`` long (explicit lr milestones, lr warm-up
+    and DKD warm-up at the same fractions of the run) and trained on ``train_fraction`` of
+    its training split.
+
+    Raises:
+        SpecError: the scaled schedule is invalid (a warm-up as long as the run, say).
+    """
+    train, loss, data = cfg.train, cfg.loss, cfg.data
+    if epochs is not None and epochs != train.epochs:
+        full = train.epochs
+        milestones = scale_milestones(train.milestones, full, epochs) if train.milestones else None
+        if milestones is not None:
+            milestones = sorted({min(m, epochs - 1) for m in milestones if epochs > 1}) or None
+        train = train.model_copy(update={"epochs": epochs, "milestones": milestones,
+                                         "warmup_epochs": round(train.warmup_epochs * epochs / full)})
+        loss = loss.model_copy(update={"dkd_warmup": round(loss.dkd_warmup * epochs / full)})
+    data = data.model_copy(update={"train_fraction": train_fraction})
+    try:
+        return RunConfig.model_validate({**cfg.model_dump(), "train": train.model_dump(),
+                                         "loss": loss.model_dump(), "data": data.model_dump()})
+    except ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 def parameter_names(spec: Spec) -> list[str]:

@@ -299,6 +299,15 @@ class TeacherSpec(_Strict):
     recipe: Recipe | None = None
 
 
+class Fidelity(_Strict):
+    """A cheaper recipe for the search: fewer epochs (milestones, lr warm-up and DKD warm-up
+    scaled to them) and/or a share of the training split; ``confirm`` runs the full recipe."""
+
+    epochs: int | None = Field(None, ge=1, description="Epochs of a search trial (None: the recipe's).")
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0,
+                                  description="Share of the training split a search trial trains on.")
+
+
 class SearchSettings(_Strict):
     """Optuna study settings."""
 
@@ -309,6 +318,12 @@ class SearchSettings(_Strict):
     objectives: list[Literal["val_acc", "train_gflops", "student_mflops"]] = ["val_acc"]
     max_train_gflops: float | None = Field(None, gt=0)
     enqueue: list[dict[str, Any]] = []
+    fidelity: Fidelity | None = None
+    pruner_warmup_fraction: float | None = Field(None, gt=0, lt=1, description=(
+        "Share of a cosine or constant run before the pruner may act (default 0.5); a multistep "
+        "run is never pruned before its first lr milestone."))
+    confirm_top: int = Field(3, ge=1, le=50, description="Configurations `confirm` re-trains (by validation).")
+    confirm_seeds: int = Field(3, ge=1, le=20, description="Fresh seeds per confirmed configuration.")
 
     @field_validator("enqueue")
     @classmethod

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .arrays import DATASETS, ArrayDataset, array_source, load_arrays
 from .loader import DeviceLoader, _EpochLoader
-from .splits import split_train_val
+from .splits import keep_fraction, split_train_val
 from .synthetic import SyntheticConfig
 
 
@@ -54,7 +54,8 @@ _DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "syn
 
 BundleBuilder = Callable[..., "DataBundle"]
 """``builder(root, *, val_fraction, batch_size, eval_batch_size, seed, device, augment,
-num_workers, flip, data_seed, image_size) -> DataBundle`` for a dataset that is not in memory."""
+num_workers, flip, data_seed, image_size, train_fraction) -> DataBundle`` for a dataset that is
+not in memory."""
 
 _BUNDLES: dict[str, BundleBuilder] = {}
 
@@ -105,6 +106,7 @@ def build_data(
     flip: bool | None = None,
     data_seed: int = 0,
     image_size: int = 224,
+    train_fraction: float = 1.0,
 ) -> DataBundle:
     """Load a dataset and build its train / validation / test loaders.
 
@@ -127,6 +129,8 @@ def build_data(
         data_seed: fixes the dataset itself: synthetic generation and the validation split.
             Kept apart from ``seed`` so every trial of a study validates on the same samples.
         image_size: crop size of ``imagefolder`` images.
+        train_fraction: class-stratified share of the training split to train on (a search's
+            lower fidelity).
 
     Returns:
         A :class:`DataBundle`. Fashion-MNIST comes zero-padded to 3x32x32
@@ -153,12 +157,14 @@ def build_data(
             flip=flip,
             data_seed=data_seed,
             image_size=image_size,
+            train_fraction=train_fraction,
         )
     full = load_arrays(name, root, "train", download=download, seed=data_seed, synthetic=synthetic)
     test = load_arrays(name, root, "test", download=download, seed=data_seed, synthetic=synthetic)
     if name == "fashion_mnist":
         full, test = as_cifar_input(full), as_cifar_input(test)
     train, val = split_train_val(full, val_fraction, data_seed)
+    train = keep_fraction(train, train_fraction, data_seed)
     use_flip = _DEFAULT_FLIP[name] if flip is None else flip
     train_loader = DeviceLoader(
         train,

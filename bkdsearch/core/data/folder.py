@@ -251,6 +251,7 @@ def build_folder_data(
     flip: bool | None,
     data_seed: int,
     image_size: int,
+    train_fraction: float = 1.0,
 ) -> DataBundle:
     """Return the loaders of an image folder (``root/train``, ``root/val``): the validation
     split carved from ``train`` by ``data_seed``, ``val`` as the test split."""
@@ -271,6 +272,9 @@ def build_folder_data(
         train_idx, val_idx = stratified_split_indices(train_folder.targets, val_fraction, data_seed)
         val_samples = [samples[i] for i in val_idx.tolist()]
         samples = [samples[i] for i in train_idx.tolist()]
+    if train_fraction < 1.0:
+        _, kept = stratified_split_indices([label for _, label in samples], train_fraction, data_seed ^ 0x7F1D)
+        samples = [samples[i] for i in kept.tolist()]
     classes = tuple(train_folder.classes)
     common = {"device": device, "seed": seed, "image_size": image_size, "num_workers": num_workers}
     train_loader = FolderLoader(

@@ -68,3 +68,19 @@ def split_train_val(
         return ds, None
     train_idx, val_idx = stratified_split_indices(ds.labels, val_fraction, seed)
     return ds.subset(train_idx), ds.subset(val_idx)
+
+
+def keep_fraction(ds: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
+    """Return a class-stratified ``fraction`` of ``ds`` (all of it at 1), deterministic by
+    ``seed``: a search's lower-fidelity training set.
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1], or too small to keep a sample.
+    """
+    if fraction == 1.0:
+        return ds
+    _, kept = stratified_split_indices(ds.labels, fraction, _FIDELITY_SALT ^ seed)
+    return ds.subset(kept)
+
+
+_FIDELITY_SALT = 0x7F1D
