@@ -103,12 +103,17 @@ def stone_weights(order: str, stone_indices: Sequence[int], num_blocks: int, dec
 
 
 class BlockKDLoss(NamedTuple):
-    """The Block-KD objective and its three terms (before their alpha/beta/gamma weights)."""
+    """The Block-KD objective and its three terms (before their alpha/beta/gamma weights),
+    plus the unweighted CE and logit loss of the student and of each stone (detached)."""
 
     total: Tensor
     ce: Tensor
     kd: Tensor
     ensemble: Tensor
+    student_ce: Tensor | None = None
+    student_kd: Tensor | None = None
+    stones_ce: tuple[Tensor, ...] = ()
+    stones_kd: tuple[Tensor, ...] = ()
 
 
 def blockkd_loss(
@@ -136,14 +141,19 @@ def blockkd_loss(
     ``total`` (DKD's warm-up factor, see :func:`dkd_warmup_factor`); a 0-dim tensor keeps it
     readable by a captured CUDA graph. The returned ``kd`` term is unscaled.
     """
-    ce = F.cross_entropy(student.float(), target)
-    kd = logit_loss(student, teacher, target)
-    for w, y in zip(weights, stones, strict=True):
-        ce = ce + w * F.cross_entropy(y.float(), target)
-        kd = kd + w * logit_loss(y, teacher, target)
+    student_ce = F.cross_entropy(student.float(), target)
+    student_kd = logit_loss(student, teacher, target)
+    stones_ce = [F.cross_entropy(y.float(), target) for y in stones]
+    stones_kd = [logit_loss(y, teacher, target) for y in stones]
+    ce, kd = student_ce, student_kd
+    for w, y_ce, y_kd in zip(weights, stones_ce, stones_kd, strict=True):
+        ce = ce + w * y_ce
+        kd = kd + w * y_kd
     ensemble = student.new_zeros((), dtype=torch.float32)
     if stones and gamma != 0.0:
         e = torch.stack([y.float() for y in stones]).mean(0).detach()
         ensemble = kd_loss(student, e, tau) + sum(kd_loss(y, e, tau) for y in stones)
     total = alpha * ce + beta * kd * logit_scale + gamma * ensemble
-    return BlockKDLoss(total, ce.detach(), kd.detach(), ensemble.detach())
+    return BlockKDLoss(total, ce.detach(), kd.detach(), ensemble.detach(), student_ce.detach(),
+                       student_kd.detach(), tuple(t.detach() for t in stones_ce),
+                       tuple(t.detach() for t in stones_kd))

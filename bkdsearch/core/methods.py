@@ -46,10 +46,13 @@ def method_class(name: str) -> type[Method]:
 
 
 class StepOut(NamedTuple):
-    """Result of one training forward: the loss to minimise and the student's logits."""
+    """Result of one training forward: the loss to minimise, the student's logits and the
+    loss's terms by name (detached 0-dim tensors, unweighted: ``ce``, ``kd`` or ``dkd``,
+    ``ensemble``, ``stone<i>_ce``...), which the trainer averages per epoch."""
 
     loss: Tensor
     logits: Tensor
+    terms: dict[str, Tensor] = {}
 
 
 class Method(nn.Module):
@@ -108,7 +111,8 @@ class CE(Method):
 
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         logits = self.student(x)
-        return StepOut(F.cross_entropy(logits.float(), y), logits)
+        ce = F.cross_entropy(logits.float(), y)
+        return StepOut(ce, logits, {"ce": ce.detach()})
 
 
 @register_method("kd")
@@ -129,8 +133,8 @@ class KD(Method):
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         logits = self.student(x)
         t = self._teacher_logits(x)
-        loss = self.alpha * F.cross_entropy(logits.float(), y) + self.beta * kd_loss(logits, t, self.tau)
-        return StepOut(loss, logits)
+        ce, kd = F.cross_entropy(logits.float(), y), kd_loss(logits, t, self.tau)
+        return StepOut(self.alpha * ce + self.beta * kd, logits, {"ce": ce.detach(), "kd": kd.detach()})
 
 
 class DKDWarmup(Method):
@@ -180,9 +184,10 @@ class DKD(DKDWarmup):
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         logits = self.student(x)
         t = self._teacher_logits(x)
-        loss = self.alpha * F.cross_entropy(logits.float(), y) + self.beta * dkd_loss(
-            logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta) * self.dkd_scale
-        return StepOut(loss, logits)
+        ce = F.cross_entropy(logits.float(), y)
+        dkd = dkd_loss(logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
+        loss = self.alpha * ce + self.beta * dkd * self.dkd_scale
+        return StepOut(loss, logits, {"ce": ce.detach(), "dkd": dkd.detach()})
 
 
 @register_method("blockkd")
@@ -199,6 +204,7 @@ class BlockKD(DKDWarmup):
         loss = cfg.loss
         self.weights = stone_weights(stones.order, stones.active, stones.num_blocks, loss.decay)
         self.logit_loss = make_logit_loss(loss.logit_loss, loss.tau, loss.dkd_alpha, loss.dkd_beta)
+        self.logit_loss_kind = loss.logit_loss
         self.alpha, self.beta, self.gamma, self.tau = loss.alpha, loss.beta, loss.gamma, loss.tau
 
     @classmethod
@@ -223,7 +229,11 @@ class BlockKD(DKDWarmup):
         parts = blockkd_loss(out.student, out.teacher, out.stones, self.weights, y,
                              alpha=self.alpha, beta=self.beta, gamma=self.gamma, tau=self.tau,
                              logit_loss=self.logit_loss, logit_scale=self.dkd_scale)
-        return StepOut(parts.total, out.student)
+        logit = "dkd" if self.logit_loss_kind == "dkd" else "kd"
+        terms = {"ce": parts.student_ce, logit: parts.student_kd, "ensemble": parts.ensemble}
+        for i, y_ce, y_kd in zip(self._stones[0].active, parts.stones_ce, parts.stones_kd, strict=True):
+            terms[f"stone{i}_ce"], terms[f"stone{i}_{logit}"] = y_ce, y_kd
+        return StepOut(parts.total, out.student, terms)
 
 
 def _needs(teacher: nn.Module | None, method: str) -> nn.Module:
