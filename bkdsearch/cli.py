@@ -290,7 +290,8 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
-    needs: the data, the teacher's and student's checkpoints, the folders, the devices."""
+    needs: the data, the teacher's and student's checkpoints, the folders, the devices. It
+    ends with a summary: the trials, the best one, the cap, and the next commands."""
     from .preflight import parse_devices, preflight
     from .search import open_study, run_workers
 
@@ -314,8 +315,134 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     report = run_workers(spec, study, n_trials=cap, devices=devs, trials_per_device=trials_per_device,
                          studies_dir=STUDIES, timeout=timeout or spec.search.timeout, artifact_dir=artifacts,
                          progress=not quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
-    out.print(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed",
-              soft_wrap=True)
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials}
+    for line in run_summary(study, report, cap=cap, **given):
+        out.print(line, markup=False, soft_wrap=True)
+
+
+WIDTH = 80
+"""Summaries are written to fit this many columns (but a path or URL, never broken)."""
+
+
+def _wrap(items: list[str], indent: str = "  ", width: int = WIDTH) -> list[str]:
+    """``items`` joined with ", " into lines of at most ``width`` columns, breaking between
+    items only (an item longer than a line gets one of its own)."""
+    lines: list[str] = []
+    line = ""
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line and len(indent) + len(line) + 1 + len(piece) > width:
+            lines.append(indent + line)
+            line = piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    if line:
+        lines.append(indent + line)
+    return lines
+
+
+def _objective(name: str, value: float) -> str:
+    """An objective's value with its unit: accuracies in %, FLOPs in GFLOPs/MFLOPs."""
+    if name.endswith("acc"):
+        return f"{name} {value:.2f}%"
+    if name.endswith("gflops"):
+        return f"{name} {value:.3g} GFLOPs"
+    if name.endswith("mflops"):
+        return f"{name} {value:.3g} MFLOPs"
+    return f"{name} {value:.4g}"
+
+
+def _best_trial(study: Any) -> Any | None:
+    """The trial ``export --trial best`` takes: the complete trial with the highest first
+    objective (of several objectives, on the Pareto front); None without a complete trial."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not complete:
+        return None
+    pool = study.best_trials if len(study.directions) > 1 else complete
+    return max(pool or complete, key=lambda t: t.values[0])
+
+
+def next_command(command: str, *args: str, spec_path: str | None, storage: str | None,
+                 study_name: str | None) -> str:
+    """Return the shell line of ``bkdsearch COMMAND`` on the same SPEC, --storage and --study
+    as given (each only when given), then ``args``; the storage's password shows as ``***``."""
+    import shlex
+
+    from .search.storage import clean, url_secrets
+
+    words = ["bkdsearch", command]
+    if spec_path:
+        words.append(spec_path)
+    if storage:
+        words += ["--storage", clean(storage, url_secrets(storage))]
+    if study_name:
+        words += ["--study", study_name]
+    return shlex.join([*words, *args])
+
+
+def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
+                study_name: str | None = None, n_trials: int | None = None) -> list[str]:
+    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and
+    this worker's, the best trial (objectives with units, test accuracy, the teacher's when
+    the study records ``teacher_test_acc``, parameters), whether the cap is reached and how
+    to raise it, and the next commands on the same SPEC/--storage/--study as given (the
+    password hidden). Lines fit :data:`WIDTH` columns but for long paths and URLs.
+
+    Args:
+        study: the study run.
+        report: this worker's :class:`bkdsearch.search.WorkerReport`.
+        cap: the cap on the study's finished trials.
+        spec_path, storage, study_name, n_trials: SPEC and the options as the user gave them
+            (None: not given).
+    """
+    from optuna.trial import TrialState
+
+    from .search import format_value
+
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    complete, pruned = count[TrialState.COMPLETE], count[TrialState.PRUNED]
+    finished = complete + pruned
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
+    others = [f"{count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]]
+    lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
+                   f"{count[TrialState.FAIL]} failed", *others], indent="")
+    lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
+    best = _best_trial(study)
+    if best is None:
+        lines.append("no complete trial yet")
+    else:
+        names = list(study.metric_names or ["val_acc"])
+        names += [f"objective_{i}" for i in range(len(names), len(best.values))]
+        multi = len(study.directions) > 1
+        lines.append(f"best trial {best.number}" + (f" (highest {names[0]} on the Pareto front):" if multi else ":"))
+        lines += _wrap([_objective(n, v) for n, v in zip(names, best.values, strict=False)])
+        test, teacher = best.user_attrs.get("test_acc"), study.user_attrs.get("teacher_test_acc")
+        acc = f"  test accuracy {_pct(test)}"
+        lines.append(acc + (f" (teacher {_pct(teacher)})" if teacher is not None else ""))
+        if best.params:
+            lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
+    if finished >= cap:
+        trained = report.complete + report.pruned + report.failed
+        lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
+                                                              if not trained else "is reached"))
+        lines.append(f"to train more, raise it (--n-trials larger than {finished}):")
+        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), **given))
+    else:
+        lines.append(f"{finished} of the cap of {cap} trials finished; to go on:")
+        extra = ["--n-trials", str(n_trials)] if n_trials else []
+        lines.append("  " + next_command("run", *extra, **given))
+    lines.append("next:")
+    lines.append("  " + next_command("status", **given))
+    lines.append("  " + next_command("dashboard", **given))
+    lines.append("  " + next_command("report", "-o", f"reports/{study.study_name}", **given))
+    if best is not None:
+        lines.append("  " + next_command("export", "--trial", "best", "-o", "train_best.py", **given))
+    if storage and "***" in next_command("status", **given) and "***" not in storage:
+        lines.append("(*** stands for the storage password)")
+    return lines
 
 
 @main.command(epilog=_example("bkdsearch status specs/quickstart.yaml --json"))
@@ -341,23 +468,37 @@ def status(spec_path: str | None, storage: str | None, study_name: str | None, a
 @main.command(epilog=_example("bkdsearch dashboard specs/quickstart.yaml --port 8080"))
 @click.argument("spec_path", metavar="[SPEC]", required=False)
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
+@click.option("--study", "study_name", default=None,
+              help=f"{_STUDY_HELP}. Its URL is printed (default: the SPEC's name; neither: the "
+                   "dashboard's home page).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface, reachable from other machines).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="TCP port to listen on.")
+@click.option("--writable", is_flag=True,
+              help="Let the dashboard change the storage (delete or rename studies, notes, tell, "
+                   "user attrs) and the checkpoint files; without it, such requests are refused.")
+@click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Where the workers keep checkpoints (DIR/<study>), as given to `run`. Default: "
+                   "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts.")
 @handle_errors
-def dashboard(spec_path: str | None, storage: str | None, host: str, port: int) -> None:
-    """Serve optuna-dashboard on the storage (of the SPEC, or --storage)."""
-    from .search import make_storage
+def dashboard(spec_path: str | None, storage: str | None, study_name: str | None, host: str, port: int,
+              writable: bool, artifact_dir: str | None) -> None:
+    """Serve optuna-dashboard on the storage (of the SPEC, or --storage), read-only unless
+    --writable; print the study's URL first.
 
-    url, _ = _target(spec_path, storage, None, need_study=False)
-    # create=False: a mistyped SQLite path is an error, not a new empty study database.
-    opened = make_storage(url, create=False)
+    A trial's checkpoint appears among its artifacts. Read-only, a user attr holding JSON
+    (run_config, flops) shows whole, its top-level numbers also as attrs of their own
+    (flops.train_step, a sortable column)."""
+    url, name = _target(spec_path, storage, study_name, need_study=False)
     try:
-        from optuna_dashboard import run_server
-    except ImportError:
+        from .dashboard import serve
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("optuna_dashboard", "bottle"):
+            raise
         raise click.UsageError("optuna-dashboard is not installed: pip install 'bkdsearch[dashboard]'") from None
-    run_server(opened, host=host, port=port)
+    serve(url, host=host, port=port, study_name=name, writable=writable, artifact_dir=artifact_dir,
+          log=lambda m: out.print(m, markup=False, soft_wrap=True))
 
 
 def _writing(output: str, field: str, write: Callable[[], Any]) -> Any:

@@ -25,7 +25,7 @@ LAYERS = [
     ("spec",),
     ("flops", "teacher"),
     ("search",),
-    ("report", "export", "preflight"),
+    ("report", "export", "preflight", "dashboard"),
     ("cli",),
 ]
 

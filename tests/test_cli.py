@@ -207,3 +207,93 @@ def test_dashboard_and_flops_options_have_help():
     text = invoke("dashboard", "--help").stdout
     assert "Address to listen on" in text and "TCP port" in text
     assert "Fix a parameter for the table" in invoke("flops", "--help").stdout
+
+
+# --------------------------------------------------------------------------- the summary `run` ends with
+
+
+def test_run_ends_with_a_summary_and_the_exact_next_commands(tmp_path, monkeypatch):
+    """A run that fills the cap: the study's and this worker's counts, the best trial with
+    units, the cap reached and how to raise it, the next commands on the same SPEC; a second
+    run finds the cap already reached and shows the teacher's accuracy now recorded, its
+    commands keep the --storage/--study given. The commands printed work as printed."""
+    import shlex
+
+    from workerkit import quick_spec
+
+    quick_spec(tmp_path / "s.yaml")
+    r = bkd("run", "s.yaml", "--quiet", "--devices", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/tiny.db")
+    best = max(study.trials, key=lambda t: t.value)
+    summary = r.stdout[r.stdout.index("summary of study tiny"):].splitlines()
+    assert summary == [
+        "summary of study tiny: 2 complete, 0 pruned, 0 failed",
+        "this worker: 2 complete, 0 pruned, 0 failed",
+        f"best trial {best.number}:",
+        f"  val_acc {best.value:.2f}%",
+        f"  test accuracy {best.user_attrs['test_acc']:.2f}%",
+        f"  train.lr={best.params['train.lr']:.4g}, train.momentum={best.params['train.momentum']:.4g}",
+        "the cap of 2 finished trials is reached",
+        "to train more, raise it (--n-trials larger than 2):",
+        "  bkdsearch run s.yaml --n-trials 4",
+        "next:",
+        "  bkdsearch status s.yaml",
+        "  bkdsearch dashboard s.yaml",
+        "  bkdsearch report s.yaml -o reports/tiny",
+        "  bkdsearch export s.yaml --trial best -o train_best.py",
+    ], r.stdout
+    assert all(len(line) <= 80 for line in summary), r.stdout
+
+    study.set_user_attr("teacher_test_acc", 91.5)
+    r = bkd("run", "s.yaml", "--quiet", "--devices", "cpu", "--storage", "sqlite:///studies/tiny.db",
+            "--study", "tiny", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "this worker: 0 complete, 0 pruned, 0 failed\n" in out
+    assert f"  test accuracy {best.user_attrs['test_acc']:.2f}% (teacher 91.50%)\n" in out
+    assert "the cap of 2 finished trials was already reached: nothing was run\n" in out
+    given = "s.yaml --storage sqlite:///studies/tiny.db --study tiny"
+    assert f"  bkdsearch run {given} --n-trials 4\n" in out
+    commands = [line.strip() for line in out.splitlines() if line.startswith("  bkdsearch ")]
+    assert commands[1:] == [f"bkdsearch status {given}", f"bkdsearch dashboard {given}",
+                            f"bkdsearch report {given} -o reports/tiny",
+                            f"bkdsearch export {given} --trial best -o train_best.py"]
+    monkeypatch.chdir(tmp_path)
+    for line in (commands[1], commands[4]):
+        result = invoke(*shlex.split(line)[1:])
+        assert result.exit_code == 0, (line, result.stdout, result.stderr)
+    assert "trial: " + str(best.number) in (tmp_path / "train_best.py").read_text()
+
+
+def test_run_summary_of_several_objectives_with_units_and_no_password():
+    """Several objectives: the Pareto trial with the highest val_acc, each objective with its
+    unit; a cap not reached says how to go on; a storage password never shows."""
+    from bkdsearch.cli import run_summary
+    from bkdsearch.search import WorkerReport
+
+    study = optuna.create_study(study_name="multi", directions=["maximize", "minimize", "minimize"])
+    study.set_metric_names(["val_acc", "train_gflops", "student_mflops"])
+    study.set_user_attr("teacher_test_acc", 93.25)
+    dist = {"blockkd.tau": optuna.distributions.FloatDistribution(1, 8)}
+    for values, tau in (([70.5, 1.5, 40.0], 2.0), ([72.25, 3.25, 41.5], 4.0), ([71.0, 4.0, 45.0], 6.0)):
+        study.add_trial(optuna.trial.create_trial(values=values, params={"blockkd.tau": tau}, distributions=dist,
+                                                  user_attrs={"test_acc": values[0] - 1}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    storage = "postgresql+psycopg://bob:s3cr%40t@db.example:5432/studies"
+    lines = run_summary(study, WorkerReport(complete=2, pruned=1, failed=0), cap=6, spec_path="specs/a b.yaml",
+                        storage=storage, study_name="multi", n_trials=6)
+    text = "\n".join(lines)
+    assert lines[0] == "summary of study multi: 3 complete, 1 pruned, 0 failed"
+    assert lines[1] == "this worker: 2 complete, 1 pruned, 0 failed"
+    assert lines[2] == "best trial 1 (highest val_acc on the Pareto front):"
+    assert lines[3] == "  val_acc 72.25%, train_gflops 3.25 GFLOPs, student_mflops 41.5 MFLOPs"
+    assert lines[4] == "  test accuracy 71.25% (teacher 93.25%)"
+    assert lines[5] == "  blockkd.tau=4"
+    assert "4 of the cap of 6 trials finished; to go on:" in lines
+    given = "'specs/a b.yaml' --storage 'postgresql+psycopg://bob:***@db.example:5432/studies' --study multi"
+    assert f"  bkdsearch run {given} --n-trials 6" in lines
+    assert f"  bkdsearch export {given} --trial best -o train_best.py" in lines
+    assert lines[-1] == "(*** stands for the storage password)"
+    assert "s3cr" not in text
+    assert all(len(line) <= 80 for line in lines if "://" not in line), text
