@@ -25,7 +25,7 @@ LAYERS = [
     ("spec",),
     ("flops", "teacher"),
     ("search",),
-    ("report", "export", "preflight", "dashboard"),
+    ("report", "export", "preflight", "dashboard", "summary"),
     ("cli",),
 ]
 

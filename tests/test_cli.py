@@ -269,8 +269,8 @@ def test_run_ends_with_a_summary_and_the_exact_next_commands(tmp_path, monkeypat
 def test_run_summary_of_several_objectives_with_units_and_no_password():
     """Several objectives: the Pareto trial with the highest val_acc, each objective with its
     unit; a cap not reached says how to go on; a storage password never shows."""
-    from bkdsearch.cli import run_summary
     from bkdsearch.search import WorkerReport
+    from bkdsearch.summary import run_summary
 
     study = optuna.create_study(study_name="multi", directions=["maximize", "minimize", "minimize"])
     study.set_metric_names(["val_acc", "train_gflops", "student_mflops"])

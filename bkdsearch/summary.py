@@ -1,0 +1,136 @@
+"""The end of ``bkdsearch run``: what the study found and the exact commands to go on, in 80
+columns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .search import format_value
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+WIDTH = 80
+"""Summaries are written to fit this many columns (but a path or URL, never broken)."""
+
+
+def _wrap(items: list[str], indent: str = "  ", width: int = WIDTH) -> list[str]:
+    """``items`` joined with ", " into lines of at most ``width`` columns, breaking between
+    items only (an item longer than a line gets one of its own)."""
+    lines: list[str] = []
+    line = ""
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line and len(indent) + len(line) + 1 + len(piece) > width:
+            lines.append(indent + line)
+            line = piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    if line:
+        lines.append(indent + line)
+    return lines
+
+
+def _objective(name: str, value: float) -> str:
+    """An objective's value with its unit: accuracies in %, FLOPs in GFLOPs/MFLOPs."""
+    if name.endswith("acc"):
+        return f"{name} {value:.2f}%"
+    if name.endswith("gflops"):
+        return f"{name} {value:.3g} GFLOPs"
+    if name.endswith("mflops"):
+        return f"{name} {value:.3g} MFLOPs"
+    return f"{name} {value:.4g}"
+
+
+def _best_trial(study: Any) -> Any | None:
+    """The trial ``export --trial best`` takes: the complete trial with the highest first
+    objective (of several objectives, on the Pareto front); None without a complete trial."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not complete:
+        return None
+    pool = study.best_trials if len(study.directions) > 1 else complete
+    return max(pool or complete, key=lambda t: t.values[0])
+
+
+def next_command(command: str, *args: str, spec_path: str | None, storage: str | None,
+                 study_name: str | None) -> str:
+    """Return the shell line of ``bkdsearch COMMAND`` on the same SPEC, --storage and --study
+    as given (each only when given), then ``args``; the storage's password shows as ``***``."""
+    import shlex
+
+    from .search.storage import clean, url_secrets
+
+    words = ["bkdsearch", command]
+    if spec_path:
+        words.append(spec_path)
+    if storage:
+        words += ["--storage", clean(storage, url_secrets(storage))]
+    if study_name:
+        words += ["--study", study_name]
+    return shlex.join([*words, *args])
+
+
+def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
+                study_name: str | None = None, n_trials: int | None = None) -> list[str]:
+    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and
+    this worker's, the best trial (objectives with units, test accuracy, the teacher's when
+    the study records ``teacher_test_acc``, parameters), whether the cap is reached and how
+    to raise it, and the next commands on the same SPEC/--storage/--study as given (the
+    password hidden). Lines fit :data:`WIDTH` columns but for long paths and URLs.
+
+    Args:
+        study: the study run.
+        report: this worker's :class:`bkdsearch.search.WorkerReport`.
+        cap: the cap on the study's finished trials.
+        spec_path, storage, study_name, n_trials: SPEC and the options as the user gave them
+            (None: not given).
+    """
+    from optuna.trial import TrialState
+
+
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(1 for t in trials if t.state == s) for s in TrialState}
+    complete, pruned = count[TrialState.COMPLETE], count[TrialState.PRUNED]
+    finished = complete + pruned
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
+    others = [f"{count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]]
+    lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
+                   f"{count[TrialState.FAIL]} failed", *others], indent="")
+    lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
+    best = _best_trial(study)
+    if best is None:
+        lines.append("no complete trial yet")
+    else:
+        names = list(study.metric_names or ["val_acc"])
+        names += [f"objective_{i}" for i in range(len(names), len(best.values))]
+        multi = len(study.directions) > 1
+        lines.append(f"best trial {best.number}" + (f" (highest {names[0]} on the Pareto front):" if multi else ":"))
+        lines += _wrap([_objective(n, v) for n, v in zip(names, best.values, strict=False)])
+        test, teacher = best.user_attrs.get("test_acc"), study.user_attrs.get("teacher_test_acc")
+        acc = f"  test accuracy {_pct(test)}"
+        lines.append(acc + (f" (teacher {_pct(teacher)})" if teacher is not None else ""))
+        if best.params:
+            lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
+    if finished >= cap:
+        trained = report.complete + report.pruned + report.failed
+        lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
+                                                              if not trained else "is reached"))
+        lines.append(f"to train more, raise it (--n-trials larger than {finished}):")
+        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), **given))
+    else:
+        lines.append(f"{finished} of the cap of {cap} trials finished; to go on:")
+        extra = ["--n-trials", str(n_trials)] if n_trials else []
+        lines.append("  " + next_command("run", *extra, **given))
+    lines.append("next:")
+    lines.append("  " + next_command("status", **given))
+    lines.append("  " + next_command("dashboard", **given))
+    lines.append("  " + next_command("report", "-o", f"reports/{study.study_name}", **given))
+    if best is not None:
+        lines.append("  " + next_command("export", "--trial", "best", "-o", "train_best.py", **given))
+    if storage and "***" in next_command("status", **given) and "***" not in storage:
+        lines.append("(*** stands for the storage password)")
+    return lines
