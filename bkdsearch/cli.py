@@ -116,9 +116,9 @@ def _space_size(space: dict[str, Any]) -> str:
 @main.command(epilog=_example("bkdsearch schema > spec.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editor completion)."""
-    from .spec import Spec
+    from .spec import spec_json_schema
 
-    click.echo(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
+    click.echo(json.dumps(spec_json_schema(), indent=2))
 
 
 def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
@@ -169,6 +169,41 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}%"
+
+
+@main.command(epilog=_example("bkdsearch compare specs/fashion_mnist.yaml --methods ce,kd,blockkd --seeds 3"))
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--methods", default="ce,kd,dkd,blockkd", show_default=True, help="Comma-separated methods.")
+@click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Seeds per method (the spec's seed, then the next ones).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a parameter for every run; repeatable.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Folder for comparison.md and comparison.json (default: studies/compare/<name>).")
+@handle_errors
+def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], device: str | None,
+            output: str | None) -> None:
+    """Train each method at its default (published) configuration with several seeds on one
+    teacher and print the mean ± std table of validation and test accuracy."""
+    from .compare import comparison_configs, comparison_markdown, run_comparison, write_comparison
+    from .preflight import preflight
+    from .spec import parse_overrides
+
+    spec = _load(spec_path)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    overrides = parse_overrides(list(sets))
+    seed_list = [spec.seed + i for i in range(seeds)]
+    first = comparison_configs(spec, chosen, seed_list[:1], overrides)
+    out_dir = Path(output) if output else STUDIES / "compare" / spec.name
+    for cfg in first:
+        preflight(cfg, devices={"--device": device} if device else None,
+                  folders={"-o": out_dir, **_teacher_cache_folders(cfg)}, teacher_cache=STUDIES / "teachers")
+    results = run_comparison(spec, chosen, seed_list, studies_dir=STUDIES, device=device, overrides=overrides,
+                             log=lambda m: out.print(m, markup=False, soft_wrap=True))
+    title = f"{spec.name}: {', '.join(chosen)} x {seeds} seeds"
+    out.print(comparison_markdown(results, title), markup=False)
+    for path in write_comparison(results, out_dir, title):
+        out.print(f"wrote {path}", soft_wrap=True)
 
 
 @main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --device cpu"))

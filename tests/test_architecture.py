@@ -25,7 +25,7 @@ LAYERS = [
     ("spec",),
     ("flops", "teacher"),
     ("search",),
-    ("report", "export", "preflight", "dashboard", "summary"),
+    ("report", "export", "preflight", "dashboard", "summary", "compare"),
     ("cli",),
 ]
 

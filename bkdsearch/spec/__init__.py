@@ -5,35 +5,59 @@
 ``checks`` (semantic checks pydantic cannot see), ``errors`` (pydantic errors -> SpecError
 with YAML lines) and ``loading`` (YAML files, ``--set`` overrides). Import from
 ``bkdsearch.spec``.
+
+Each public name is imported on first use (PEP 562): ``schema``, ``config`` and ``loading``
+need pydantic and PyYAML only, so ``bkdsearch schema`` and reading a spec never import torch;
+``resolve`` (and the checks ``parse_spec`` runs) build models, and import it when first used.
 """
 
 from __future__ import annotations
 
-from ..errors import SpecError
-from .config import (
-    BlockKDConfig,
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    PartitionConfig,
-    Recipe,
-    RunConfig,
-    RuntimeConfig,
-)
-from .loading import load_spec, parse_overrides, parse_spec
-from .resolve import Defaults, Suggest, parameter_names, resolve, resolve_partition, searched
-from .schema import (
-    METHODS,
-    Choice,
-    Distribution,
-    ExplicitPartition,
-    FloatRange,
-    GeneratedPartition,
-    IntRange,
-    SearchSettings,
-    Spec,
-    TeacherSpec,
-)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
+    from ..errors import SpecError
+    from .config import (
+        BlockKDConfig,
+        DataConfig,
+        LossConfig,
+        ModelConfig,
+        PartitionConfig,
+        Recipe,
+        RunConfig,
+        RuntimeConfig,
+    )
+    from .loading import load_spec, parse_overrides, parse_spec
+    from .resolve import Defaults, Suggest, parameter_names, resolve, resolve_partition, searched
+    from .schema import (
+        METHODS,
+        Choice,
+        Distribution,
+        ExplicitPartition,
+        FloatRange,
+        GeneratedPartition,
+        IntRange,
+        SearchSettings,
+        Spec,
+        TeacherSpec,
+        spec_json_schema,
+    )
+
+_WHERE = {
+    "SpecError": "bkdsearch.errors",
+    **dict.fromkeys(("BlockKDConfig", "DataConfig", "LossConfig", "ModelConfig", "PartitionConfig", "Recipe",
+                     "RunConfig", "RuntimeConfig"), "bkdsearch.spec.config"),
+    **dict.fromkeys(("load_spec", "parse_overrides", "parse_spec"), "bkdsearch.spec.loading"),
+    **dict.fromkeys(("Defaults", "Suggest", "parameter_names", "resolve", "resolve_partition", "searched"),
+                    "bkdsearch.spec.resolve"),
+    **dict.fromkeys(("METHODS", "Choice", "Distribution", "ExplicitPartition", "FloatRange", "GeneratedPartition",
+                     "IntRange", "SearchSettings", "Spec", "TeacherSpec", "spec_json_schema"),
+                    "bkdsearch.spec.schema"),
+}
+"""The module each public name lives in."""
 
 __all__ = [
     "METHODS",
@@ -64,4 +88,36 @@ __all__ = [
     "resolve",
     "resolve_partition",
     "searched",
+    "spec_json_schema",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public name ``name`` from its module on first use (then cached here).
+
+    Raises:
+        AttributeError: ``name`` is not one of :data:`__all__`.
+    """
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy public ones included."""
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing the submodule ``resolve`` must not replace the
+    function ``resolve`` (Python sets a package's attribute to each submodule it imports)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return  # the public name wins; the submodule stays in sys.modules
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

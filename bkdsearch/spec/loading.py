@@ -17,7 +17,6 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import SpecError
-from .checks import check_spec
 from .errors import line_of, validation_error
 from .schema import Spec
 
@@ -167,6 +166,8 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         raise validation_error(exc, lines, data) from None
     except RecursionError:
         raise SpecError([("", "values nested too deeply", None)]) from None
+    from .checks import check_spec  # imports torch (the checks build models): only once a spec is valid
+
     problems = check_spec(spec)
     if problems:
         raise SpecError([(p, m, line_of(p, lines)) for p, m in problems])

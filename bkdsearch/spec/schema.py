@@ -25,8 +25,15 @@ from pydantic import (
     model_validator,
 )
 
+from .arch_names import ARCH_NAMES
 from .config import (
     _DKD_WARMUP_DOC,
+    ARCH_DOC,
+    CHECKPOINT_DOC,
+    CONNECTOR_DOC,
+    METHOD_DOC,
+    ORDER_DOC,
+    SEED_DOC,
     SEED_LIMIT,
     BlockKDConfig,
     DataConfig,
@@ -40,6 +47,20 @@ from .config import (
 )
 
 METHODS = ("ce", "kd", "dkd", "blockkd")
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+"""The JSON Schema dialect of :func:`spec_json_schema` (the ``$schema`` keyword)."""
+
+SCHEMA_ID = "https://bkdsearch.dev/schema/spec.json"
+"""The identifier of the spec's JSON Schema (the ``$id`` keyword)."""
+
+
+def _doc(model: type[BaseModel], field: str, *, searched: bool = True) -> str:
+    """The description of ``model.field`` of the resolved config, for the spec's field of the same
+    name (which, when ``searched``, may also be a distribution)."""
+    doc = model.model_fields[field].description
+    assert doc, f"{model.__name__}.{field} has no description"
+    return f"{doc} Fixed or searched." if searched else doc
 
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
@@ -57,9 +78,11 @@ def _check_range(low: float, high: float, log: bool, default: float | None) -> N
 class FloatRange(_Strict):
     """``{float: [low, high], log: false, default: ...}``: a float searched in [low, high]."""
 
-    float_range: tuple[float, float] = Field(alias="float")
-    log: bool = False
-    default: float | None = None
+    float_range: tuple[float, float] = Field(alias="float", description="[low, high], low < high: the range searched.")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    default: float | None = Field(None, description=(
+        "The value taken outside a search (`bkdsearch train`), in [low, high] (null: the midpoint, "
+        "geometric when log)."))
 
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
@@ -77,10 +100,11 @@ class FloatRange(_Strict):
 class IntRange(_Strict):
     """``{int: [low, high], step: 1, log: false, default: ...}``: an integer in [low, high]."""
 
-    int_range: tuple[int, int] = Field(alias="int")
-    step: int = Field(1, ge=1)
-    log: bool = False
-    default: int | None = None
+    int_range: tuple[int, int] = Field(alias="int", description="[low, high], low < high: the integers searched.")
+    step: int = Field(1, ge=1, description="Spacing of the values searched, counted from low, >= 1.")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    default: int | None = Field(None, description=(
+        "The value taken outside a search (`bkdsearch train`), in [low, high] (null: low)."))
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
@@ -107,8 +131,9 @@ def _non_finite(value: Any) -> float | None:
 class Choice(_Strict):
     """``{choice: [a, b, ...], default: a}``: one of a list of values."""
 
-    choice: list[Any] = Field(min_length=1)
-    default: Any = None
+    choice: list[Any] = Field(min_length=1, description="The values to choose from (at least one, all finite).")
+    default: Any = Field(None, description=(
+        "The value taken outside a search (`bkdsearch train`), one of the choices (null: the first)."))
 
     @model_validator(mode="after")
     def _check(self) -> Choice:
@@ -183,16 +208,17 @@ def check_values(value: Any, model: type[BaseModel], field: str) -> Any:
 class SearchRecipe(_Strict):
     """The student's recipe in a spec: any value fixed or searched."""
 
-    epochs: SearchInt
-    optimizer: Literal["sgd", "adamw"] | Choice = "sgd"
-    lr: SearchFloat = 0.05
-    momentum: SearchFloat = 0.9
-    nesterov: SearchBool = False
-    weight_decay: SearchFloat = 5e-4
-    schedule: Literal["multistep", "cosine", "constant"] | Choice = "multistep"
-    milestones: list[int] | None = None
-    lr_decay: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: SearchInt = 0
+    epochs: SearchInt = Field(description=_doc(Recipe, "epochs"))
+    optimizer: Literal["sgd", "adamw"] | Choice = Field("sgd", description=_doc(Recipe, "optimizer"))
+    lr: SearchFloat = Field(0.05, description=_doc(Recipe, "lr"))
+    momentum: SearchFloat = Field(0.9, description=_doc(Recipe, "momentum"))
+    nesterov: SearchBool = Field(False, description=_doc(Recipe, "nesterov"))
+    weight_decay: SearchFloat = Field(5e-4, description=_doc(Recipe, "weight_decay"))
+    schedule: Literal["multistep", "cosine", "constant"] | Choice = Field(
+        "multistep", description=_doc(Recipe, "schedule"))
+    milestones: list[int] | None = Field(None, description=_doc(Recipe, "milestones", searched=False))
+    lr_decay: float = Field(0.1, gt=0, le=1, description=_doc(Recipe, "lr_decay", searched=False))
+    warmup_epochs: SearchInt = Field(0, description=_doc(Recipe, "warmup_epochs"))
 
     @field_validator("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                      "warmup_epochs")
@@ -216,18 +242,25 @@ class SearchRecipe(_Strict):
 class SearchBlockKD(_Strict):
     """Block-KD parameters in a spec: any value fixed or searched."""
 
-    partition: str | Choice = "stage"
-    order: Literal["shallow_first", "deep_first"] | Choice = "shallow_first"
-    connector: Literal["conv1x1", "conv3x3", "identity"] | Choice = "conv1x1"
-    stones: Literal["all"] | list[int] | Choice = "all"
-    tau: SearchFloat = 4.0
-    alpha: SearchFloat = 1.0
-    beta: SearchFloat = 1.0
-    gamma: SearchFloat = 0.0
-    decay: SearchFloat = 0.5
-    logit_loss: Literal["kl", "dkd"] | Choice = "kl"
-    dkd_alpha: SearchFloat = 1.0
-    dkd_beta: SearchFloat = 8.0
+    partition: str | Choice = Field("stage", description=(
+        "Name of a candidate partition defined under partitions. Fixed or searched (a choice of names)."))
+    order: Literal["shallow_first", "deep_first"] | Choice = Field(
+        "shallow_first", description=f"{ORDER_DOC} Fixed or searched.")
+    connector: Literal["conv1x1", "conv3x3", "identity"] | Choice = Field(
+        "conv1x1", description=f"{CONNECTOR_DOC} Fixed or searched.")
+    stones: Literal["all"] | list[int] | Choice = Field("all", description=(
+        "The active stepping-stones: all, or a list of 1-based indices. Fixed or searched (a choice of "
+        "all, lists and \"1,2\"-style strings)."))
+    tau: SearchFloat = Field(4.0, description=_doc(LossConfig, "tau"))
+    alpha: SearchFloat = Field(1.0, description=(
+        f"{_doc(LossConfig, 'alpha', searched=False)} Method kd defaults to the published 0.1. Fixed or searched."))
+    beta: SearchFloat = Field(1.0, description=(
+        f"{_doc(LossConfig, 'beta', searched=False)} Method kd defaults to the published 0.9. Fixed or searched."))
+    gamma: SearchFloat = Field(0.0, description=_doc(LossConfig, "gamma"))
+    decay: SearchFloat = Field(0.5, description=_doc(LossConfig, "decay"))
+    logit_loss: Literal["kl", "dkd"] | Choice = Field("kl", description=_doc(LossConfig, "logit_loss"))
+    dkd_alpha: SearchFloat = Field(1.0, description=_doc(LossConfig, "dkd_alpha"))
+    dkd_beta: SearchFloat = Field(8.0, description=_doc(LossConfig, "dkd_beta"))
     dkd_warmup: SearchInt = Field(0, description=_DKD_WARMUP_DOC)
 
     @field_validator("dkd_warmup")
@@ -262,8 +295,8 @@ class SearchBlockKD(_Strict):
 class ExplicitPartition(_Strict):
     """``{teacher: [cut, ...], student: [cut, ...]}``: explicit cut atoms."""
 
-    teacher: list[str]
-    student: list[str]
+    teacher: list[str] = Field(description="The teacher's cut atoms, in order (`bkdsearch validate` prints them).")
+    student: list[str] = Field(description="The student's cut atoms, in order: as many as the teacher's.")
 
     @model_validator(mode="after")
     def _same_length(self) -> ExplicitPartition:
@@ -278,8 +311,10 @@ class ExplicitPartition(_Strict):
 class GeneratedPartition(_Strict):
     """A generator: ``stage_aligned``, ``{per_stage: k}`` or ``{uniform: n}``."""
 
-    per_stage: int | None = Field(None, ge=1, le=8)
-    uniform: int | None = Field(None, ge=2, le=16)
+    per_stage: int | None = Field(None, ge=1, le=8, description=(
+        "Cut each stage of the stage-aligned partition into this many near-equal runs of atoms, 1..8."))
+    uniform: int | None = Field(None, ge=2, le=16, description=(
+        "Cut both networks into this many blocks at the same fractions of their atoms, 2..16."))
 
     @model_validator(mode="after")
     def _one(self) -> GeneratedPartition:
@@ -294,9 +329,10 @@ PartitionSpec = Literal["stage_aligned"] | ExplicitPartition | GeneratedPartitio
 class TeacherSpec(_Strict):
     """The frozen teacher: architecture, checkpoint, and the recipe used when training it."""
 
-    arch: str
-    checkpoint: str | None = None
-    recipe: Recipe | None = None
+    arch: str = Field(description=ARCH_DOC, json_schema_extra={"enum": list(ARCH_NAMES)})
+    checkpoint: str | None = Field(None, description=CHECKPOINT_DOC)
+    recipe: Recipe | None = Field(None, description=(
+        "Recipe of the teacher's CE training when it has no checkpoint (null: 30 epochs, lr 0.05, cosine)."))
 
 
 class Fidelity(_Strict):
@@ -308,17 +344,28 @@ class Fidelity(_Strict):
                                   description="Share of the training split a search trial trains on.")
 
 
+Enqueued = bool | int | float | str
+"""A value of an enqueued parameter: what Optuna stores (a list choice as its ``"1,2"`` string)."""
+
+
 class SearchSettings(_Strict):
     """Optuna study settings."""
 
-    n_trials: int = Field(20, ge=1)
-    timeout: float | None = Field(None, gt=0)
-    sampler: Literal["tpe", "random", "gp", "nsga2"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    objectives: list[Literal["val_acc", "train_gflops", "student_mflops"]] = ["val_acc"]
-    max_train_gflops: float | None = Field(None, gt=0)
-    enqueue: list[dict[str, Any]] = []
-    fidelity: Fidelity | None = None
+    n_trials: int = Field(20, ge=1, description="Cap on the study's finished trials, all workers together.")
+    timeout: float | None = Field(None, gt=0, description=(
+        "Seconds after which workers start no new trial (null: no limit; `run --timeout` overrides)."))
+    sampler: Literal["tpe", "random", "gp", "nsga2"] = Field("tpe", description=(
+        "Optuna sampler: tpe (multivariate), random, gp (Gaussian process) or nsga2."))
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description=(
+        "Optuna pruner stopping poor trials early on validation accuracy, or none."))
+    objectives: list[Literal["val_acc", "train_gflops", "student_mflops"]] = Field(["val_acc"], description=(
+        "What the study optimises: val_acc (maximised) first, then optionally one FLOP count (minimised)."))
+    max_train_gflops: float | None = Field(None, gt=0, description=(
+        "Constraint on a training step's GFLOPs: trials above it count as infeasible (null: none)."))
+    enqueue: list[dict[str, Enqueued]] = Field([], description=(
+        "Configurations tried first (a published one, say): each maps parameter names (train.lr, "
+        "blockkd.tau...) to a value; a list choice is given as its \"1,2\"-style string."))
+    fidelity: Fidelity | None = Field(None, description="A cheaper recipe for search trials (null: the full one).")
     pruner_warmup_fraction: float | None = Field(None, gt=0, lt=1, description=(
         "Share of a cosine or constant run before the pruner may act (default 0.5); a multistep "
         "run is never pruned before its first lr milestone."))
@@ -327,7 +374,7 @@ class SearchSettings(_Strict):
 
     @field_validator("enqueue")
     @classmethod
-    def _finite_enqueued(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _finite_enqueued(cls, v: list[dict[str, Enqueued]]) -> list[dict[str, Enqueued]]:
         """Return ``v`` when no enqueued parameter is nan or inf.
 
         Raises:
@@ -349,18 +396,26 @@ class SearchSettings(_Strict):
 class Spec(_Strict):
     """A whole spec file. Unknown keys are errors."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="0 <= seed < 2**32 (numpy's and torch's seeding limits)")
-    data: DataConfig
-    teacher: TeacherSpec | None = None
-    student: ModelConfig
-    method: Literal["ce", "kd", "dkd", "blockkd"] | Choice = "blockkd"
-    train: SearchRecipe
-    blockkd: SearchBlockKD = SearchBlockKD()
-    partitions: dict[str, PartitionSpec] = {"stage": "stage_aligned"}
-    search: SearchSettings = SearchSettings()
-    storage: str | None = None
-    runtime: RuntimeConfig = RuntimeConfig()
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "Name of the study (letters, digits, _ . -): its storage, run folders and reports are named after it."))
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description=(
+        f"{SEED_DOC} Also seeds the study's sampler."))
+    data: DataConfig = Field(description="Dataset, split and batches.")
+    teacher: TeacherSpec | None = Field(None, description="The frozen teacher (needed by every method but ce).")
+    student: ModelConfig = Field(description="The student network.")
+    method: Literal["ce", "kd", "dkd", "blockkd"] | Choice = Field("blockkd", description=(
+        f"{METHOD_DOC} Fixed or searched."))
+    train: SearchRecipe = Field(description="The student's optimiser and schedule; any value fixed or searched.")
+    blockkd: SearchBlockKD = Field(SearchBlockKD(), description=(
+        "Block-KD's stepping-stones and the loss weights of kd, dkd and blockkd; any value fixed or searched."))
+    partitions: dict[str, PartitionSpec] = Field({"stage": "stage_aligned"}, description=(
+        "Candidate partitions by name, for blockkd.partition: stage_aligned (cut where both networks "
+        "change resolution), explicit cut atoms, {per_stage: k} or {uniform: n}."))
+    search: SearchSettings = Field(SearchSettings(), description="The Optuna study's settings.")
+    storage: str | None = Field(None, description=(
+        "Optuna storage URL (sqlite:///..., postgresql://..., mysql://...; null: sqlite:///studies/<name>.db)."))
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description=(
+        "How runs execute (device, precision, CUDA graphs); never what they compute."))
 
     @field_validator("method")
     @classmethod
@@ -400,3 +455,10 @@ class Spec(_Strict):
     def default_storage(self) -> str:
         """Return the storage URL: the spec's, else ``sqlite:///studies/<name>.db``."""
         return self.storage or f"sqlite:///studies/{self.name}.db"
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema (draft 2020-12) of a spec file, as ``bkdsearch schema`` prints it:
+    ``$schema`` and ``$id`` first, then pydantic's schema of :class:`Spec` (keys by alias, every
+    property described, ``arch`` fields listing the zoo's architectures)."""
+    return {"$schema": SCHEMA_DIALECT, "$id": SCHEMA_ID, **Spec.model_json_schema(by_alias=True)}
