@@ -12,10 +12,11 @@ DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
 
 
 def teacher_run_config(cfg: RunConfig) -> RunConfig:
-    """Return the CE run that trains ``cfg``'s teacher (same data, seed and runtime)."""
+    """Return the CE run that trains ``cfg``'s teacher (same data and runtime, seeded with
+    ``cfg.teacher_seed``: every seed of a confirmation or comparison distils from one teacher)."""
     assert cfg.teacher is not None
     return RunConfig(
-        name=f"{cfg.name}-teacher", seed=cfg.seed, method="ce", data=cfg.data, teacher=None,
+        name=f"{cfg.name}-teacher", seed=cfg.teacher_seed, method="ce", data=cfg.data, teacher=None,
         student=ModelConfig(arch=cfg.teacher.arch), train=cfg.teacher_recipe or DEFAULT_TEACHER_RECIPE,
         runtime=cfg.runtime,
     )

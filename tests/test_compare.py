@@ -25,6 +25,9 @@ def test_comparison_configs_use_published_defaults_and_fresh_seeds() -> None:
     kd = configs[2]
     assert (kd.loss.alpha, kd.loss.beta) == (0.1, 0.9)
     assert configs[0].digest() != configs[1].digest()  # each seed is its own run
+    from bkdsearch.teacher import cached_teacher_path
+
+    assert len({cached_teacher_path(c, "cache") for c in configs if c.method != "ce"}) == 1  # one teacher
 
 
 def test_compare_runs_each_method_with_each_seed_and_writes_the_table(tmp_path: Path, teacher_ckpt: str) -> None:

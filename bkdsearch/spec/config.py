@@ -289,6 +289,9 @@ class RunConfig(_Strict):
 
     name: str = Field(description="Name of the spec the run comes from.")
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description=SEED_DOC)
+    teacher_seed: int = Field(0, ge=0, lt=2**32, description=(
+        "Seed of the teacher's CE training when it has no checkpoint: the spec's seed, kept when a "
+        "run's own seed changes (confirmation and comparison seeds share one teacher)."))
     method: Literal["ce", "kd", "dkd", "blockkd"] = Field(description=METHOD_DOC)
     data: DataConfig = Field(description="Dataset, split and batches.")
     teacher: ModelConfig | None = Field(description="The frozen teacher (null for method ce).")

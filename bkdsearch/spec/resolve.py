@@ -152,6 +152,7 @@ def _resolve(spec: Spec, suggest: Suggest, overrides: Mapping[str, Any] | None) 
         return RunConfig(
             name=spec.name,
             seed=int(fixed.get("seed", spec.seed)),
+            teacher_seed=spec.seed,
             method=method,
             data=spec.data,
             teacher=teacher,
