@@ -45,20 +45,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def configurations(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
-    """Return one entry per configuration of complete trials: a searched trial with the trials
-    that confirm it (user attr ``confirm_of``), as mean/std/n of validation and test accuracy,
-    best mean validation accuracy first."""
+    """Return one entry per configuration of complete trials: a searched trial, or the trials
+    that confirm it (user attr ``confirm_of``: fresh seeds at full fidelity) in its place, as
+    mean/std/n of validation and test accuracy, best mean validation accuracy first."""
     groups: dict[int, list[FrozenTrial]] = {}
     for t in trials:
         if t.state == TrialState.COMPLETE and t.values:
             groups.setdefault(int(t.user_attrs.get("confirm_of", t.number)), []).append(t)
     out = []
     for origin, members in groups.items():
+        # Confirmation runs (fresh seeds, full fidelity) replace the search's single run.
+        members = [t for t in members if t.user_attrs.get("confirm_of") is not None] or members
         val = [t.values[0] for t in members]
         test = [t.user_attrs["test_acc"] for t in members if t.user_attrs.get("test_acc") is not None]
         first = min(members, key=lambda t: t.number)
         entry = {"trial": origin, "n": len(members), "val": _mean_std(val), "params": first.params,
-                 "test": _mean_std(test) if test else None, "confirmed": len(members) > 1}
+                 "test": _mean_std(test) if test else None,
+                 "confirmed": first.user_attrs.get("confirm_of") is not None}
         out.append(entry)
     return sorted(out, key=lambda e: e["val"][0], reverse=True)
 

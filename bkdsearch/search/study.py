@@ -18,6 +18,7 @@ from ..core.zoo.weights import first_line
 from ..errors import NotFound, SpecError, StorageError
 from ..spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec
 from ..urls import redact
+from .confirm import confirmed_winner
 from .storage import clean, make_storage, url_secrets
 
 # Heartbeats, stale-trial retry and grouped TPE are "experimental" in Optuna's terms, stable in
@@ -179,18 +180,21 @@ def _encode(value: Any) -> Any:
 
 
 def trial_config(study: optuna.Study, number: int | str) -> tuple[optuna.trial.FrozenTrial, RunConfig]:
-    """Return (trial, its RunConfig) for ``number`` or ``"best"`` (highest val acc among
-    complete trials; for multi-objective, the Pareto trial with the highest val acc).
+    """Return (trial, its RunConfig) for ``number`` or ``"best"``: the confirmed winner's best
+    run when the study has confirmations (:func:`bkdsearch.search.confirm.confirmed_winner`),
+    else the highest val acc among complete trials (for multi-objective, the Pareto trial
+    with the highest val acc).
 
     Raises:
         NotFound: no such trial, or no complete trial for ``best``.
     """
     if number == "best":
+        winner = confirmed_winner(study)
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         if not complete:
             raise NotFound(f"study {study.study_name!r} has no complete trial yet")
         pool = study.best_trials if len(study.directions) > 1 else complete
-        trial = max(pool, key=lambda t: t.values[0])
+        trial = winner.run if winner is not None else max(pool, key=lambda t: t.values[0])
     else:
         trials = study.get_trials(deepcopy=False)
         matches = [t for t in trials if t.number == int(number)]
