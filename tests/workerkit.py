@@ -3,12 +3,17 @@ a study."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import resource
+import shutil
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -83,3 +88,51 @@ def by_state(ts: list[optuna.trial.FrozenTrial]) -> dict[TrialState, list[int]]:
     for t in ts:
         out.setdefault(t.state, []).append(t.number)
     return out
+
+
+def die_after_ask(spec: str, storage: str, study: str, *, asks: int = 1, enqueue: dict | None = None,
+                  heartbeat: bool = False, then: str = "") -> None:
+    """A worker SIGKILLed in the window between ``study.ask()`` and its first heartbeat: a
+    process opens the study as ``bkdsearch run`` does (optionally enqueueing ``enqueue``
+    first), asks ``asks`` trials (``heartbeat``: and records one for each), runs the Python
+    statements ``then`` (``study`` and ``frozen``, the last trial, are defined) and kills
+    itself."""
+    code = f"""
+import os, signal
+from bkdsearch.search import open_study
+from bkdsearch.spec import load_spec
+study = open_study(load_spec({spec!r}), {storage!r}, {study!r})
+if {enqueue!r}:
+    study.enqueue_trial({enqueue!r})
+for _ in range({asks}):
+    trial = study.ask()
+    if {heartbeat!r}:
+        study._storage.record_heartbeat(trial._trial_id)
+frozen = study._storage.get_trial(trial._trial_id)
+{then}
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, (proc.returncode, proc.stdout, proc.stderr)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kb: int) -> Iterator[tuple[Path, Callable[[], None] | None]]:
+    """A folder with ``size_kb`` KiB of room: a tmpfs mounted there (root), yielding
+    ``(path, None)``; where mounting is refused, a plain folder and ``(path, limit)`` with
+    ``limit`` a ``preexec_fn`` that caps the size of every file a process writes (RLIMIT_FSIZE,
+    SIGXFSZ ignored: writes past it fail with EFBIG), for a subprocess."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0 if shutil.which("mount") else False
+    if not mounted:
+        def limit() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size_kb * 1024, resource.RLIM_INFINITY))
+
+        yield path, limit
+        return
+    try:
+        yield path, None
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -42,3 +42,26 @@ class PartitionError(BadInput, ValueError):
 
 class NonFiniteLoss(RunFailure):
     """The training loss became NaN or infinite."""
+
+
+class DiskFull(RunFailure):
+    """A run file (checkpoint, weights, artifact) could not be written: no space left on its
+    disk, or the OS error the message names. Whoever raises it has removed the partial file."""
+
+    @classmethod
+    def writing(cls, path: object, exc: BaseException, nbytes: int | None = None) -> DiskFull:
+        """The error of writing ``path`` (about ``nbytes`` bytes) that failed with ``exc``: an
+        ``OSError`` (ENOSPC: no space left; any other: named), or torch's writer's
+        ``RuntimeError`` (which hides the errno: taken as no space left)."""
+        import errno
+        import os
+
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))  # type: ignore[call-overload]
+        size = "" if nbytes is None else f" (needed ~{max(nbytes / 1e6, 0.1):.1f} MB)"
+        code = getattr(exc, "errno", None)
+        if not isinstance(exc, OSError) or code == errno.ENOSPC:
+            return cls(f"no space left on {folder}{size}; free some space (or point the run elsewhere) "
+                       "and run again")
+        name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+        return cls(f"cannot write {os.fspath(path)}: {exc.strerror or exc}"  # type: ignore[call-overload]
+                   f"{f' [{name}]' if name else ''}{size}")

@@ -25,7 +25,7 @@ from torch import nn
 
 from .cuda_graph import GraphedStep
 from .data import DataBundle, build_data
-from .errors import CheckpointError, NonFiniteLoss, WeightsError
+from .errors import CheckpointError, DiskFull, NonFiniteLoss, WeightsError
 from .methods import Method, RunConfig, build_method
 from .optim import lr_at, make_optimizer
 from .zoo.registry import create_model
@@ -140,9 +140,32 @@ def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through ``path.tmp`` (a crash never leaves half a file).
+
+    Raises:
+        DiskFull: the write failed (no space left, or the OS error it names); the temporary
+            file is removed and ``path`` is left as it was.
+    """
+
+    def tensors(value: Any) -> Iterator[torch.Tensor]:  # what the file's size is mostly made of
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, Mapping | list | tuple):
+            for item in value.values() if isinstance(value, Mapping) else value:
+                yield from tensors(item)
+
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        # torch's writer hides the errno: "file write failed", "unexpected pos" (a full disk).
+        if isinstance(exc, RuntimeError) and not any(
+                s in str(exc) for s in ("file write failed", "unexpected pos", "PytorchStreamWriter failed")):
+            raise
+        raise DiskFull.writing(path, exc, sum(t.numel() * t.element_size() for t in tensors(obj))) from None
 
 
 class Trainer:
@@ -175,7 +198,8 @@ class Trainer:
             val_fraction=cfg.data.val_fraction, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed, device=self.device,
             augment=cfg.data.augment, num_workers=cfg.data.num_workers,
-            synthetic=cfg.data.synthetic,
+            synthetic=cfg.data.synthetic, data_seed=cfg.data.split_seed,
+            train_fraction=cfg.data.train_fraction,
         )
         self.method: Method = build_method_for(cfg, self.data.num_classes, self.data.input_size,
                                                teacher_weights).to(self.device)
@@ -231,7 +255,11 @@ class Trainer:
         return self.run_dir / "last.pt"
 
     def save_checkpoint(self, epoch: int, history: list[dict[str, float]]) -> None:
-        """Write the state after ``epoch`` atomically (a crash never leaves half a file)."""
+        """Write the state after ``epoch`` atomically (a crash never leaves half a file).
+
+        Raises:
+            DiskFull: it could not be written (no ``last.pt.tmp`` is left behind).
+        """
         _atomic_save({"epoch": epoch, "method": self.method.trainable_state(),
                       "optimizer": self.optimizer.state_dict(), "history": history,
                       "config_digest": self.cfg.digest()}, self.checkpoint_path)

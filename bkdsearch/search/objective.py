@@ -18,11 +18,13 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from .. import __version__
+from ..core.errors import DiskFull
 from ..core.trainer import Progress, Stopped, Trainer
 from ..core.zoo.weights import first_line, load_safely
-from ..errors import NonFiniteLoss, SpecError
+from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..spec import RunConfig, Spec, resolve
 from ..teacher import teacher_weights
@@ -133,10 +135,24 @@ class TrialObjective:
 
     def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
         """Store the checkpoint of ``epoch`` in the artifact store, record it in the trial's
-        ``checkpoint`` user attr, remove the previous one; return its artifact id."""
+        ``checkpoint`` user attr, remove the previous one; return its artifact id.
+
+        Raises:
+            DiskFull: the artifact could not be written (its partial file is removed).
+        """
         artifact_id = uuid.uuid4().hex
-        with (run_dir / "last.pt").open("rb") as f:
-            self.artifacts.write(artifact_id, f)
+        source = run_dir / "last.pt"
+        try:
+            with source.open("rb") as f:
+                self.artifacts.write(artifact_id, f)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                self.artifacts.remove(artifact_id)
+            size = None
+            with contextlib.suppress(OSError):
+                size = source.stat().st_size
+            raise DiskFull.writing(Path(getattr(self.artifacts, "_base_path", ".")) / artifact_id, exc,
+                                   size) from None
         trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
         if previous:
             with contextlib.suppress(Exception):
@@ -155,12 +171,12 @@ class TrialObjective:
         ``resume_note`` saying why.
         """
         frozen = self.study._storage.get_trial(trial._trial_id)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-        if not history:
+        chain = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+        if not chain:
             return None
-        source = history[-1]
+        source = chain[-1]
         saved = frozen.user_attrs.get("checkpoint")
-        epoch, note = 0, None
+        epoch, note, history = 0, None, []
         if saved:
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / "last.pt.download"
@@ -173,6 +189,7 @@ class TrialObjective:
                 else:
                     os.replace(tmp, run_dir / "last.pt")
                     epoch = int(saved["epoch"])
+                    history = list(state.get("history") or [])
             except Exception as exc:  # noqa: BLE001 - any failure means: start over
                 note = (f"checkpoint {saved.get('artifact_id')} not available ({first_line(exc)}); "
                         "started from epoch 0")
@@ -183,8 +200,66 @@ class TrialObjective:
             trial.set_user_attr("resume_note", note)
             self.log(f"trial {trial.number} retries trial {source}: {note}")
             return None
+        self._copy_curve(trial, history, epoch)
         self.log(f"trial {trial.number} retries trial {source}, resuming after epoch {epoch}")
         return saved["artifact_id"] if saved else None
+
+    def _copy_curve(self, trial: optuna.Trial, history: list[dict[str, float]], epoch: int) -> None:
+        """Report the epochs up to ``epoch`` of the checkpoint a retry resumes (its
+        ``history``) as the retry's intermediate values: its learning curve is whole, and the
+        pruner sees it. A retry that starts over has none but its own."""
+        if len(self.study.directions) > 1:
+            return  # Optuna records intermediate values of single-objective studies only
+        for row in history:
+            if row.get("val_acc") is not None and 1 <= int(row.get("epoch", 0)) <= epoch:
+                trial.report(float(row["val_acc"]), int(row["epoch"]))
+
+
+KEEP_CHECKPOINTS = 3
+"""Default of how many complete trials keep their last checkpoint in the artifact store
+(``BKDSEARCH_KEEP_CHECKPOINTS``): the best ones by the first objective."""
+
+
+def keep_checkpoints() -> int:
+    """``BKDSEARCH_KEEP_CHECKPOINTS`` (0 to 10000), else :data:`KEEP_CHECKPOINTS`.
+
+    Raises:
+        BadInput: not a whole number in that range.
+    """
+    raw = os.environ.get("BKDSEARCH_KEEP_CHECKPOINTS", "").strip()
+    if not raw:
+        return KEEP_CHECKPOINTS
+    if not raw.isdigit() or int(raw) > 10000:
+        raise BadInput(f"BKDSEARCH_KEEP_CHECKPOINTS={raw!r}: expected a whole number from 0 to 10000")
+    return int(raw)
+
+
+def prune_checkpoints(study: optuna.Study, artifacts: FileSystemArtifactStore, keep: int) -> list[str]:
+    """Remove the checkpoints of finished trials from the artifact store, but the last one
+    of the ``keep`` best complete trials (by the first objective, maximised) and any that a
+    running or queued trial (a retry) still resumes from; return the artifact ids removed.
+
+    A finished trial is never queued again after it finished (a retry is queued before its
+    trial fails), so once no live trial names a checkpoint none ever will.
+    """
+    trials = study.get_trials(deepcopy=False)
+    live = (TrialState.RUNNING, TrialState.WAITING)
+
+    def artifact(t: optuna.trial.FrozenTrial) -> str | None:
+        saved = t.user_attrs.get("checkpoint")
+        return saved.get("artifact_id") if isinstance(saved, dict) else None
+
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values),
+                      key=lambda t: t.values[0], reverse=True)
+    kept = {artifact(t) for t in complete[:keep]} | {artifact(t) for t in trials if t.state in live}
+    removed = []
+    for t in trials:
+        name = artifact(t)
+        if t.state.is_finished() and name and name not in kept and name not in removed:
+            with contextlib.suppress(Exception):  # ArtifactNotFound: removed before
+                artifacts.remove(name)
+                removed.append(name)
+    return removed
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -199,6 +274,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DiskFull):
+        return str(exc)
     if isinstance(exc, NonFiniteLoss):
         return f"non-finite loss: {exc}"
     if isinstance(exc, torch.cuda.OutOfMemoryError):

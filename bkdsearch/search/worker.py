@@ -12,14 +12,21 @@ Failures:
   with ``fail_reason`` in its user attrs; the worker goes on (until
   :data:`MAX_CONSECUTIVE_FAILURES` in a row, which stops it: something is wrong beyond one
   configuration);
-- a trial whose worker died is failed and retried by the next worker that looks
-  (:mod:`bkdsearch.search.heartbeat`), resuming from its last epoch checkpoint;
-- Ctrl-C: the running trials end FAIL (``interrupted``) and are queued again, so the next
-  ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING.
+- a trial whose worker died (its heartbeat stopped, or it never recorded one) is queued
+  again and then failed by the next worker that looks (:mod:`bkdsearch.search.heartbeat`),
+  up to ``BKDSEARCH_MAX_RETRY`` times; the retry resumes from its last epoch checkpoint;
+- Ctrl-C: the running trials are queued again and end FAIL (``interrupted``), so the next
+  ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING;
+- a full disk: a checkpoint or artifact that cannot be written fails the trial with
+  ``no space left on DIR (needed ~X MB)`` (:class:`bkdsearch.core.errors.DiskFull`).
+
+Every queueing again is keyed to the trial it replaces and happens before that trial is
+failed: a crash in between loses no trial and a trial is never queued twice.
 
 Checkpoints of running trials go to ``--artifact-dir``, else ``BKDSEARCH_ARTIFACT_DIR``,
 else ``studies/<study>/artifacts`` (give every machine of a shared study the same shared
-path so that a retry on another machine finds them).
+path so that a retry on another machine finds them). Those of finished trials are removed,
+but the last one of the ``BKDSEARCH_KEEP_CHECKPOINTS`` (default 3) best complete trials.
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ from ..core.trainer import Progress, Stopped, pick_device
 from ..errors import TrialsKeepFailing
 from ..progress import make_progress
 from ..spec import Spec
-from .heartbeat import HEARTBEAT_S, HeartbeatThread, RetryDeadTrial, fail_stale_trials
-from .objective import TrialObjective, _reason
+from .heartbeat import HEARTBEAT_S, HeartbeatThread, duplicate_of, fail_stale_trials, max_retry, queue_again
+from .objective import TrialObjective, _reason, keep_checkpoints, prune_checkpoints
 from .study import FINISHED, format_value
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -91,6 +98,8 @@ class Worker:
         artifacts = Path(artifact_dir or (Path(env_dir) / study.study_name if env_dir else None)
                          or Path(studies_dir) / study.study_name / "artifacts")
         artifacts.mkdir(parents=True, exist_ok=True)
+        self.max_retry = max_retry()
+        self.keep_checkpoints = keep_checkpoints()
         self.stop = threading.Event()
         """Set to interrupt: the running trial ends FAIL (queued again) at its next step."""
 
@@ -133,16 +142,16 @@ class Worker:
                  if t.number < trial.number and t.state in live]
         return len(ahead) >= self.n_trials
 
-    def _drop_surplus(self, trial: optuna.Trial) -> None:
+    def _drop_surplus(self, trial: optuna.Trial, reason: str = "surplus: other workers had already filled the cap",
+                      requeue: bool = True) -> None:
+        """Fail ``trial`` before it trained; a queued one (enqueued, or a retry) is put back in
+        the queue first (keyed to it: a crash in between loses nothing, doubles nothing)."""
         frozen = self.study._storage.get_trial(trial._trial_id)
+        if requeue and (frozen.system_attrs.get("fixed_params") or frozen.params):
+            queue_again(self.study, frozen, retry=False)
         with contextlib.suppress(Exception):
-            trial.set_user_attr("fail_reason", "surplus: other workers had already filled the cap")
+            trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        if frozen.system_attrs.get("fixed_params") or frozen.params:
-            # A queued trial (enqueued, or a retry): put it back in the queue.
-            self.study.add_trial(optuna.trial.create_trial(
-                state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-                user_attrs=frozen.user_attrs, system_attrs=frozen.system_attrs))
 
     # ---------------------------------------------------------------- loop
     def _stopping(self) -> bool:
@@ -159,7 +168,7 @@ class Worker:
         """
         waiting_logged = False
         while not self._stopping():
-            fail_stale_trials(self.study)
+            fail_stale_trials(self.study, limit=self.max_retry)
             with self._lock:
                 c = self._counts()
                 finished = sum(c.get(s, 0) for s in FINISHED)
@@ -180,6 +189,10 @@ class Worker:
                 continue
             waiting_logged = False
             try:
+                kept = duplicate_of(self.study, trial._trial_id)
+                if kept is not None:  # two workers queued the same retry at once: trial `kept` trains it
+                    self._drop_surplus(trial, f"surplus: a duplicate of trial {kept}, the same retry", requeue=False)
+                    continue
                 if self._surplus(trial):
                     self._drop_surplus(trial)
                     continue
@@ -222,6 +235,8 @@ class Worker:
                     self.log(self._outcome(trial, values))
         self.report.trials.append(trial.number)
         self.current = None
+        with contextlib.suppress(Exception):  # a storage hiccup must not end the worker
+            prune_checkpoints(self.study, self.objective.artifacts, self.keep_checkpoints)
         with contextlib.suppress(Exception):
             self._line()
 
@@ -261,20 +276,21 @@ class Worker:
 
     def _interrupt(self, trial: optuna.Trial) -> None:
         storage = self.study._storage
-        frozen = storage.get_trial(trial._trial_id)
+        frozen = copy.deepcopy(storage.get_trial(trial._trial_id))
         if frozen.state.is_finished():
             return
+        # Queued first (keyed to the trial, never twice), then failed: a crash in between
+        # leaves a running trial whose retry exists, which the next worker only fails.
+        with contextlib.suppress(Exception):
+            queue_again(self.study, frozen)  # an interruption does not count toward the retry limit
         saved = frozen.user_attrs.get("checkpoint") or {}
         with contextlib.suppress(Exception):
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}; queued again, the next run resumes it "
                                                f"after epoch {saved.get('epoch', 0)}")
         self.current = None
         if not self._tell(trial, TrialState.FAIL):
-            return  # another worker had failed it (and queued its retry)
+            return  # another worker had failed it (its retry is queued once all the same)
         self.report.failed += 1
-        with contextlib.suppress(Exception):
-            RetryDeadTrial(max_retry=None, inherit_intermediate_values=True)(
-                self.study, copy.deepcopy(storage.get_trial(trial._trial_id)))
         self.log(f"trial {trial.number} {INTERRUPTED}; queued again to resume")
 
     def abandon(self) -> None:
