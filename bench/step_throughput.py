@@ -95,7 +95,7 @@ def exactness(teacher: str, device: str) -> dict[str, float]:
             trainer.data.train.set_epoch(epoch)
             for i, (x, y) in enumerate(trainer.data.train):
                 trainer._set_lr(lr_at(cfg.train, epoch, i, steps))
-                trace.append(trainer.train_step(x, y).item())
+                trace.append(trainer.train_step(x, y)[0].item())
         losses[graph] = trace
     diffs = [abs(a - b) / max(abs(a), 1e-6) for a, b in zip(losses[False], losses[True], strict=True)]
     return {"steps": len(diffs), "max_rel_diff": max(diffs), "first_eager": losses[False][:3],

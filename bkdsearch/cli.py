@@ -300,61 +300,131 @@ def _artifact_folder(option: str | None, study: str) -> tuple[str, Path]:
 _STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
 
 
+def _worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of commands that run trials (``run``, ``confirm``)."""
+    options = [
+        click.argument("spec_path", metavar="SPEC"),
+        click.option("--storage", default=None,
+                     help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db)."),
+        click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the spec's name)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop starting trials after S seconds."),
+        click.option("--devices", default="auto", show_default=True,
+                     help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
+                          "(also cuda:0,cuda:1); each must exist."),
+        click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+                     help="Trials trained at once on each device (one CUDA stream each)."),
+        click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                     help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes "
+                          "from; give every machine of a shared study the same shared path. Default: "
+                          "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts."),
+        click.option("--quiet", is_flag=True, help="No per-epoch progress."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class _Workers:
+    """A checked, opened study and how to run workers on it (shared by run and confirm)."""
+
+    def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
+                 devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool) -> None:
+        from .preflight import parse_devices, preflight
+        from .search import open_study
+
+        self.spec = _load(spec_path)
+        self.url = storage or self.spec.default_storage()
+        name = _study_name(study_name, self.spec)
+        assert name is not None
+        self.devices = parse_devices(devices)
+        artifact_label, artifact_path = _artifact_folder(artifact_dir, name)
+        # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
+        preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
+                  else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},
+                  teacher_cache=STUDIES / "teachers", search=True)
+        self.study = open_study(self.spec, self.url, name)
+        self.timeout, self.trials_per_device, self.quiet = timeout, trials_per_device, quiet
+        # Worker takes the study's own folder; without the option it falls back to the env var.
+        self.artifacts = Path(artifact_dir) / self.study.study_name if artifact_dir else None
+
+    def banner(self, cap: int, what: str = "cap") -> None:
+        # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
+        out.print(f"study [bold]{escape(self.study.study_name)}[/] in {escape(redact(self.url))}; {what} {cap} "
+                  f"trials; devices {', '.join(str(d) for d in self.devices)} x {self.trials_per_device}",
+                  soft_wrap=True)
+
+    def run(self, cap: int) -> Any:
+        from .search import run_workers
+
+        return run_workers(self.spec, self.study, n_trials=cap, devices=self.devices,
+                           trials_per_device=self.trials_per_device, studies_dir=STUDIES,
+                           timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
+                           progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
+
+    def confirm(self, top: int | None, seeds: int | None) -> Any:
+        """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
+        from optuna.trial import TrialState
+
+        from .search.confirm import confirm_seeds, confirmed_winner, enqueue_confirmations, pending_confirmations
+
+        top = top or self.spec.search.confirm_top
+        seeds = seeds or self.spec.search.confirm_seeds
+        queued = enqueue_confirmations(self.study, top=top, seeds=confirm_seeds(self.spec.seed, seeds))
+        pending = pending_confirmations(self.study)
+        finished = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        out.print(f"confirm: top {top} configuration(s) x {seeds} fresh seed(s) at the full recipe; "
+                  f"{len(queued)} queued now, {pending} to train", soft_wrap=True)
+        report = self.run(finished + pending) if pending else None
+        winner = confirmed_winner(self.study)
+        if winner is not None:
+            out.print(winner.describe(), soft_wrap=True)
+        return report
+
+
 @main.command(epilog=_example("bkdsearch run specs/quickstart.yaml --n-trials 4 --devices cpu"))
-@click.argument("spec_path", metavar="SPEC")
-@click.option("--storage", default=None, help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db).")
-@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the spec's name).")
+@_worker_options
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Cap on the study's finished trials, across all workers.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stop starting trials after S seconds.")
-@click.option("--devices", default="auto", show_default=True,
-              help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
-                   "(also cuda:0,cuda:1); each must exist.")
-@click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
-              help="Trials trained at once on each device (one CUDA stream each).")
-@click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes from; "
-                   "give every machine of a shared study the same shared path. Default: "
-                   "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts.")
-@click.option("--quiet", is_flag=True, help="No per-epoch progress.")
+@click.option("--confirm", "then_confirm", is_flag=True,
+              help="Then confirm the top configurations with fresh seeds (see `bkdsearch confirm`).")
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
-        quiet: bool) -> None:
+        quiet: bool, then_confirm: bool) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
     needs: the data, the teacher's and student's checkpoints, the folders, the devices. It
     ends with a summary: the trials, the best one, the cap, and the next commands."""
-    from .preflight import parse_devices, preflight
-    from .search import open_study, run_workers
-
-    spec = _load(spec_path)
-    url = storage or spec.default_storage()
-    name = _study_name(study_name, spec)
-    assert name is not None
-    devs = parse_devices(devices)
-    artifact_label, artifact_path = _artifact_folder(artifact_dir, name)
-    # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
-    preflight(spec, devices={"runtime.device": spec.runtime.device} if devices.strip() == "auto" else {},
-              folders={"studies folder": STUDIES, artifact_label: artifact_path},
-              teacher_cache=STUDIES / "teachers", search=True)
-    study = open_study(spec, url, name)
-    cap = n_trials or spec.search.n_trials
-    # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
-    out.print(f"study [bold]{escape(study.study_name)}[/] in {escape(redact(url))}; cap {cap} trials; "
-              f"devices {', '.join(str(d) for d in devs)} x {trials_per_device}", soft_wrap=True)
-    # Worker takes the study's own folder; without the option it falls back to the env var.
-    artifacts = Path(artifact_dir) / study.study_name if artifact_dir else None
-    report = run_workers(spec, study, n_trials=cap, devices=devs, trials_per_device=trials_per_device,
-                         studies_dir=STUDIES, timeout=timeout or spec.search.timeout, artifact_dir=artifacts,
-                         progress=not quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
-    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials}
     from .summary import run_summary
 
-    for line in run_summary(study, report, cap=cap, **given):
+    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet)
+    cap = n_trials or workers.spec.search.n_trials
+    workers.banner(cap)
+    report = workers.run(cap)
+    if then_confirm:
+        workers.confirm(None, None)
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials}
+    for line in run_summary(workers.study, report, cap=cap, **given):
         out.print(line, markup=False, soft_wrap=True)
+
+
+@main.command(epilog=_example("bkdsearch confirm specs/quickstart.yaml --top 2 --seeds 2 --devices cpu"))
+@_worker_options
+@click.option("--top", type=click.IntRange(1, 50), default=None,
+              help="Configurations to confirm, best validation accuracy first (default: search.confirm_top, 3).")
+@click.option("--seeds", type=click.IntRange(1, 20), default=None,
+              help="Fresh seeds per configuration (default: search.confirm_seeds, 3).")
+@handle_errors
+def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout: float | None, devices: str,
+            trials_per_device: int, artifact_dir: str | None, quiet: bool, top: int | None,
+            seeds: int | None) -> None:
+    """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
+    trials of the same study (resumed, retried and shared by workers like any other); then
+    status, report and export use their mean ± std and the confirmed winner."""
+    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet)
+    workers.confirm(top, seeds)
 
 
 @main.command(epilog=_example("bkdsearch status specs/quickstart.yaml --json"))
@@ -447,6 +517,13 @@ def export(spec_path: str | None, storage: str | None, study_name: str | None, t
         raise click.BadParameter("best or a trial number", param_hint="--trial")
     check_output(output, "-o", folder=False)
     path = _writing(output, "-o", lambda: export_trial(url, name, trial_ref, Path(output), allow_pruned=allow_pruned))
+    if trial_ref == "best":
+        from .search import load_study
+        from .search.confirm import confirmed_winner
+
+        winner = confirmed_winner(load_study(url, name))
+        if winner is not None:
+            out.print(winner.describe(), soft_wrap=True)
     out.print(f"wrote {path}")
 
 

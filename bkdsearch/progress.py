@@ -18,13 +18,14 @@ def epoch_line(label: str, row: Mapping[str, float], epochs: int, elapsed_s: flo
     if "val_acc" in row:
         parts.append(f"val {row['val_acc']:.2f}%")
     parts.append(f"{row['images_per_s']:.0f} img/s")
-    parts.append(f"elapsed {_clock(elapsed_s)}")
+    parts.append(f"elapsed {clock(elapsed_s)}")
     if eta_s is not None:
-        parts.append(f"ETA {_clock(eta_s)}")
+        parts.append(f"ETA {clock(eta_s)}")
     return ", ".join(parts)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Return ``seconds`` as ``m:ss`` or ``h:mm:ss``."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -86,7 +86,7 @@ def test_run_artifact_dir_option_wins_and_log_lines_do_not_wrap(tmp_path, teache
     assert [p for p in (tmp_path / "shared" / "tiny").rglob("*") if p.is_file()], "no checkpoint artifact"
     assert not (tmp_path / "env-artifacts").exists()
     assert not (tmp_path / "studies" / "tiny" / "artifacts").exists()
-    assert "study tiny: 1 done, 0 pruned, 0 failed, 0 running / cap 1; best val acc" in r.stdout
+    assert "study tiny: 1/1 done (0 pruned), 0 running, 0 failed; best " in r.stdout
     assert "study tiny in sqlite:///studies/tiny.db; cap 1 trials; devices cpu x 1" in r.stdout
 
 

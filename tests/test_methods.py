@@ -61,3 +61,21 @@ def test_deep_first_student_evaluates_close_to_its_training_mode_accuracy(teache
     # Before the fix the stones folded connected teacher features into these statistics:
     # 53.3% in eval mode against 55.4% in training mode on this run; now 55.8% against 55.4%.
     assert eval_acc >= train_mode_acc - 1.5, (eval_acc, train_mode_acc)
+
+
+def test_metric_rows_carry_each_loss_term_per_epoch(teacher_ckpt, tmp_path) -> None:
+    import json
+
+    cfg = resolve(Spec.model_validate({**TINY_SPEC, "train": {**TINY_SPEC["train"], "epochs": 1}}), Defaults())
+    result = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt, device="cpu").fit()
+    row = result.history[0]
+    stones = [f"stone{i}" for i in (1, 2, 3)]
+    expected = {"loss_ce", "loss_kd", "loss_ensemble"} | {f"loss_{s}_{t}" for s in stones for t in ("ce", "kd")}
+    assert expected <= row.keys()
+    # The total is the weighted sum of the terms (alpha = beta = 1, decay 0.5, gamma 0).
+    weights = {"stone1": 0.25, "stone2": 0.5, "stone3": 1.0}
+    total = row["loss_ce"] + row["loss_kd"] + sum(w * (row[f"loss_{s}_ce"] + row[f"loss_{s}_kd"])
+                                                  for s, w in weights.items())
+    assert abs(total - row["loss"]) < 1e-3 * row["loss"]
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert expected <= first.keys()

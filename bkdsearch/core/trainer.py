@@ -213,6 +213,7 @@ class Trainer:
         self.channels_last = cuda and cfg.runtime.channels_last in ("auto", "on")
         self._graph: GraphedStep | None = None
         self.step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager_step
+        self.term_names: list[str] = []
         if cfg.runtime.compile:
             self.step_fn = torch.compile(self._eager_step)
 
@@ -225,7 +226,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        return out.loss.detach()
+        # The loss and its terms in one device vector: summed per epoch and read once at its
+        # end, also from inside a captured CUDA graph.
+        self.term_names = list(out.terms)
+        return torch.stack([out.loss.detach().float(), *(t.float() for t in out.terms.values())])
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -235,7 +239,8 @@ class Trainer:
                 group["lr"] = lr
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Run one optimisation step on the batch and return its loss (a device tensor).
+        """Run one optimisation step on the batch and return ``[loss, *terms]`` (a device vector;
+        the terms are named by ``term_names``).
 
         On CUDA the first call captures the whole step (forward, backward, optimizer) into
         a CUDA graph that later calls replay; batches are copied into its static buffers.
@@ -343,24 +348,26 @@ class Trainer:
                 self.method.train()
                 self.method.start_epoch(epoch + 1)
                 train_loader.set_epoch(epoch)
-                loss_sum = torch.zeros((), device=self.device)
+                loss_sum: torch.Tensor | float = 0.0
                 t0 = time.perf_counter()
                 for i, (x, y) in enumerate(train_loader):
                     self._check_stop()
                     self._set_lr(lr_at(recipe, epoch, i, steps))
-                    loss_sum += self.train_step(x, y)
+                    loss_sum = loss_sum + self.train_step(x, y)
                     if self.progress is not None:
                         self.progress.step()
                 # .item() waits for this run's stream, which holds all its steps: no
                 # device-wide synchronize, which would also wait on (and, during a capture,
                 # break) the work of other runs in this process.
-                epoch_loss = (loss_sum / max(steps, 1)).item()
+                means = (torch.as_tensor(loss_sum) / max(steps, 1)).reshape(-1).tolist()
+                epoch_loss = means[0]
                 dt = time.perf_counter() - t0
                 train_time += dt
                 images += steps * self.cfg.data.batch_size
                 if not math.isfinite(epoch_loss):
                     raise NonFiniteLoss(f"training loss is {epoch_loss} in epoch {epoch + 1}")
                 row = {"epoch": epoch + 1, "loss": epoch_loss,
+                       **{f"loss_{name}": v for name, v in zip(self.term_names, means[1:], strict=False)},
                        "lr": lr_at(recipe, epoch, steps - 1, steps),
                        "images_per_s": steps * self.cfg.data.batch_size / max(dt, 1e-9),
                        "epoch_s": dt}

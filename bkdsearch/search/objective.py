@@ -22,12 +22,12 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from ..core.errors import DiskFull
-from ..core.trainer import Progress, Stopped, Trainer
+from ..core.trainer import Progress, Stopped, Trainer, evaluate
 from ..core.zoo.weights import first_line, load_safely
 from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..spec import RunConfig, Spec, resolve
-from ..teacher import teacher_weights
+from ..teacher import teacher_run_config, teacher_weights
 from ..urls import redact
 from .study import TrialSuggest, format_value
 
@@ -65,7 +65,13 @@ class TrialObjective:
             optuna.TrialPruned: the pruner stopped it. Interrupted, Stopped: asked to stop.
             Whatever the run raises (it fails the trial alone).
         """
-        cfg = resolve(self.spec, TrialSuggest(trial))
+        confirm_of = trial.user_attrs.get("confirm_of")
+        if confirm_of is None:  # a search trial: the search's fidelity, the spec's seed
+            cfg = resolve(self.spec, TrialSuggest(trial), fidelity=True)
+        else:  # a confirmation: the full recipe with its own fresh seed
+            seed = {"seed": int(trial.user_attrs["seed"])}
+            cfg = resolve(self.spec, TrialSuggest(trial), overrides=seed)
+        trial.set_user_attr("seed", cfg.seed)
         if self.device.type == "cpu":
             cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
         trial.set_user_attr("run_config", cfg.model_dump(mode="json"))
@@ -78,6 +84,10 @@ class TrialObjective:
         report = run_flops(cfg)
         trial.set_user_attr("flops", report.as_dict())
         train_gflops = report.train_step / 1e9
+        # Flat numbers the dashboard's trial table can sort on.
+        trial.set_user_attr("student_mflops", report.student / 1e6)
+        trial.set_user_attr("train_gflops", train_gflops)
+        trial.set_user_attr("params_m", report.student_params / 1e6)
         if self.spec.search.max_train_gflops is not None:
             trial.set_user_attr("constraint", [train_gflops - self.spec.search.max_train_gflops])
         run_dir = self.run_root / f"trial-{trial.number}"
@@ -95,6 +105,8 @@ class TrialObjective:
                 return
             if len(self.study.directions) > 1:
                 return  # Optuna prunes (and records intermediate values for) single-objective only
+            if confirm_of is not None:
+                return  # confirmations run to the end, and their curves must not feed the pruner
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
@@ -107,6 +119,7 @@ class TrialObjective:
         if result.val_acc is None:
             raise ValueError("no validation split: set data.val_fraction > 0 for a search")
         trial.set_user_attr("test_acc", result.test_acc)
+        trial.set_user_attr("loss_terms", loss_terms(result.history))
         trial.set_user_attr("wall_time_s", result.wall_time_s)
         trial.set_user_attr("images_per_s", result.images_per_s)
         objectives = {"val_acc": result.val_acc, "train_gflops": train_gflops,
@@ -129,9 +142,22 @@ class TrialObjective:
                 if self.stop.is_set():
                     raise Interrupted() from None
         try:
-            return teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log)
+            path = teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log)
         finally:
             lock.release()
+        if path is not None and "teacher_test_acc" not in self.study.user_attrs:
+            self._record_teacher_accuracy(cfg, path)
+        return path
+
+    def _record_teacher_accuracy(self, cfg: RunConfig, path: str) -> None:
+        """Store the teacher's test accuracy in the study (once): what the student is measured
+        against in status, report and the run summary."""
+        tcfg = teacher_run_config(cfg)
+        tcfg = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
+        with contextlib.suppress(Exception):  # a number to show, never a reason to fail the trial
+            probe = Trainer(tcfg, Path(path).parent, device=self.device)
+            self.study.set_user_attr("teacher_test_acc", evaluate(probe.method.student, probe.data.test,
+                                                                  probe.autocast))
 
     def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
         """Store the checkpoint of ``epoch`` in the artifact store, record it in the trial's
@@ -210,6 +236,8 @@ class TrialObjective:
         pruner sees it. A retry that starts over has none but its own."""
         if len(self.study.directions) > 1:
             return  # Optuna records intermediate values of single-objective studies only
+        if trial.user_attrs.get("confirm_of") is not None:
+            return  # confirmations never feed the pruner
         for row in history:
             if row.get("val_acc") is not None and 1 <= int(row.get("epoch", 0)) <= epoch:
                 trial.report(float(row["val_acc"]), int(row["epoch"]))
@@ -260,6 +288,16 @@ def prune_checkpoints(study: optuna.Study, artifacts: FileSystemArtifactStore, k
                 artifacts.remove(name)
                 removed.append(name)
     return removed
+
+
+def loss_terms(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Return the per-epoch means of each loss term in a run's metric rows (``loss_<term>``)."""
+    terms: dict[str, list[float]] = {}
+    for row in history:
+        for key, value in row.items():
+            if key.startswith("loss_"):
+                terms.setdefault(key.removeprefix("loss_"), []).append(value)
+    return terms
 
 
 def _clear_run_dir(run_dir: Path) -> None:

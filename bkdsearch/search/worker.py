@@ -49,7 +49,7 @@ from optuna.trial import TrialState
 
 from ..core.trainer import Progress, Stopped, pick_device
 from ..errors import TrialsKeepFailing
-from ..progress import make_progress
+from ..progress import clock, make_progress
 from ..spec import Spec
 from .heartbeat import HEARTBEAT_S, HeartbeatThread, duplicate_of, fail_stale_trials, max_retry, queue_again
 from .objective import TrialObjective, _reason, keep_checkpoints, prune_checkpoints
@@ -302,15 +302,25 @@ class Worker:
                 self._interrupted(trial)
 
     def _line(self) -> None:
-        c = self._counts()
-        best = "-"
-        with contextlib.suppress(Exception):
-            if len(self.study.directions) == 1 and c.get(TrialState.COMPLETE):
-                best = f"{self.study.best_value:.2f}% (trial {self.study.best_trial.number})"
-        self.log(f"study {self.study.study_name}: {c.get(TrialState.COMPLETE, 0)} done, "
-                 f"{c.get(TrialState.PRUNED, 0)} pruned, {c.get(TrialState.FAIL, 0)} failed, "
-                 f"{c.get(TrialState.RUNNING, 0)} running / cap {self.n_trials}; best val acc {best}")
+        self.log(study_line(self.study, self.n_trials))
 
+
+def study_line(study: optuna.Study, cap: int) -> str:
+    """Return the study's progress in one line of at most ~80 columns: finished of the cap,
+    running, failed, the best validation accuracy so far and an ETA from finished trials'
+    times (their mean, shared by the trials running at once)."""
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
+    done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    best = max(complete, key=lambda t: t.values[0], default=None)
+    best_text = "-" if best is None else f"{best.values[0]:.2f}% (#{best.number})"
+    times = [t.user_attrs["wall_time_s"] for t in trials if t.state in FINISHED and t.user_attrs.get("wall_time_s")]
+    left = max(cap - done, 0)
+    eta = "-" if not times or not left else clock(
+        sum(times) / len(times) * left / max(count[TrialState.RUNNING], 1))
+    return (f"study {study.study_name}: {done}/{cap} done ({count[TrialState.PRUNED]} pruned), "
+            f"{count[TrialState.RUNNING]} running, {count[TrialState.FAIL]} failed; best {best_text}; ETA {eta}")
 
 
 def devices_for(option: str) -> list[torch.device]:
