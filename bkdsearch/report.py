@@ -4,6 +4,7 @@ titled PNG plots plus a summary.md that links them and ends with the export comm
 from __future__ import annotations
 
 import math
+import shlex
 import statistics
 import warnings
 from collections.abc import Callable
@@ -223,7 +224,8 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
             _save(out_dir, filename, f"{study.study_name}: {title}", draw, files, skipped)
         files += _optuna_plots(study, complete, names, out_dir, skipped)
     summary = out_dir / "summary.md"
-    summary.write_text(_summary(study, trials, names, files, skipped) if complete else _failures(study, trials))
+    summary.write_text(_summary(study, trials, names, files, skipped, storage_url) if complete
+                       else _failures(study, trials))
     return [*files, summary]
 
 
@@ -349,6 +351,8 @@ def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[
                 skipped.append(f"`{filename}` not drawn: {exc}.")
                 continue
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            for each in fig.axes:  # Optuna's generic titles give way to ours
+                each.set_title("")
             fig.suptitle(f"{study.study_name}: {title}")
             fig.set_size_inches(9, 5)
             fig.tight_layout()
@@ -359,7 +363,7 @@ def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[
 
 
 def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], files: list[Path],
-             skipped: list[str]) -> str:
+             skipped: list[str], storage_url: str) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     lines = [f"# Study `{study.study_name}`", "",
@@ -397,7 +401,8 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
     lines += [f"- [{p.stem}]({p.name})" for p in files]
     lines += [f"- {why}" for why in skipped]
     lines += ["", "## Next", "", "Export the best configuration as a plain training script:", "",
-              f"    bkdsearch export --study {study.study_name} --trial best -o train_best.py", ""]
+              f"    bkdsearch export --storage {shlex.quote(redact(storage_url))} --study "
+              f"{shlex.quote(study.study_name)} --trial best -o train_best.py", ""]
     return "\n".join(lines)
 
 

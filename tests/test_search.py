@@ -152,7 +152,7 @@ def test_report_writes_plots_and_summary(study_dir):
     for png in out.glob("*.png"):
         assert f"]({png.name})" in summary, png.name
     assert not (out / "importances.png").exists() and "importances need at least 10" in summary
-    assert summary.rstrip().endswith("bkdsearch export --study tiny --trial best -o train_best.py")
+    assert summary.rstrip().endswith(f"bkdsearch export --storage {storage} --study tiny --trial best -o train_best.py")
     assert "single runs: confirm over seeds" in summary
 
 
