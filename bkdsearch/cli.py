@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import BadInput
+from .progress import percent
 from .urls import redact
 
 err = Console(stderr=True, highlight=False)
@@ -77,40 +78,17 @@ def main() -> None:
 def validate(spec_path: str) -> None:
     """Check a spec: exit 0 with a summary, or 2 listing every bad field with its line."""
     from .spec import searched
+    from .spec.checks import describe_partition, space_size
 
     spec = _load(spec_path)
     space = searched(spec)
     teacher = spec.teacher.arch if spec.teacher else "-"
     out.print(f"[bold]{spec.name}[/]: {teacher} -> {spec.student.arch} on {spec.data.dataset}")
-    for name, cand in spec.partitions.items():
-        out.print(f"  partition {name}: {_describe_partition(spec, name, cand)}")
+    for name in spec.partitions:
+        out.print(f"  partition {name}: {describe_partition(spec, name)}")
     out.print(f"  searched parameters ({len(space)}): {', '.join(space) or 'none'}")
-    out.print(f"  space size: {_space_size(space)}")
+    out.print(f"  space size: {space_size(space)}")
     out.print("[green]ok[/]")
-
-
-def _describe_partition(spec: Any, name: str, cand: Any) -> str:
-    from .spec import resolve_partition
-
-    if spec.teacher is None:
-        return "unused (no teacher)"
-    part = resolve_partition(spec, name)
-    return f"n={len(part.teacher) + 1} teacher {part.teacher} / student {part.student}"
-
-
-def _space_size(space: dict[str, Any]) -> str:
-    from .spec import Choice, IntRange
-
-    size = 1
-    for dist in space.values():
-        if isinstance(dist, Choice):
-            size *= len(dist.choice)
-        elif isinstance(dist, IntRange):
-            low, high = dist.int_range
-            size *= (high - low) // dist.step + 1
-        else:
-            return "continuous"
-    return str(size)
 
 
 @main.command(epilog=_example("bkdsearch schema > spec.schema.json"))
@@ -122,11 +100,41 @@ def schema() -> None:
 
 
 def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
+    """(spec with the --set values of its own keys, data.* or teacher.checkpoint say; the run's
+    RunConfig with every --set value).
+
+    Raises:
+        SpecError: an unknown key or an invalid value (exit 2).
+    """
     from .spec import Defaults, parse_overrides, resolve
+    from .spec.resolve import SPEC_KEYS, override_spec
 
     spec = _load(spec_path)
     overrides = parse_overrides(list(sets))
-    return spec, resolve(spec, Defaults(overrides), overrides=overrides)
+    cfg = resolve(spec, Defaults(overrides), overrides=overrides)
+    own = {k: v for k, v in overrides.items() if k in SPEC_KEYS}
+    return (override_spec(spec, own) if own else spec), cfg
+
+
+def _fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
+    """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
+    records).
+
+    Raises:
+        SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
+    """
+    from .spec import SpecError, parse_overrides, searched
+    from .spec.resolve import override_spec
+
+    overrides = parse_overrides(list(sets))
+    if not overrides:
+        return spec
+    space = searched(spec)
+    refused = [(k, "searched by the spec: `run --set` fixes values only (the search chooses this one); "
+                   "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
+    if refused:
+        raise SpecError(refused)
+    return override_spec(spec, overrides)
 
 
 def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
@@ -162,13 +170,9 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     result = trainer.fit(resume=not no_resume)
-    out.print(f"val acc {_pct(result.val_acc)}  test acc {_pct(result.test_acc)}  "
+    out.print(f"val acc {percent(result.val_acc)}  test acc {percent(result.test_acc)}  "
               f"({result.images_per_s:.0f} img/s)")
     out.print(f"student weights: {result.student_path}")
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}%"
 
 
 @main.command(epilog=_example("bkdsearch compare specs/fashion_mnist.yaml --methods ce,kd,blockkd --seeds 3"))
@@ -329,11 +333,13 @@ class _Workers:
     """A checked, opened study and how to run workers on it (shared by run and confirm)."""
 
     def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
-                 devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool) -> None:
+                 devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
+                 sets: tuple[str, ...] = ()) -> None:
         from .preflight import parse_devices, preflight
         from .search import open_study
 
-        self.spec = _load(spec_path)
+        # --set values are fixed in the spec itself: every trial uses them and the study records them.
+        self.spec = _fixed_spec(_load(spec_path), sets)
         self.url = storage or self.spec.default_storage()
         name = _study_name(study_name, self.spec)
         assert name is not None
@@ -364,22 +370,10 @@ class _Workers:
 
     def confirm(self, top: int | None, seeds: int | None) -> Any:
         """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
-        from optuna.trial import TrialState
+        from .search.confirm import run_confirmations
 
-        from .search.confirm import confirm_seeds, confirmed_winner, enqueue_confirmations, pending_confirmations
-
-        top = top or self.spec.search.confirm_top
-        seeds = seeds or self.spec.search.confirm_seeds
-        queued = enqueue_confirmations(self.study, top=top, seeds=confirm_seeds(self.spec.seed, seeds))
-        pending = pending_confirmations(self.study)
-        finished = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        out.print(f"confirm: top {top} configuration(s) x {seeds} fresh seed(s) at the full recipe; "
-                  f"{len(queued)} queued now, {pending} to train", soft_wrap=True)
-        report = self.run(finished + pending) if pending else None
-        winner = confirmed_winner(self.study)
-        if winner is not None:
-            out.print(winner.describe(), soft_wrap=True)
-        return report
+        return run_confirmations(self.study, self.spec, top=top, seeds=seeds, train=self.run,
+                                 log=lambda m: out.print(m, soft_wrap=True))
 
 
 @main.command(epilog=_example("bkdsearch run specs/quickstart.yaml --n-trials 4 --devices cpu"))
@@ -388,10 +382,13 @@ class _Workers:
               help="Cap on the study's finished trials, across all workers.")
 @click.option("--confirm", "then_confirm", is_flag=True,
               help="Then confirm the top configurations with fresh seeds (see `bkdsearch confirm`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value of the spec for every trial (e.g. data.root=/data, data.batch_size=128, "
+                   "teacher.checkpoint=t.pt); repeatable. A searched parameter cannot be fixed.")
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
-        quiet: bool, then_confirm: bool) -> None:
+        quiet: bool, then_confirm: bool, sets: tuple[str, ...]) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
@@ -399,7 +396,8 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     ends with a summary: the trials, the best one, the cap, and the next commands."""
     from .summary import run_summary
 
-    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet)
+    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
+                       sets)
     cap = n_trials or workers.spec.search.n_trials
     workers.banner(cap)
     report = workers.run(cap)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .progress import percent
 from .spec import Defaults, RunConfig, Spec, resolve
 from .teacher import teacher_weights
 
@@ -85,13 +86,9 @@ def run_comparison(spec: Spec, methods: Sequence[str], seeds: Sequence[int], *, 
         if result.test_acc is not None:
             entry.test_acc.append(result.test_acc)
         entry.images_per_s.append(result.images_per_s)
-        log(f"[{i}/{len(configs)}] {cfg.method} seed {cfg.seed}: val {_pct(result.val_acc)}, "
-            f"test {_pct(result.test_acc)}")
+        log(f"[{i}/{len(configs)}] {cfg.method} seed {cfg.seed}: val {percent(result.val_acc)}, "
+            f"test {percent(result.test_acc)}")
     return [results[m] for m in methods]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
 
 
 def _cell(result: MethodResult, values: list[float]) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .core.trainer import Progress
+if TYPE_CHECKING:  # the CLI formats with this module without importing torch
+    from .core.trainer import Progress
 
 
 def epoch_line(label: str, row: Mapping[str, float], epochs: int, elapsed_s: float, eta_s: float | None) -> str:
@@ -22,6 +23,11 @@ def epoch_line(label: str, row: Mapping[str, float], epochs: int, elapsed_s: flo
     if eta_s is not None:
         parts.append(f"ETA {clock(eta_s)}")
     return ", ".join(parts)
+
+
+def percent(value: float | None) -> str:
+    """Return an accuracy as shown to a person: ``71.25%``, or ``-`` when unknown."""
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def clock(seconds: float) -> str:

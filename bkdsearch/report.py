@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import NotFound
+from .progress import percent
 from .search import format_value, load_study, make_storage, trial_config
 from .urls import redact
 
@@ -27,10 +28,6 @@ MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 # --------------------------------------------------------------------------- facts
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}%"
 
 
 def _objective_text(name: str, value: float) -> str:
@@ -140,7 +137,7 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         console.print(f"[bold]{escape(row['study'])}[/]: {c['complete']} complete, {c['pruned']} pruned, "
                       f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
         if row.get("teacher_acc") is not None:
-            console.print(f"teacher test accuracy {_pct(row['teacher_acc'])}")
+            console.print(f"teacher test accuracy {percent(row['teacher_acc'])}")
         if not row["best"]:
             console.print("no complete trial yet")
         else:
@@ -371,7 +368,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
              "Selection used validation accuracy only; test accuracy is reported, never selected on."]
     teacher = study.user_attrs.get("teacher_test_acc")
     if teacher is not None:
-        lines.append(f"Teacher test accuracy: {_pct(teacher)}.")
+        lines.append(f"Teacher test accuracy: {percent(teacher)}.")
     confs = configurations(trials)
     lines += ["", "## Best trials", "",
               "| trial | " + " | ".join(names) + " | test acc | student MFLOPs | time (min) | params |",
@@ -379,7 +376,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
     for f in map(_flat, sorted(complete, key=lambda t: t.values[0], reverse=True)[:10]):
         lines.append(f"| {f['number']} | " + " | ".join(_objective_text(n, v) for n, v in zip(names, f["values"],
                                                                                            strict=False))
-                     + f" | {_pct(f['test_acc'])} | "
+                     + f" | {percent(f['test_acc'])} | "
                      + ("-" if f["student_mflops"] is None else f"{f['student_mflops']:.1f}") + " | "
                      + ("-" if f["wall_time_s"] is None else f"{f['wall_time_s'] / 60:.1f}") + " | "
                      + (_params_text(f["params"]) or "-") + " |")
@@ -416,10 +413,10 @@ def _against_enqueued(study: optuna.Study, complete: list[FrozenTrial]) -> list[
         return [*lines, "The enqueued configuration has not completed yet."]
     top = max(complete, key=lambda t: t.values[0])
     lines.append(f"Enqueued configuration: trial {ref.number}, val acc {ref.values[0]:.2f}%, "
-                 f"test acc {_pct(ref.user_attrs.get('test_acc'))}.")
+                 f"test acc {percent(ref.user_attrs.get('test_acc'))}.")
     lines.append(f"Best found: trial {top.number}, val acc {top.values[0]:.2f}% "
                  f"({top.values[0] - ref.values[0]:+.2f} points, single runs: confirm over seeds before "
-                 f"trusting the difference), test acc {_pct(top.user_attrs.get('test_acc'))}.")
+                 f"trusting the difference), test acc {percent(top.user_attrs.get('test_acc'))}.")
     return lines
 
 

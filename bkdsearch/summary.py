@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .progress import percent
 from .search import format_value
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}%"
-
 
 WIDTH = 80
 """Summaries are written to fit this many columns (but a path or URL, never broken)."""
@@ -111,8 +107,8 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         lines.append(f"best trial {best.number}" + (f" (highest {names[0]} on the Pareto front):" if multi else ":"))
         lines += _wrap([_objective(n, v) for n, v in zip(names, best.values, strict=False)])
         test, teacher = best.user_attrs.get("test_acc"), study.user_attrs.get("teacher_test_acc")
-        acc = f"  test accuracy {_pct(test)}"
-        lines.append(acc + (f" (teacher {_pct(teacher)})" if teacher is not None else ""))
+        acc = f"  test accuracy {percent(test)}"
+        lines.append(acc + (f" (teacher {percent(teacher)})" if teacher is not None else ""))
         if best.params:
             lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
     if finished >= cap:

@@ -31,13 +31,19 @@ def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
 
 
 def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: bool = True,
-                    progress: bool = False, log: Callable[[str], None] | None = None) -> str | None:
+                    progress: bool = False, log: Callable[[str], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> str | None:
     """Return the path of ``cfg``'s teacher weights: the spec's checkpoint, else the cached
-    CE-trained teacher (training it first when ``train_if_missing``, saying so to ``log``).
+    CE-trained teacher (training it first when ``train_if_missing``, saying so to ``log``;
+    an interrupted training resumes from its last epoch checkpoint).
+
+    ``should_stop``: asked before every step of the teacher's training (Ctrl-C of a worker).
 
     Raises:
         WeightsError: the named checkpoint does not exist, or no cached teacher and
             ``train_if_missing`` is False.
+        bkdsearch.core.trainer.Stopped: ``should_stop`` returned True (the teacher's last
+            finished epoch stays checkpointed in its folder).
     """
     if cfg.teacher is None or cfg.method == "ce":
         return None
@@ -63,5 +69,5 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
         log(f"training the teacher {tcfg.student.arch} with CE for {tcfg.train.epochs} epochs "
             f"(once: cached under {Path(cache_dir)})")
     shown = make_progress(f"teacher {tcfg.student.arch}", log or print) if progress else None
-    Trainer(tcfg, cached.parent, progress=shown).fit()
+    Trainer(tcfg, cached.parent, progress=shown, should_stop=should_stop).fit(resume=True)
     return str(cached)

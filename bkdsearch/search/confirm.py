@@ -5,10 +5,14 @@ share workers, caps, retries and resume with every other trial."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from ..spec import Spec
 
 CONFIRM_SEED_BASE = 1000
 """Confirmation seeds are ``spec seed + 1000 + j``: distinct from the search's own seed."""
@@ -98,3 +102,23 @@ def confirmed_winner(study: optuna.Study) -> Winner | None:
     values = [t.values[0] for t in runs]
     return Winner(origin, max(runs, key=lambda t: t.values[0]), mean(runs),
                   statistics.stdev(values) if len(values) > 1 else 0.0, len(runs))
+
+
+def run_confirmations(study: optuna.Study, spec: Spec, *, top: int | None, seeds: int | None,
+                      train: Callable[[int], Any], log: Callable[[str], None]) -> Any:
+    """Queue the confirmations of ``spec``'s study (``top`` configurations x ``seeds`` fresh
+    seeds; defaults from ``search.confirm_top``/``confirm_seeds``), train them with
+    ``train(cap)`` (the workers, capped at the study's finished trials plus those pending) and
+    log the confirmed winner; return what ``train`` returned, or None when nothing was pending."""
+    top = top or spec.search.confirm_top
+    count = seeds or spec.search.confirm_seeds
+    queued = enqueue_confirmations(study, top=top, seeds=confirm_seeds(spec.seed, count))
+    pending = pending_confirmations(study)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    log(f"confirm: top {top} configuration(s) x {count} fresh seed(s) at the full recipe; "
+        f"{len(queued)} queued now, {pending} to train")
+    report = train(finished + pending) if pending else None
+    winner = confirmed_winner(study)
+    if winner is not None:
+        log(winner.describe())
+    return report

@@ -108,7 +108,8 @@ class TrialObjective:
             if confirm_of is not None:
                 return  # confirmations run to the end, and their curves must not feed the pruner
             trial.report(value, epoch)
-            if trial.should_prune():
+            # Pruning after the last epoch would only throw a finished result away.
+            if epoch < cfg.train.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
 
         # should_stop: Ctrl-C stops the trial within one step, not one epoch.
@@ -142,7 +143,12 @@ class TrialObjective:
                 if self.stop.is_set():
                     raise Interrupted() from None
         try:
-            path = teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log)
+            path = teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log,
+                                   should_stop=self.stop.is_set)
+        except Stopped:
+            # Ctrl-C during the teacher's training: the trial is queued again; the teacher's
+            # last.pt stays, and the next run resumes its training.
+            raise Interrupted() from None
         finally:
             lock.release()
         if path is not None and "teacher_test_acc" not in self.study.user_attrs:

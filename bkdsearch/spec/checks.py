@@ -10,8 +10,8 @@ from ..core.data import SyntheticConfig, input_size_of
 from ..core.stones import SteppingStones
 from ..core.zoo import decompose, list_models, model_entry
 from ..errors import PartitionError
-from .resolve import candidate_partition, probe_model
-from .schema import Choice, Spec
+from .resolve import candidate_partition, probe_model, resolve_partition
+from .schema import Choice, IntRange, Spec
 
 
 def _choices(value: Any) -> list[Any]:
@@ -73,3 +73,25 @@ def _stone_list(value: Any) -> list[int]:
 def atom_names(arch: str) -> list[str]:
     """Return the atom names of ``arch`` (for messages and `bkdsearch flops`)."""
     return decompose(probe_model(arch)).names
+
+
+def describe_partition(spec: Spec, name: str) -> str:
+    """Return one line on candidate partition ``name``: its number of blocks and cut atoms."""
+    if spec.teacher is None:
+        return "unused (no teacher)"
+    part = resolve_partition(spec, name)
+    return f"n={len(part.teacher) + 1} teacher {part.teacher} / student {part.student}"
+
+
+def space_size(space: dict[str, Any]) -> str:
+    """Return how many configurations the searched ``space`` holds, or ``continuous``."""
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, Choice):
+            size *= len(dist.choice)
+        elif isinstance(dist, IntRange):
+            low, high = dist.int_range
+            size *= (high - low) // dist.step + 1
+        else:
+            return "continuous"
+    return str(size)

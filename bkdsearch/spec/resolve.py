@@ -18,7 +18,7 @@ from ..core.optim import scale_milestones
 from ..core.partitions import Partition, build_partition
 from ..core.zoo import create_model
 from ..errors import PartitionError, SpecError
-from .config import BlockKDConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig
+from .config import BlockKDConfig, DataConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig
 from .errors import validation_error
 from .schema import Distribution, PartitionSpec, SearchBlockKD, Spec, _is_dist
 
@@ -84,7 +84,11 @@ def resolve(spec: Spec, suggest: Suggest, *, overrides: Mapping[str, Any] | None
         PartitionError: a generated partition cannot be built.
     """
     try:
-        cfg = _resolve(spec, suggest, overrides)
+        spec_part = {k: v for k, v in (overrides or {}).items() if k in SPEC_KEYS}
+        if spec_part:
+            spec = override_spec(spec, spec_part)
+        rest = {k: v for k, v in (overrides or {}).items() if k not in SPEC_KEYS}
+        cfg = _resolve(spec, suggest, rest)
         if fidelity and spec.search.fidelity is not None:
             cfg = at_fidelity(cfg, spec.search.fidelity.epochs, spec.search.fidelity.train_fraction)
         return cfg
@@ -205,13 +209,62 @@ def at_fidelity(cfg: RunConfig, epochs: int | None, train_fraction: float = 1.0)
         raise validation_error(exc) from None
 
 
+SPEC_KEYS = (
+    *(f"data.{k}" for k in DataConfig.model_fields if k != "synthetic"),
+    "teacher.arch", "teacher.checkpoint", "student.arch", "student.checkpoint",
+)
+"""The ``--set`` names that change the spec itself before resolution (never searched)."""
+
+_TRAIN_KEYS = ("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+               "warmup_epochs", "milestones")
+
+
 def parameter_names(spec: Spec) -> list[str]:
-    """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``."""
+    """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``, ``data.root``."""
     names = ["seed", "method"]
-    names += [f"train.{k}" for k in ("epochs", "optimizer", "lr", "momentum", "nesterov",
-                                     "weight_decay", "schedule", "warmup_epochs", "milestones")]
+    names += [f"train.{k}" for k in _TRAIN_KEYS]
     names += [f"blockkd.{k}" for k in SearchBlockKD.model_fields]
+    names += list(SPEC_KEYS)
     return names
+
+
+def override_spec(spec: Spec, overrides: Mapping[str, Any]) -> Spec:
+    """Return ``spec`` with ``overrides`` (``--set`` names, see :func:`parameter_names`) as
+    fixed values, validated as the spec file would be. The other fields keep whether the
+    spec set them (published defaults still apply to what it left unset). A fixed
+    ``train.epochs`` without ``train.milestones`` scales the spec's milestones to it.
+
+    Raises:
+        SpecError: an unknown name (listing the known ones), or an invalid value (naming it).
+    """
+    known = parameter_names(spec)
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise SpecError([(k, f"unknown parameter; known: {', '.join(sorted(known))}", None) for k in unknown])
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        section, _, key = name.partition(".")
+        if key:
+            sections.setdefault(section, {})[key] = value
+        else:
+            top[section] = value
+    train = sections.get("train", {})
+    if ("epochs" in train and "milestones" not in train and spec.train.milestones
+            and isinstance(spec.train.epochs, int) and isinstance(train["epochs"], int)
+            and train["epochs"] != spec.train.epochs and train["epochs"] > 0):
+        train["milestones"] = scale_milestones(spec.train.milestones, spec.train.epochs, train["epochs"])
+    data: dict[str, Any] = {field: getattr(spec, field) for field in spec.model_fields_set}
+    data.update(top)
+    for section, values in sections.items():
+        current = getattr(spec, section)
+        # The set fields as they are (a distribution stays a distribution), not a dump.
+        base = {k: getattr(current, k) for k in current.model_fields_set} if current is not None else {}
+        data[section] = {**base, **values}
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, data=data) from None
 
 
 def searched(spec: Spec) -> dict[str, Distribution]:
