@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shlex
 import statistics
+import textwrap
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,8 @@ def _flat(t: FrozenTrial) -> dict[str, Any]:
     return {"number": t.number, "values": t.values, "test_acc": attrs.get("test_acc"),
             "student_mflops": flops["student"] / 1e6 if flops.get("student") else None,
             "train_gflops": flops["train_step"] / 1e9 if flops.get("train_step") else None,
-            "wall_time_s": attrs.get("wall_time_s"), "params": t.params}
+            "wall_time_s": attrs.get("wall_time_s"), "params": t.params,
+            "confirm_of": attrs.get("confirm_of"), "seed": attrs.get("seed")}
 
 
 def study_status(storage_url: str, study_name: str | None = None) -> list[dict[str, Any]]:
@@ -161,9 +163,13 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
             if multi:
                 console.print("* on the Pareto front")
             for b in row["best"]:
-                console.print(f"  trial {b['number']}: {escape(_params_text(b['params']) or '-')}")
+                origin = f" (confirms {b['confirm_of']}, seed {b['seed']})" if b.get("confirm_of") is not None else ""
+                text = f"trial {b['number']}{origin}: {_params_text(b['params']) or '-'}"
+                console.print(escape(textwrap.fill(text, width=max(console.width, 40), initial_indent="  ",
+                                                   subsequent_indent="    ", break_long_words=False,
+                                                   break_on_hyphens=False)), soft_wrap=True)
         if row.get("configurations"):
-            table = Table(title="confirmed configurations (mean ± std over seeds)", title_justify="left")
+            table = Table(title="confirmed (mean ± std over seeds)", title_justify="left")
             for name in ("trial", "n", "val (%)", "test (%)"):
                 table.add_column(name, justify="right")
             for conf in row["configurations"]:
