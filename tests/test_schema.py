@@ -229,3 +229,18 @@ def test_importing_the_resolve_module_first_does_not_shadow_the_resolve_function
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120,
                        cwd=ROOT, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
+
+
+def test_validate_reports_an_unknown_model_with_the_other_errors_in_one_pass() -> None:
+    from bkdsearch.errors import SpecError
+    from bkdsearch.spec import parse_spec
+
+    text = ("name: bad\ndata: {dataset: synthetic, batch_size: 0}\nstudent: {arch: resnet9000}\n"
+            "teacher: {arch: resnet14}\ntrain: {epochs: 2}\n")
+    try:
+        parse_spec(text)
+    except SpecError as exc:
+        paths = {(path, line) for path, _, line in exc.errors}
+    else:
+        raise AssertionError("a bad spec was accepted")
+    assert {("data.batch_size", 2), ("student.arch", 3)} <= paths

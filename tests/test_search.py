@@ -30,10 +30,10 @@ def bkd(*args, cwd, timeout=600):
 def _spec(tmp, teacher_ckpt, **search):
     spec = copy.deepcopy(TINY_SPEC)
     spec["teacher"]["checkpoint"] = teacher_ckpt
-    spec["train"].update(epochs=3, lr={"float": [0.02, 0.2], "log": True})
+    spec["train"].update(epochs=2, lr={"float": [0.02, 0.2], "log": True})
     spec["blockkd"] = {"tau": {"float": [1.0, 8.0]}}
-    # The pruner may act from epoch 2 (a quarter of a cosine run is under one epoch), never after the last.
-    spec["search"] = {"n_trials": 3, "pruner": "median", "pruner_warmup_fraction": 0.25, **search}
+    # The pruner may act from epoch 1 (a fifth of a 2-epoch cosine run rounds to 0), never after the last.
+    spec["search"] = {"n_trials": 3, "pruner": "median", "pruner_warmup_fraction": 0.2, **search}
     return write_spec(Path(tmp) / "spec.yaml", spec)
 
 
@@ -70,8 +70,8 @@ def test_study_trials_and_user_attrs(study_dir):
     assert set(attrs["flops"]["stones"]) == {"1", "2", "3"}
     assert attrs["versions"]["torch"] == torch.__version__
     assert 0 <= attrs["test_acc"] <= 100
-    assert study.trials[0].intermediate_values.keys() == {1, 2, 3}
-    assert max(study.trials[2].intermediate_values) < 3  # pruned before its last epoch
+    assert study.trials[0].intermediate_values.keys() == {1, 2}
+    assert max(study.trials[2].intermediate_values) < 2  # pruned before its last epoch
 
 
 def test_rerun_resumes_and_cap_counts_finished(study_dir):
@@ -126,14 +126,14 @@ def test_status_shows_running_trials_and_failure_reasons(study_dir, tmp_path):
     row = json.loads(r.stdout)[0]
     assert row["counts"]["running"] == 1
     assert [(x["number"], x["worker"], x["epoch"], x["epochs"]) for x in row["running"]] == [
-        (running.number, "gpu-box-7 pid 4242 cuda:1", 1, 3)]
+        (running.number, "gpu-box-7 pid 4242 cuda:1", 1, 2)]
     assert row["running"][0]["params"] == running.params
     assert {"number": failed.number, "reason": "non-finite loss: training loss is nan in epoch 2"} in row["failed"]
     assert surplus.number not in [f["number"] for f in row["failed"]]
     r = subprocess.run([sys.executable, "-m", "bkdsearch.cli", "status", "--storage", copy_url],
                        capture_output=True, text=True, env={**ENV, "COLUMNS": "250"}, cwd=tmp, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "gpu-box-7 pid 4242 cuda:1" in r.stdout and "1/3" in r.stdout
+    assert "gpu-box-7 pid 4242 cuda:1" in r.stdout and "1/2" in r.stdout
     assert f"failed trial {failed.number}: non-finite loss" in r.stdout
     # Trials trained by a real worker name it: host, process and device.
     assert done.user_attrs["worker"].startswith(f"{socket.gethostname()} pid ")

@@ -150,6 +150,19 @@ def _read_yaml(text: str) -> tuple[Any, dict[str, int]]:
     return data, walk.lines
 
 
+def unknown_archs(data: Any) -> list[tuple[str, str]]:
+    """Return ``(path, message)`` for each ``student.arch``/``teacher.arch`` of the raw spec
+    ``data`` that names no registered model."""
+    from .arch_names import ARCH_NAMES
+
+    problems = []
+    for section in ("student", "teacher"):
+        arch = data.get(section, {}).get("arch") if isinstance(data.get(section), dict) else None
+        if isinstance(arch, str) and arch not in ARCH_NAMES:
+            problems.append((f"{section}.arch", f"unknown model {arch!r}; known: {', '.join(sorted(ARCH_NAMES))}"))
+    return problems
+
+
 def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Parse YAML text into a validated :class:`Spec` (safe loader; no code runs).
 
@@ -163,7 +176,11 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, lines, data) from None
+        error = validation_error(exc, lines, data)
+        # One pass: unknown model names are reported with the schema's errors (no torch needed).
+        known = {path for path, _, _ in error.errors}
+        extra = [(p, m, line_of(p, lines)) for p, m in unknown_archs(data) if p not in known]
+        raise SpecError([*error.errors, *extra]) from None
     except RecursionError:
         raise SpecError([("", "values nested too deeply", None)]) from None
     from .checks import check_spec  # imports torch (the checks build models): only once a spec is valid
