@@ -288,19 +288,6 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
     return url, name
 
 
-def _artifact_folder(option: str | None, study: str) -> tuple[str, Path]:
-    """(what the user calls it, path) of the folder a worker keeps trial checkpoints in, as
-    :class:`bkdsearch.search.Worker` picks it."""
-    import os
-
-    if option:
-        return "--artifact-dir", Path(option) / study
-    env = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
-    if env:
-        return "BKDSEARCH_ARTIFACT_DIR", Path(env) / study
-    return "artifact folder", STUDIES / study / "artifacts"
-
-
 _STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
 
 
@@ -344,7 +331,9 @@ class _Workers:
         name = _study_name(study_name, self.spec)
         assert name is not None
         self.devices = parse_devices(devices)
-        artifact_label, artifact_path = _artifact_folder(artifact_dir, name)
+        from .search.worker import artifact_folder
+
+        artifact_label, artifact_path = artifact_folder(name, artifact_dir, STUDIES)
         # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
         preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
                   else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},

@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .errors import BadInput, NotFound
 from .search.storage import clean, make_storage, url_secrets
+from .search.worker import artifact_folder
 
 STUDIES = Path("studies")
 
@@ -62,20 +63,6 @@ ARTIFACTS_ATTR_PREFIX = "artifacts:"
 _ARTIFACT_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
 
 _FOLDERS_TTL_S = 10.0
-
-
-def study_artifact_folder(study_name: str, artifact_dir: str | Path | None = None) -> Path:
-    """Return the folder that workers keep the checkpoints of ``study_name`` in, as
-    :class:`bkdsearch.search.Worker` picks it: ``artifact_dir/<study>`` (``--artifact-dir``),
-    else ``$BKDSEARCH_ARTIFACT_DIR/<study>``, else ``studies/<study>/artifacts``."""
-    import os
-
-    if artifact_dir:
-        return Path(artifact_dir) / study_name
-    env = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
-    if env:
-        return Path(env) / study_name
-    return STUDIES / study_name / "artifacts"
 
 
 class ReadOnlyRefused(HTTPError):
@@ -109,13 +96,13 @@ def readable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 class CheckpointStore:
     """An optuna artifact store over the checkpoint folders of the studies of ``storage``
-    (:func:`study_artifact_folder` of each): reads find an artifact in whichever folder
+    (:func:`bkdsearch.search.worker.artifact_folder` of each): reads find an artifact in whichever folder
     holds it. Read-only unless ``writable``; a new artifact (an upload through the
     dashboard) goes to the folder of ``study_name``, and needs one.
 
     Args:
         storage: the studies' storage (for their names).
-        artifact_dir: ``--artifact-dir`` (see :func:`study_artifact_folder`).
+        artifact_dir: ``--artifact-dir`` (see :func:`bkdsearch.search.worker.artifact_folder`).
         writable: allow ``write`` and ``remove``.
         study_name: the study whose folder takes new artifacts.
     """
@@ -128,7 +115,7 @@ class CheckpointStore:
 
     def folder(self, study_name: str) -> Path:
         """Return the checkpoint folder of ``study_name``."""
-        return study_artifact_folder(study_name, self.artifact_dir)
+        return artifact_folder(study_name, self.artifact_dir, STUDIES)[1]
 
     def folders(self) -> list[Path]:
         """Return the checkpoint folders of every study in the storage (cached for 10 s)."""

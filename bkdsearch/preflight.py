@@ -106,8 +106,7 @@ def device_problem(name: str | torch.device | None) -> str | None:
 
 def parse_devices(option: str) -> list[torch.device]:
     """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu``,
-    ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``); the same
-    devices as :func:`bkdsearch.search.devices_for`, which knows fewer spellings.
+    ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``).
 
     Raises:
         PreflightError: a part that is no device, a GPU that does not exist (or no CUDA at

@@ -13,7 +13,7 @@ from .heartbeat import GRACE_S, HEARTBEAT_S, MAX_RETRY, fail_stale_trials, heart
 from .objective import Interrupted, TrialObjective
 from .storage import make_storage
 from .study import FINISHED, TrialSuggest, format_value, load_study, open_study, trial_config
-from .worker import INTERRUPTED, MAX_CONSECUTIVE_FAILURES, Worker, WorkerReport, devices_for, run_workers
+from .worker import INTERRUPTED, MAX_CONSECUTIVE_FAILURES, Worker, WorkerReport, artifact_folder, run_workers
 
 __all__ = [
     "FINISHED",
@@ -30,7 +30,7 @@ __all__ = [
     "TrialsKeepFailing",
     "Worker",
     "WorkerReport",
-    "devices_for",
+    "artifact_folder",
     "fail_stale_trials",
     "format_value",
     "heartbeat_settings",

@@ -47,7 +47,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
-from ..core.trainer import Progress, Stopped, pick_device
+from ..core.trainer import Progress, Stopped
 from ..errors import TrialsKeepFailing
 from ..progress import clock, make_progress
 from ..spec import Spec
@@ -94,9 +94,7 @@ class Worker:
                  terminal: bool | None = None, artifact_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.spec, self.study, self.n_trials, self.device = spec, study, n_trials, device
-        env_dir = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
-        artifacts = Path(artifact_dir or (Path(env_dir) / study.study_name if env_dir else None)
-                         or Path(studies_dir) / study.study_name / "artifacts")
+        artifacts = Path(artifact_dir) if artifact_dir else artifact_folder(study.study_name, None, studies_dir)[1]
         artifacts.mkdir(parents=True, exist_ok=True)
         self.max_retry = max_retry()
         self.keep_checkpoints = keep_checkpoints()
@@ -305,6 +303,19 @@ class Worker:
         self.log(study_line(self.study, self.n_trials))
 
 
+def artifact_folder(study_name: str, artifact_dir: str | Path | None = None,
+                    studies_dir: str | Path = "studies") -> tuple[str, Path]:
+    """Return (where the choice came from, folder) of the checkpoints of ``study_name``:
+    ``artifact_dir/<study>`` (``--artifact-dir``), else ``$BKDSEARCH_ARTIFACT_DIR/<study>``,
+    else ``studies_dir/<study>/artifacts``. Workers, preflight and the dashboard all use it."""
+    if artifact_dir:
+        return "--artifact-dir", Path(artifact_dir) / study_name
+    env = os.environ.get("BKDSEARCH_ARTIFACT_DIR")
+    if env:
+        return "BKDSEARCH_ARTIFACT_DIR", Path(env) / study_name
+    return "artifact folder", Path(studies_dir) / study_name / "artifacts"
+
+
 def study_line(study: optuna.Study, cap: int) -> str:
     """Return the study's progress in one line of at most ~80 columns: finished of the cap,
     running, failed, the best validation accuracy so far and an ETA from finished trials'
@@ -321,27 +332,6 @@ def study_line(study: optuna.Study, cap: int) -> str:
         sum(times) / len(times) * left / max(count[TrialState.RUNNING], 1))
     return (f"study {study.study_name}: {done}/{cap} done ({count[TrialState.PRUNED]} pruned), "
             f"{count[TrialState.RUNNING]} running, {count[TrialState.FAIL]} failed; best {best_text}; ETA {eta}")
-
-
-def devices_for(option: str) -> list[torch.device]:
-    """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu`` or
-    ``0,1,...``.
-
-    Raises:
-        ValueError: a GPU index that does not exist.
-    """
-    if option == "auto":
-        n = torch.cuda.device_count()
-        return [torch.device(f"cuda:{i}") for i in range(n)] or [torch.device("cpu")]
-    if option == "cpu":
-        return [torch.device("cpu")]
-    out = []
-    for part in option.split(","):
-        if not part.strip().isdigit() or int(part) >= torch.cuda.device_count():
-            raise ValueError(f"--devices {option}: no GPU {part.strip()!r} "
-                             f"({torch.cuda.device_count()} visible)")
-        out.append(pick_device(part.strip()))
-    return out
 
 
 @contextlib.contextmanager
