@@ -152,24 +152,28 @@ def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
               help="Run folder (default studies/runs/<name>-<hash>).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
 @click.option("--no-resume", is_flag=True, help="Start from epoch 0 even if a checkpoint exists.")
+@click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu. Under "
+                   "torchrun, leave it out: torchrun starts the processes.")
 @handle_errors
 def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: str | None,
-          no_resume: bool) -> None:
+          no_resume: bool, gpus: int) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
-    from .core.trainer import Trainer
     from .preflight import preflight
-    from .teacher import teacher_weights
+    from .ranks import train_run
+    from .teacher import shared_teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
     preflight(cfg, devices={"--device": device} if device else None,
               folders={"--out" if out_dir else "run folder": run_dir, **_teacher_cache_folders(cfg)},
               teacher_cache=STUDIES / "teachers")
-    weights = teacher_weights(cfg, STUDIES / "teachers")
-    trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=device)
+    weights = shared_teacher_weights(cfg, STUDIES / "teachers")  # torchrun's ranks: one trains it
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    result = trainer.fit(resume=not no_resume)
+    result = train_run(cfg, run_dir, teacher_weights=weights, processes=gpus, device=device, resume=not no_resume)
+    if result is None:
+        return  # another rank of a torchrun group reports
     out.print(f"val acc {percent(result.val_acc)}  test acc {percent(result.test_acc)}  "
               f"({result.images_per_s:.0f} img/s)")
     out.print(f"student weights: {result.student_path}")
@@ -302,9 +306,11 @@ def _worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Stop starting trials after S seconds."),
         click.option("--devices", default="auto", show_default=True,
                      help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
-                          "(also cuda:0,cuda:1); each must exist."),
+                          "and ranges 0-7 (also cuda:0,cuda:1); each must exist."),
         click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
                      help="Trials trained at once on each device (one CUDA stream each)."),
+        click.option("--gpus-per-trial", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+                     help="Processes (DDP ranks) per trial: G GPUs of --devices each, or G CPU processes."),
         click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
                      help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes "
                           "from; give every machine of a shared study the same shared path. Default: "
@@ -321,7 +327,7 @@ class _Workers:
 
     def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
                  devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
-                 sets: tuple[str, ...] = ()) -> None:
+                 gpus_per_trial: int, sets: tuple[str, ...] = ()) -> None:
         from .preflight import parse_devices, preflight
         from .search import open_study
 
@@ -331,8 +337,9 @@ class _Workers:
         name = _study_name(study_name, self.spec)
         assert name is not None
         self.devices = parse_devices(devices)
-        from .search.worker import artifact_folder
+        from .search.worker import artifact_folder, device_slots
 
+        self.slots = device_slots(self.devices, gpus_per_trial, self.spec.data.batch_size)
         artifact_label, artifact_path = artifact_folder(name, artifact_dir, STUDIES)
         # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
         preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
@@ -346,13 +353,14 @@ class _Workers:
     def banner(self, cap: int, what: str = "cap") -> None:
         # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
         out.print(f"study [bold]{escape(self.study.study_name)}[/] in {escape(redact(self.url))}; {what} {cap} "
-                  f"trials; devices {', '.join(str(d) for d in self.devices)} x {self.trials_per_device}",
+                  f"trials; devices {', '.join(str(d) for d in self.devices)} x {self.trials_per_device}"
+                  + (f", {len(self.slots[0])} per trial" if len(self.slots[0]) > 1 else ""),
                   soft_wrap=True)
 
     def run(self, cap: int) -> Any:
         from .search import run_workers
 
-        return run_workers(self.spec, self.study, n_trials=cap, devices=self.devices,
+        return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
                            trials_per_device=self.trials_per_device, studies_dir=STUDIES,
                            timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
                            progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
@@ -377,7 +385,7 @@ class _Workers:
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
-        quiet: bool, then_confirm: bool, sets: tuple[str, ...]) -> None:
+        quiet: bool, gpus_per_trial: int, then_confirm: bool, sets: tuple[str, ...]) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
@@ -386,7 +394,7 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     from .summary import run_summary
 
     workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
-                       sets)
+                       gpus_per_trial, sets)
     cap = n_trials or workers.spec.search.n_trials
     workers.banner(cap)
     report = workers.run(cap)
@@ -405,12 +413,13 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
               help="Fresh seeds per configuration (default: search.confirm_seeds, 3).")
 @handle_errors
 def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout: float | None, devices: str,
-            trials_per_device: int, artifact_dir: str | None, quiet: bool, top: int | None,
+            trials_per_device: int, artifact_dir: str | None, quiet: bool, gpus_per_trial: int, top: int | None,
             seeds: int | None) -> None:
     """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
     trials of the same study (resumed, retried and shared by workers like any other); then
     status, report and export use their mean ± std and the confirmed winner."""
-    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet)
+    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
+                       gpus_per_trial)
     workers.confirm(top, seeds)
 
 

@@ -106,7 +106,8 @@ def device_problem(name: str | torch.device | None) -> str | None:
 
 def parse_devices(option: str) -> list[torch.device]:
     """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu``,
-    ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``).
+    ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``) and ranges
+    ``0-3`` (``0-3,6`` mixes both).
 
     Raises:
         PreflightError: a part that is no device, a GPU that does not exist (or no CUDA at
@@ -127,11 +128,18 @@ def parse_devices(option: str) -> list[torch.device]:
         return every_gpu
     problems: list[str] = []
     indices: list[int] = []
+    parts = []
     for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        if dash and _INDEX.fullmatch(lo) and _INDEX.fullmatch(hi) and int(lo) <= int(hi):
+            parts += [str(i) for i in range(int(lo), int(hi) + 1)]
+        else:
+            parts.append(part)
+    for part in parts:
         index = part.removeprefix("cuda:")
         if not _INDEX.fullmatch(index):
             problems.append(f"{part!r} is not a device: give auto, cpu, cuda, or GPU indices such as 0,1 "
-                            "(or cuda:0,cuda:1)")
+                            "(or cuda:0,cuda:1) and ranges such as 0-3")
         elif int(index) >= count:
             problems.append(f"{part!r}: " + (f"{_no_cuda()}; use --devices cpu (or auto)" if not count
                                              else f"no GPU {int(index)} ({count} visible: 0..{count - 1})"))
@@ -287,7 +295,7 @@ def _data_problems(data: Any, seed: int, search: bool) -> tuple[int | None, list
         bundle = build_data(data.dataset, root=data.root, download=data.download, val_fraction=data.val_fraction,
                             batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, seed=seed,
                             device="cpu", augment=data.augment, num_workers=data.num_workers,
-                            synthetic=data.synthetic)
+                            synthetic=data.synthetic, image_size=getattr(data, "image_size", None) or 224)
     except DataError as exc:
         problems.append(("data", str(exc)))
     except ValueError as exc:  # a validation split that comes out empty, say

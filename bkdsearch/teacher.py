@@ -71,3 +71,20 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     shown = make_progress(f"teacher {tcfg.student.arch}", log or print) if progress else None
     Trainer(tcfg, cached.parent, progress=shown, should_stop=should_stop).fit(resume=True)
     return str(cached)
+
+
+def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path) -> str | None:
+    """Return :func:`teacher_weights` under the cache's lock: of several processes of one
+    machine (torchrun's ranks of one ``train``) one trains a missing teacher while the others
+    wait, then read it from the cache.
+
+    Raises:
+        WeightsError: as :func:`teacher_weights`.
+    """
+    from filelock import FileLock
+
+    if cfg.teacher is None or cfg.method == "ce" or cfg.teacher.checkpoint:
+        return teacher_weights(cfg, cache_dir)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(cache_dir) / ".train.lock")):
+        return teacher_weights(cfg, cache_dir)

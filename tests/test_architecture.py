@@ -23,10 +23,11 @@ LAYERS = [
     ("core",),
     ("errors", "urls", "zoo", "data", "progress"),
     ("spec",),
-    ("flops", "teacher"),
+    ("flops", "teacher", "ranks"),
     ("search",),
     ("report", "export", "preflight", "dashboard", "summary", "compare"),
     ("cli",),
+    ("__main__",),
 ]
 
 

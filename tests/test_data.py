@@ -576,3 +576,46 @@ def test_dataset_info() -> None:
     assert data.input_size_of(SimpleNamespace(dataset="cifar10", synthetic=None)) == (3, 32, 32)
     with pytest.raises(ValueError, match="known"):
         data.input_size_of(SimpleNamespace(dataset="synthetic", synthetic={"size": 16}))
+
+
+def _jpeg_folder(root: Path, per_class: int = 5) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", per_class), ("val", 3)):
+        for k, c in enumerate(("cat", "dog")):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                # Smooth images (JPEG- and resize-friendly), each class its own colour.
+                base = np.zeros((48, 64, 3), dtype=np.float32)
+                base[..., k] = 200
+                noise = rng.normal(0, 20, (6, 8, 3)).repeat(8, 0).repeat(8, 1)
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.jpg", quality=95)
+    Image.fromarray(pixels).save(root / "train" / "dog" / "extra.png")  # a PNG among the JPEGs
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_imagefolder_device_decoding_matches_pil(tmp_path: Path, split: str) -> None:
+    _jpeg_folder(tmp_path)
+    kwargs = {"root": tmp_path, "batch_size": 4, "eval_batch_size": 4, "image_size": 24, "val_fraction": 0.0,
+              "seed": 2}
+    pil = getattr(build_data("imagefolder", decode="pil", **kwargs), split)
+    device = getattr(build_data("imagefolder", decode="device", **kwargs), split)
+    assert pil.decode == "pil" and device.decode == "device"
+    pairs = list(zip(pil, device, strict=True))
+    assert pairs
+    for (x1, y1), (x2, y2) in pairs:
+        assert x1.shape == x2.shape and torch.equal(y1, y2)
+        # Same crops and flips; PIL's and torchvision's resampling differ by a few levels.
+        assert (x1 - x2).abs().mean().item() < 0.1
+
+
+def test_imagefolder_device_decoding_names_a_broken_file(tmp_path: Path) -> None:
+    _jpeg_folder(tmp_path)
+    broken = tmp_path / "train" / "cat" / "0.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])
+    bundle = build_data("imagefolder", root=tmp_path, batch_size=11, image_size=16, val_fraction=0.0,
+                        decode="device")
+    with pytest.raises(DataError, match=r"cannot decode image .*0\.jpg"):
+        list(bundle.train)

@@ -1,8 +1,9 @@
 """Partitions: cut points, splitting a network into blocks, and the generators of candidate
-partitions (``stage_aligned``, ``per_stage``, ``uniform``).
+partitions (``stage_aligned``, ``per_stage``, ``uniform``) applied to models.
 
 A partition names n-1 cut atoms on each side; block k runs the atoms after cut k-1 up to
-and including cut k (DESIGN.md, "Atoms and partitions").
+and including cut k (DESIGN.md, "Atoms and partitions"). The generators themselves work on
+plain atom lists in :mod:`bkdsearch.core.cuts` (no torch), which the spec checks share.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 
 from torch import nn
 
+from .cuts import build_cuts, per_stage_cuts, resolution_changes_of, stage_aligned_cuts, uniform_cuts
 from .errors import PartitionError
 from .zoo.atoms import Chain, Decomposition, atom_shapes, decompose
 
+# Partition, Shape, split_blocks and cut_shapes use nothing from .cuts (split_blocks repeats
+# cut_bounds' checks): SteppingStones needs them, so an exported script inlines them, and it
+# may inline only the modules its sections name (bkdsearch.export).
 Shape = tuple[int, ...]
 
 
@@ -62,12 +67,7 @@ def cut_shapes(model: nn.Module, cuts: Sequence[str], input_size: Shape) -> list
 
 def resolution_changes(model: nn.Module, input_size: Shape) -> list[tuple[str, int]]:
     """Return ``(atom, spatial size)`` for each atom after which the resolution changes."""
-    shapes = atom_shapes(model, input_size)
-    return [
-        (name, shape[-1])
-        for (name, shape), (_, nxt) in zip(shapes, shapes[1:], strict=False)
-        if nxt[-2:] != shape[-2:]
-    ]
+    return resolution_changes_of(atom_shapes(model, input_size))
 
 
 def stage_aligned(teacher: nn.Module, student: nn.Module, input_size: Shape) -> Partition:
@@ -76,17 +76,7 @@ def stage_aligned(teacher: nn.Module, student: nn.Module, input_size: Shape) -> 
     For resnet110 -> resnet32 at 32x32 this is ``[layer1.17, layer2.17]`` /
     ``[layer1.4, layer2.4]``. Heterogeneous pairs are cut at the resolutions both share.
     """
-    t_ends = dict((size, name) for name, size in reversed(resolution_changes(teacher, input_size)))
-    s_ends = dict((size, name) for name, size in reversed(resolution_changes(student, input_size)))
-    common = [size for size in t_ends if size in s_ends]
-    common.sort(reverse=True)
-    return Partition(tuple(t_ends[s] for s in common), tuple(s_ends[s] for s in common))
-
-
-def _spread(names: Sequence[str], start: int, stop: int, pieces: int) -> list[str]:
-    """Return pieces-1 cut names splitting names[start:stop] into near-equal runs."""
-    length = stop - start
-    return [names[start + round(j * length / pieces) - 1] for j in range(1, pieces)]
+    return Partition(*stage_aligned_cuts(atom_shapes(teacher, input_size), atom_shapes(student, input_size)))
 
 
 def per_stage(teacher: nn.Module, student: nn.Module, input_size: Shape, k: int) -> Partition:
@@ -96,20 +86,7 @@ def per_stage(teacher: nn.Module, student: nn.Module, input_size: Shape, k: int)
     Raises:
         PartitionError: a stage has fewer than k atoms on one side.
     """
-    base = stage_aligned(teacher, student, input_size)
-    out = []
-    for model, cuts in ((teacher, base.teacher), (student, base.student)):
-        names = decompose(model).names
-        edges = [0, *(names.index(c) + 1 for c in cuts), len(names)]
-        result: list[str] = []
-        for a, b in zip(edges, edges[1:], strict=False):
-            if b - a < k:
-                raise PartitionError(f"a stage of {b - a} atoms cannot be cut into {k} blocks")
-            result += _spread(names, a, b, k)
-            if b < len(names):
-                result.append(names[b - 1])
-        out.append(tuple(result))
-    return Partition(*out)
+    return Partition(*per_stage_cuts(atom_shapes(teacher, input_size), atom_shapes(student, input_size), k))
 
 
 def uniform(teacher: nn.Module, student: nn.Module, n: int) -> Partition:
@@ -119,13 +96,7 @@ def uniform(teacher: nn.Module, student: nn.Module, n: int) -> Partition:
     Raises:
         PartitionError: a network has fewer than n atoms.
     """
-    cuts = []
-    for model in (teacher, student):
-        names = decompose(model).names
-        if len(names) < n:
-            raise PartitionError(f"{len(names)} atoms cannot form {n} blocks")
-        cuts.append(tuple(_spread(names, 0, len(names), n)))
-    return Partition(*cuts)
+    return Partition(*uniform_cuts(decompose(teacher).names, decompose(student).names, n))
 
 
 def build_partition(teacher: nn.Module, student: nn.Module, candidate: str | Mapping[str, Any],
@@ -137,17 +108,4 @@ def build_partition(teacher: nn.Module, student: nn.Module, candidate: str | Map
     Raises:
         PartitionError: the generator cannot produce it for this pair, or an unknown form.
     """
-    if candidate == "stage_aligned":
-        part = stage_aligned(teacher, student, input_size)
-        if not part.teacher:
-            raise PartitionError("the two networks share no resolution change to cut at")
-        return part
-    if not isinstance(candidate, Mapping):
-        raise PartitionError(f"unknown partition {candidate!r}")
-    if candidate.get("teacher") is not None:
-        return Partition(tuple(candidate["teacher"]), tuple(candidate["student"]))
-    if candidate.get("per_stage") is not None:
-        return per_stage(teacher, student, input_size, int(candidate["per_stage"]))
-    if candidate.get("uniform") is not None:
-        return uniform(teacher, student, int(candidate["uniform"]))
-    raise PartitionError(f"unknown partition {dict(candidate)!r}")
+    return Partition(*build_cuts(atom_shapes(teacher, input_size), atom_shapes(student, input_size), candidate))

@@ -1,7 +1,9 @@
 """One training run: data, models, method, loop, evaluation, checkpoints and resume.
 
 Everything a run needs lives in its own objects and is passed in (device, run folder,
-callbacks): several runs may train at once in one process without sharing state.
+callbacks): several runs may train at once in one process without sharing state. A run may
+also be one of several processes (:mod:`bkdsearch.core.distributed`): each trains its shard
+of every global batch, and rank 0 alone writes files and reports.
 
 ``cfg`` is a :class:`bkdsearch.spec.RunConfig` or anything with the same attributes (an
 exported script's ``Config``): this module reads it and never imports the spec side.
@@ -25,6 +27,7 @@ from torch import nn
 
 from .cuda_graph import GraphedStep
 from .data import DataBundle, build_data
+from .distributed import SINGLE, Ranks, all_sum, any_rank, data_parallel, rank_device, sync_batchnorm
 from .errors import CheckpointError, DiskFull, NonFiniteLoss, WeightsError
 from .methods import Method, RunConfig, build_method
 from .optim import lr_at, make_optimizer
@@ -97,12 +100,16 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def build_method_for(cfg: RunConfig, num_classes: int, input_size: tuple[int, int, int],
-                     teacher_weights: str | None) -> Method:
+                     teacher_weights: str | None, *, sync_bn: bool = False) -> Method:
     """Return the method module of ``cfg``: student and connectors initialised from
-    ``cfg.seed``, teacher loaded from ``teacher_weights``. Raises WeightsError on a bad file."""
+    ``cfg.seed``, teacher loaded from ``teacher_weights``; with ``sync_bn`` their BatchNorms
+    normalise over the global batch of all ranks. Raises WeightsError on a bad file."""
     with seeded(cfg.seed):
         student, teacher = build_models(cfg, num_classes, teacher_weights)
-        return build_method(cfg, student, teacher, input_size)
+        if sync_bn:  # before the stepping-stones take views of the student's blocks
+            student = sync_batchnorm(student)
+        method = build_method(cfg, student, teacher, input_size)
+        return sync_batchnorm(method) if sync_bn else method
 
 
 def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) -> tuple[nn.Module, nn.Module | None]:
@@ -123,20 +130,20 @@ def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
-    """Return top-1 accuracy (%) of ``model`` over ``loader`` in eval mode."""
+    """Return top-1 accuracy (%) of ``model`` over ``loader`` in eval mode; in a process
+    group, over the shards of all ranks together (every rank returns the same figure)."""
     was = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long)
-    total = 0
+    counts = torch.zeros(2, dtype=torch.long)  # correct, seen
     try:
         for x, y in loader:
             with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
                 logits = model(x)
-            correct = correct.to(y.device) + (logits.argmax(1) == y).sum()
-            total += y.numel()
+            counts = counts.to(y.device) + torch.stack([(logits.argmax(1) == y).sum(), y.new_tensor(y.numel())])
     finally:
         model.train(was)
-    return 100.0 * correct.item() / max(total, 1)
+    correct, total = all_sum(counts).tolist()
+    return 100.0 * correct / max(total, 1)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -168,6 +175,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise DiskFull.writing(path, exc, sum(t.numel() * t.element_size() for t in tensors(obj))) from None
 
 
+def _append_row(path: Path, row: Mapping[str, Any]) -> None:
+    """Append ``row`` to the JSON-lines file ``path``.
+
+    Raises:
+        DiskFull: it could not be written.
+    """
+    line = json.dumps(dict(row)) + "\n"
+    try:
+        with path.open("a") as f:
+            f.write(line)
+    except OSError as exc:
+        raise DiskFull.writing(path, exc, len(line)) from None
+
+
 class Trainer:
     """Trains one :class:`RunConfig` on one device, checkpointing each epoch into ``run_dir``.
 
@@ -181,34 +202,50 @@ class Trainer:
         progress: told of every step and epoch (see :class:`Progress`); None: silent.
         should_stop: asked before every training step (and so between epochs); when it
             returns True, :meth:`fit` raises :class:`Stopped`.
+        ranks: this process's place among the run's processes (their process group joined
+            already, :func:`~bkdsearch.core.distributed.start_group`); callbacks, progress and
+            files are rank 0's alone, and every rank stops when one is asked to.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, teacher_weights: str | None = None,
                  device: torch.device | str | None = None, data: DataBundle | None = None,
                  on_epoch: EpochCallback | None = None, progress: Progress | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 should_stop: Callable[[], bool] | None = None, ranks: Ranks = SINGLE) -> None:
+        if cfg.data.batch_size % ranks.world_size:
+            raise ValueError(f"batch size {cfg.data.batch_size} cannot be shared by {ranks.world_size} "
+                             "processes: make it a multiple of the process count")
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = pick_device(cfg.runtime.device) if device is None else torch.device(device)
-        self.on_epoch = on_epoch
+        self.ranks = ranks
+        if device is not None:
+            self.device = torch.device(device)
+        else:
+            self.device = rank_device(ranks, cfg.runtime.device) if ranks.active else pick_device(cfg.runtime.device)
+        self.on_epoch = on_epoch if ranks.is_main else None
         self.should_stop = should_stop
-        self.progress = progress
+        self.progress = progress if ranks.is_main else None
         self.data = data or build_data(
             cfg.data.dataset, root=cfg.data.root, download=cfg.data.download,
             val_fraction=cfg.data.val_fraction, batch_size=cfg.data.batch_size,
             eval_batch_size=cfg.data.eval_batch_size, seed=cfg.seed, device=self.device,
             augment=cfg.data.augment, num_workers=cfg.data.num_workers,
             synthetic=cfg.data.synthetic, data_seed=cfg.data.split_seed,
-            train_fraction=cfg.data.train_fraction,
+            train_fraction=cfg.data.train_fraction, ranks=ranks,
+            image_size=getattr(cfg.data, "image_size", None) or 224, decode=getattr(cfg.data, "decode", "auto"),
         )
+        sync_bn = ranks.active and bool(getattr(cfg.runtime, "sync_bn", False))
         self.method: Method = build_method_for(cfg, self.data.num_classes, self.data.input_size,
-                                               teacher_weights).to(self.device)
+                                               teacher_weights, sync_bn=sync_bn).to(self.device)
         cuda = self.device.type == "cuda"
         self.autocast = cuda and cfg.runtime.amp in ("auto", "bf16")
         if cuda and cfg.runtime.channels_last in ("auto", "on"):
             self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = [p for p in self.method.parameters() if p.requires_grad]
-        self.use_graph = cuda and cfg.runtime.cuda_graph in ("auto", "on") and not cfg.runtime.compile
+        # DDP's gradient hooks run outside a captured graph: several ranks train eagerly.
+        self.use_graph = (cuda and cfg.runtime.cuda_graph in ("auto", "on") and not cfg.runtime.compile
+                          and not ranks.active)
+        # Without SyncBN each rank's running statistics are its own; DDP gives every rank rank 0's.
+        self.model = data_parallel(self.method, self.device, broadcast_buffers=not sync_bn)
         self.optimizer = make_optimizer(cfg.train, params, capturable=self.use_graph)
         self.channels_last = cuda and cfg.runtime.channels_last in ("auto", "on")
         self._graph: GraphedStep | None = None
@@ -222,7 +259,7 @@ class Trainer:
         # Autocast's weight-cast cache cannot live across CUDA graph replays.
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.use_graph):
-            out = self.method(x, y)
+            out = self.model(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -315,8 +352,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _check_stop(self) -> None:
-        if self.should_stop is not None and self.should_stop():
+        asked = self.should_stop is not None and self.should_stop()
+        if self.ranks.active:
+            asked = any_rank(asked, self.device)
+        if asked:
             raise Stopped(f"{self.cfg.name}: asked to stop")
+
+    def _end_epoch(self, epoch: int, row: dict[str, float], history: list[dict[str, float]],
+                   metrics_file: Path) -> None:
+        """Rank 0 records the epoch (metrics row, checkpoint, progress, ``on_epoch``); every
+        rank then raises what rank 0 raised (its exception there, :class:`Stopped` elsewhere),
+        so that all stop at the same epoch."""
+        failure: BaseException | None = None
+        if self.ranks.is_main:
+            try:
+                self.save_checkpoint(epoch, history)  # first: the checkpoint's history is the record
+                _append_row(metrics_file, row)
+                if self.progress is not None:
+                    self.progress.end_epoch(row)
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, row)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the ranks
+                failure = exc
+        if self.ranks.active and any_rank(failure is not None, self.device) and failure is None:
+            raise Stopped(f"{self.cfg.name}: rank 0 stopped the run after epoch {epoch}")
+        if failure is not None:
+            raise failure
 
     def fit(self, resume: bool = True, stop_after: int | None = None) -> RunResult:
         """Train (resuming from the last checkpoint when ``resume``), evaluating validation
@@ -359,7 +420,8 @@ class Trainer:
                 # .item() waits for this run's stream, which holds all its steps: no
                 # device-wide synchronize, which would also wait on (and, during a capture,
                 # break) the work of other runs in this process.
-                means = (torch.as_tensor(loss_sum) / max(steps, 1)).reshape(-1).tolist()
+                sums = all_sum(torch.as_tensor(loss_sum, device=self.device).reshape(-1).clone())
+                means = (sums / (max(steps, 1) * self.ranks.world_size)).tolist()
                 epoch_loss = means[0]
                 dt = time.perf_counter() - t0
                 train_time += dt
@@ -375,13 +437,7 @@ class Trainer:
                     row["val_acc"] = evaluate(self.method.student, self.data.val, self.autocast)
                 row["time"] = time.time()
                 history.append(row)
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                self.save_checkpoint(epoch + 1, history)
-                if self.progress is not None:
-                    self.progress.end_epoch(row)
-                if self.on_epoch is not None:
-                    self.on_epoch(epoch + 1, row)
+                self._end_epoch(epoch + 1, row, history, metrics_file)
         finally:
             if self.progress is not None:
                 self.progress.finish()
@@ -393,9 +449,9 @@ class Trainer:
         if done == recipe.epochs:
             result.test_acc = evaluate(self.method.student, self.data.test, self.autocast)
             student_path = self.run_dir / "student.pt"
-            _atomic_save(self.method.student.state_dict(), student_path)
             result.student_path = str(student_path)
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"final": True, "val_acc": result.val_acc,
-                                    "test_acc": result.test_acc}) + "\n")
+            if not self.ranks.is_main:
+                return result
+            _atomic_save(self.method.student.state_dict(), student_path)
+            _append_row(metrics_file, {"final": True, "val_acc": result.val_acc, "test_acc": result.test_acc})
         return result

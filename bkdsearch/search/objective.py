@@ -26,6 +26,7 @@ from ..core.trainer import Progress, Stopped, Trainer, evaluate
 from ..core.zoo.weights import first_line, load_safely
 from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
+from ..ranks import RankFailed, RankLost, train_on_ranks
 from ..spec import RunConfig, Spec, resolve
 from ..teacher import teacher_run_config, teacher_weights
 from ..urls import redact
@@ -48,12 +49,16 @@ class TrialObjective:
         stop: set to interrupt the running trial at its next step.
         progress: makes a progress display for a trial (None: silent).
         log: where progress lines go.
+        slot: the devices of one trial: one process each (:func:`bkdsearch.ranks.train_on_ranks`)
+            when more than one; default ``[device]``, trained in this process.
     """
 
     def __init__(self, spec: Spec, study: optuna.Study, *, device: torch.device, studies_dir: Path,
                  artifacts: FileSystemArtifactStore, stop: threading.Event,
-                 progress: Callable[[str], Progress] | None, log: Callable[[str], None]) -> None:
+                 progress: Callable[[str], Progress] | None, log: Callable[[str], None],
+                 slot: list[torch.device] | None = None) -> None:
         self.spec, self.study, self.device = spec, study, device
+        self.slot = slot or [device]
         self.studies_dir = Path(studies_dir)
         self.run_root = self.studies_dir / study.study_name
         self.artifacts, self.stop, self.progress, self.log = artifacts, stop, progress, log
@@ -72,15 +77,17 @@ class TrialObjective:
             seed = {"seed": int(trial.user_attrs["seed"])}
             cfg = resolve(self.spec, TrialSuggest(trial), overrides=seed)
         trial.set_user_attr("seed", cfg.seed)
-        if self.device.type == "cpu":
-            cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": "cpu"})})
+        if self.device.type == "cpu" or len(self.slot) > 1:
+            # Ranks find their GPU by local rank among the slot's (CUDA_VISIBLE_DEVICES).
+            where = "cpu" if self.device.type == "cpu" else "cuda"
+            cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": where})})
         trial.set_user_attr("run_config", cfg.model_dump(mode="json"))
         trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
                                          "optuna": optuna.__version__})
         trial.set_user_attr("device", _device_name(self.device))
-        trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()} {self.device}")
+        trial.set_user_attr("worker", f"{socket.gethostname()} pid {os.getpid()} {self._where()}")
         params = ", ".join(f"{k}={format_value(v)}" for k, v in trial.params.items())
-        self.log(f"trial {trial.number} started on {self.device}: {params or 'no searched parameters'}")
+        self.log(f"trial {trial.number} started on {self._where()}: {params or 'no searched parameters'}")
         report = run_flops(cfg)
         trial.set_user_attr("flops", report.as_dict())
         train_gflops = report.train_step / 1e9
@@ -113,10 +120,15 @@ class TrialObjective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} with val acc {value:.2f}%")
 
         # should_stop: Ctrl-C stops the trial within one step, not one epoch.
-        trainer = Trainer(cfg, run_dir, teacher_weights=weights, device=self.device,
-                          on_epoch=on_epoch, should_stop=self.stop.is_set,
-                          progress=self.progress(f"trial {trial.number}") if self.progress else None)
-        result = trainer.fit(resume=True)
+        display = self.progress(f"trial {trial.number}") if self.progress else None
+        if len(self.slot) > 1:
+            gpus = [d.index for d in self.slot] if self.device.type == "cuda" else None
+            trial.set_user_attr("processes", len(self.slot))
+            result = train_on_ranks(cfg, run_dir, world_size=len(self.slot), teacher_weights=weights, gpus=gpus,
+                                    on_epoch=on_epoch, should_stop=self.stop.is_set, progress=display)
+        else:
+            result = Trainer(cfg, run_dir, teacher_weights=weights, device=self.device, on_epoch=on_epoch,
+                             should_stop=self.stop.is_set, progress=display).fit(resume=True)
         if result.val_acc is None:
             raise ValueError("no validation split: set data.val_fraction > 0 for a search")
         trial.set_user_attr("test_acc", result.test_acc)
@@ -126,6 +138,13 @@ class TrialObjective:
         objectives = {"val_acc": result.val_acc, "train_gflops": train_gflops,
                       "student_mflops": report.student / 1e6}
         return [objectives[o] for o in self.spec.search.objectives]
+
+    def _where(self) -> str:
+        if len(self.slot) == 1:
+            return str(self.device)
+        if self.device.type == "cpu":
+            return f"{len(self.slot)} CPU processes"
+        return f"{len(self.slot)} GPUs ({', '.join(str(d.index) for d in self.slot)})"
 
     def _teacher(self, cfg: RunConfig) -> str | None:
         """The teacher's weights; one worker of this machine trains a missing teacher while
@@ -318,7 +337,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, DiskFull):
+    if isinstance(exc, DiskFull | RankLost | RankFailed):  # they name their cause and rank
         return str(exc)
     if isinstance(exc, NonFiniteLoss):
         return f"non-finite loss: {exc}"

@@ -18,7 +18,10 @@ Failures:
 - Ctrl-C: the running trials are queued again and end FAIL (``interrupted``), so the next
   ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING;
 - a full disk: a checkpoint or artifact that cannot be written fails the trial with
-  ``no space left on DIR (needed ~X MB)`` (:class:`bkdsearch.core.errors.DiskFull`).
+  ``no space left on DIR (needed ~X MB)`` (:class:`bkdsearch.core.errors.DiskFull`);
+- a trial on several processes (``--gpus-per-trial``) whose rank was killed ends FAIL
+  (``rank 1 of 2 was killed by SIGKILL``) and is queued again, like a trial whose worker died,
+  to resume from its last epoch checkpoint; a rank that raised fails it like any error.
 
 Every queueing again is keyed to the trial it replaces and happens before that trial is
 failed: a crash in between loses no trial and a trial is never queued twice.
@@ -48,8 +51,9 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from ..core.trainer import Progress, Stopped
-from ..errors import TrialsKeepFailing
+from ..errors import BadInput, TrialsKeepFailing
 from ..progress import clock, make_progress
+from ..ranks import RankLost
 from ..spec import Spec
 from .heartbeat import HEARTBEAT_S, HeartbeatThread, duplicate_of, fail_stale_trials, max_retry, queue_again
 from .objective import TrialObjective, _reason, keep_checkpoints, prune_checkpoints
@@ -80,6 +84,8 @@ class Worker:
         n_trials: cap on the study's finished trials (all workers together).
         device: where trials train.
         studies_dir: home of run folders, artifacts and cached teachers.
+        slot: the devices of one trial when it runs on several processes (one each; CPU
+            processes when they are all the CPU); default ``[device]``, one process.
         timeout: stop starting new trials after this many seconds.
         progress: show per-epoch progress.
         terminal: progress as a moving bar (True) or log lines (False); default: a bar when
@@ -90,8 +96,8 @@ class Worker:
     """
 
     def __init__(self, spec: Spec, study: optuna.Study, *, n_trials: int, device: torch.device,
-                 studies_dir: Path, timeout: float | None = None, progress: bool = True,
-                 terminal: bool | None = None, artifact_dir: Path | None = None,
+                 studies_dir: Path, slot: list[torch.device] | None = None, timeout: float | None = None,
+                 progress: bool = True, terminal: bool | None = None, artifact_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.spec, self.study, self.n_trials, self.device = spec, study, n_trials, device
         artifacts = Path(artifact_dir) if artifact_dir else artifact_folder(study.study_name, None, studies_dir)[1]
@@ -106,7 +112,8 @@ class Worker:
 
         self.objective = TrialObjective(spec, study, device=device, studies_dir=Path(studies_dir),
                                         artifacts=FileSystemArtifactStore(str(artifacts)), stop=self.stop,
-                                        progress=displays if progress else None, log=log)
+                                        progress=displays if progress else None, log=log,
+                                        slot=slot or [device])
         self.deadline = time.monotonic() + timeout if timeout else None
         self.log = log
         self.drain = threading.Event()
@@ -224,6 +231,8 @@ class Worker:
             raise
         except Stopped:  # Interrupted, or the trainer's own Stopped
             self._interrupted(trial)
+        except RankLost as exc:
+            self._retry_lost(trial, _reason(exc))
         except Exception as exc:  # noqa: BLE001 - a failing trial ends alone
             self._fail(trial, _reason(exc))
         else:
@@ -265,6 +274,17 @@ class Worker:
         self.report.failed += 1
         self.last_failure = f"trial {trial.number}: {reason}"
         self.log(f"trial {trial.number} failed: {reason}")
+
+    def _retry_lost(self, trial: optuna.Trial, reason: str) -> None:
+        """Fail ``trial`` (a rank of it died) after queueing it again to resume from its last
+        checkpoint; like a lost worker, it counts toward ``BKDSEARCH_MAX_RETRY``."""
+        frozen = copy.deepcopy(self.study._storage.get_trial(trial._trial_id))
+        if queue_again(self.study, frozen, lost=True, limit=self.max_retry):
+            saved = frozen.user_attrs.get("checkpoint") or {}
+            reason += f"; queued again to resume after epoch {saved.get('epoch', 0)}"
+        else:
+            reason += f"; retried {self.max_retry} times; giving up"
+        self._fail(trial, reason)
 
     def _interrupted(self, trial: optuna.Trial) -> None:
         """Fail ``trial`` as interrupted and queue it again (same parameters, its last
@@ -343,12 +363,34 @@ def _stream(device: torch.device) -> Iterator[None]:
         yield
 
 
-def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list[torch.device],
+def device_slots(devices: list[torch.device], per_trial: int, batch_size: int) -> list[list[torch.device]]:
+    """Return the device groups of ``--gpus-per-trial per_trial``: consecutive groups of
+    ``per_trial`` GPUs, or ``per_trial`` CPU processes when ``devices`` is the CPU.
+
+    Raises:
+        BadInput: the GPUs do not split into such groups, or ``batch_size`` (the global
+            batch) does not split evenly over the processes.
+    """
+    if per_trial == 1:
+        return [[d] for d in devices]
+    if batch_size % per_trial:
+        raise BadInput(f"--gpus-per-trial {per_trial}: data.batch_size {batch_size} must be a multiple of it "
+                       "(the global batch is shared evenly by the processes)")
+    if all(d.type == "cpu" for d in devices):
+        return [[torch.device("cpu")] * per_trial]
+    if len(devices) % per_trial:
+        raise BadInput(f"--gpus-per-trial {per_trial} does not divide the {len(devices)} devices of --devices "
+                       f"({', '.join(str(d) for d in devices)})")
+    return [devices[i:i + per_trial] for i in range(0, len(devices), per_trial)]
+
+
+def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, slots: list[list[torch.device]],
                 trials_per_device: int, studies_dir: Path, timeout: float | None,
                 progress: bool, log: Callable[[str], None] = print,
                 artifact_dir: Path | None = None) -> WorkerReport:
-    """Run ``trials_per_device`` concurrent trial loops per device in this process (threads,
-    each on its own CUDA stream) and return the combined report.
+    """Run ``trials_per_device`` concurrent trial loops per slot (a device, or the devices of
+    one trial on several processes: :func:`device_slots`) in this process (threads, each on
+    its own CUDA stream) and return the combined report.
 
     Ctrl-C stops every loop within one training step: the running trials end FAIL
     (``interrupted``) and are queued again, then ``KeyboardInterrupt`` is re-raised. A second
@@ -360,11 +402,11 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, devices: list
             running trial first).
         KeyboardInterrupt: after Ctrl-C, with nothing left RUNNING.
     """
-    workers = [Worker(spec, study, n_trials=n_trials, device=d, studies_dir=studies_dir,
+    workers = [Worker(spec, study, n_trials=n_trials, device=slot[0], slot=slot, studies_dir=studies_dir,
                       timeout=timeout, progress=progress,
-                      terminal=sys.stdout.isatty() and len(devices) * trials_per_device == 1,
+                      terminal=sys.stdout.isatty() and len(slots) * trials_per_device == 1,
                       artifact_dir=artifact_dir, log=log)
-               for d in devices for _ in range(trials_per_device)]
+               for slot in slots for _ in range(trials_per_device)]
     shared = threading.Lock()
     for w in workers:
         w._lock = shared

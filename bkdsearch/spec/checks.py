@@ -1,16 +1,23 @@
 """Semantic checks of a spec that pydantic cannot see: unknown architectures, input sizes,
 synthetic-data options, and candidate partitions that cannot be built or connected for some
-order, connector or stone set the spec allows."""
+order, connector or stone set the spec allows.
+
+They need no torch: the atoms come from the stored table (:mod:`.atom_table`), the partitions
+from :mod:`bkdsearch.core.cuts`, and the runtime's own refusals (``SyntheticConfig``,
+``SteppingStones``, ``make_connector``) are repeated here on plain data, with the same
+messages; ``tests/test_validate_fast.py`` holds each to its original.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..core.data import SyntheticConfig, input_size_of
-from ..core.stones import SteppingStones
-from ..core.zoo import decompose, list_models, model_entry
+from ..core.cuts import Atom, Cuts, Shape, cut_bounds
 from ..errors import PartitionError
-from .resolve import candidate_partition, probe_model, resolve_partition
+from .arch_names import ARCH_NAMES
+from .atom_table import arch_facts, atoms, model_input_size, synthetic_defaults
+from .resolve import candidate_partition, resolve_partition
 from .schema import Choice, IntRange, Spec
 
 
@@ -24,39 +31,36 @@ def check_spec(spec: Spec) -> list[tuple[str, str]]:
     connector or stone set the spec allows."""
     problems: list[tuple[str, str]] = []
     if spec.data.dataset == "synthetic":
-        try:
-            SyntheticConfig.from_dict(spec.data.synthetic)
-        except (TypeError, ValueError) as exc:
-            problems.append(("data.synthetic", str(exc)))
+        refused = synthetic_problem(spec.data.synthetic)
+        if refused is not None:
+            problems.append(("data.synthetic", refused))
     elif spec.data.synthetic:
         problems.append(("data.synthetic", f"only used with dataset: synthetic, not {spec.data.dataset}"))
     if problems:
         return problems
-    known = set(list_models())
     for path, arch in (("student.arch", spec.student.arch),
                        ("teacher.arch", spec.teacher.arch if spec.teacher else None)):
-        if arch is not None and arch not in known:
-            problems.append((path, f"unknown model {arch!r}; known: {', '.join(sorted(known))}"))
+        if arch is not None and arch not in ARCH_NAMES:
+            problems.append((path, f"unknown model {arch!r}; known: {', '.join(sorted(ARCH_NAMES))}"))
     if problems or spec.teacher is None:
         return problems
-    size = input_size_of(spec.data)
+    size = model_input_size(spec.data)
     for arch, path in ((spec.teacher.arch, "teacher.arch"), (spec.student.arch, "student.arch")):
-        if model_entry(arch).input_size[1:] != size[1:] and model_entry(arch).family == "cifar":
+        family, defined = arch_facts(arch)
+        if defined[1:] != size[1:] and family == "cifar":
             problems.append((path, f"{arch} is a 32x32 CIFAR model but the data gives {size[1]}x{size[2]}"))
     if problems or "blockkd" not in _choices(spec.method):
         return problems
-    used = _choices(spec.blockkd.partition)
-    for name in used:
+    teacher, student = atoms(spec.teacher.arch, size), atoms(spec.student.arch, size)
+    for name in _choices(spec.blockkd.partition):
         path = f"partitions.{name}"
         try:
-            part = candidate_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name], size)
+            cuts = candidate_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name], size)
             for order in _choices(spec.blockkd.order):
                 for connector in _choices(spec.blockkd.connector):
                     for stones in _choices(spec.blockkd.stones):
                         active = None if stones == "all" else _stone_list(stones)
-                        SteppingStones(probe_model(spec.teacher.arch), probe_model(spec.student.arch), part,
-                                       order=order, connector=connector, active=active,
-                                       input_size=size)
+                        check_stones(teacher, student, cuts, order=order, connector=connector, active=active)
         except PartitionError as exc:
             problems.append((path, str(exc)))
         except (ValueError, TypeError) as exc:
@@ -70,9 +74,89 @@ def _stone_list(value: Any) -> list[int]:
     return [int(v) for v in value]
 
 
+_SYNTHETIC_RULES: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...] = (
+    (lambda o: o["num_classes"] >= 2, "num_classes must be >= 2"),
+    (lambda o: o["image_size"] >= 8, "image_size must be >= 8"),
+    (lambda o: o["channels"] in (1, 3), "channels must be 1 or 3"),
+    (lambda o: o["train_size"] >= 1 and o["test_size"] >= 1, "split sizes must be >= 1"),
+    (lambda o: o["modes_per_class"] >= 1, "modes_per_class must be >= 1"),
+    (lambda o: 1 <= o["group_size"] <= o["num_classes"], "group_size must be in 1..num_classes"),
+    (lambda o: 0.0 <= o["sibling_gap"] <= 1.0, "sibling_gap must be in [0, 1]"),
+    (lambda o: 0.0 <= o["mix"] < 1.0, "mix must be in [0, 1)"),
+    (lambda o: o["class_tint"] >= 0, "class_tint must be >= 0"),
+    (lambda o: 0.0 <= o["label_noise"] < 1.0, "label_noise must be in [0, 1)"),
+    (lambda o: o["clutter"] >= 0 and o["pixel_noise"] >= 0, "noise levels must be >= 0"),
+    (lambda o: 0.0 <= o["max_shift"] <= 0.5, "max_shift must be in [0, 0.5]"),
+    (lambda o: 0.0 <= o["max_rotation"] <= 180.0, "max_rotation must be in [0, 180]"),
+)
+"""The ranges :class:`bkdsearch.core.data.SyntheticConfig` enforces, in its order."""
+
+
+def synthetic_problem(options: Mapping[str, Any] | None) -> str | None:
+    """Return what ``SyntheticConfig.from_dict(options)`` would refuse in the options of a
+    validated spec (keys and types are the schema's), as its message says it; None when
+    nothing."""
+    merged = {**synthetic_defaults(), **(options or {})}
+    for ok, message in _SYNTHETIC_RULES:
+        if not ok(merged):
+            return f"SyntheticConfig: {message}"
+    return None
+
+
+def check_stones(teacher: Sequence[Atom], student: Sequence[Atom], cuts: Cuts, *, order: str,
+                 connector: str, active: Sequence[int] | None) -> None:
+    """Check that ``SteppingStones`` can join the two networks (given by their atoms) at
+    ``cuts`` for an ``order`` and ``connector`` the schema allows, with stones ``active``
+    (None: all).
+
+    Raises:
+        PartitionError: what the ``SteppingStones`` constructor raises, with its message.
+    """
+    if len(cuts.teacher) != len(cuts.student):
+        raise PartitionError(f"teacher has {len(cuts.teacher)} cuts but student {len(cuts.student)}")
+    t_bounds = cut_bounds([name for name, _ in teacher], cuts.teacher, "teacher")
+    s_bounds = cut_bounds([name for name, _ in student], cuts.student, "student")
+    n = len(cuts.teacher) + 1
+    possible = range(1, n + 1) if order == "shallow_first" else range(1, n)
+    chosen = list(possible) if active is None else sorted(set(active))
+    bad = [i for i in chosen if i not in possible]
+    if bad:
+        raise PartitionError(f"stones {bad} do not exist for {order} with {n} blocks (valid: {list(possible)})")
+    # The features after each cut and after the last atom.
+    t_shapes = [teacher[b - 1][1] for b in (*t_bounds, len(teacher))]
+    s_shapes = [student[b - 1][1] for b in (*s_bounds, len(student))]
+    cut_names = [*zip(cuts.teacher, cuts.student, strict=True), ("end", "end")]
+    for i in chosen:
+        src, dst = (s_shapes, t_shapes) if order == "shallow_first" else (t_shapes, s_shapes)
+        refused = _connector_problem(connector, src[i - 1], dst[i - 1])
+        if refused is not None:
+            t_cut, s_cut = cut_names[i - 1]
+            raise PartitionError(
+                f"stone {i} ({order}): student cut {s_cut!r} {s_shapes[i - 1]} cannot be "
+                f"connected to teacher cut {t_cut!r} {t_shapes[i - 1]}: {refused}"
+            )
+
+
+def _connector_problem(kind: str, src: Shape, dst: Shape) -> str | None:
+    """What ``make_connector(kind, src, dst)`` refuses, or None."""
+    if kind == "identity":
+        return None if tuple(src) == tuple(dst) else f"identity connector needs equal shapes, got {src} -> {dst}"
+    (_, hs, ws), (_, hd, wd) = src, dst
+    if (hs, ws) == (hd, wd):
+        return None
+    if (hs % hd == 0 and ws % wd == 0 and hs // hd == ws // wd) or (
+            hd % hs == 0 and wd % ws == 0 and hd // hs == wd // ws):
+        return None
+    return f"spatial size {hs}x{ws} cannot be resampled to {hd}x{wd} by an integer factor"
+
+
 def atom_names(arch: str) -> list[str]:
-    """Return the atom names of ``arch`` (for messages and `bkdsearch flops`)."""
-    return decompose(probe_model(arch)).names
+    """Return the atom names of ``arch`` (for messages and `bkdsearch flops`).
+
+    Raises:
+        KeyError: ``arch`` is not a registered model.
+    """
+    return [name for name, _ in atoms(arch, arch_facts(arch)[1])]
 
 
 def describe_partition(spec: Spec, name: str) -> str:

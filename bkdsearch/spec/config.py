@@ -128,6 +128,13 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(512, ge=1, description="Batch size of the validation and test loaders.")
     augment: bool = Field(True, description="Random crop and flip of training images (false: shuffling only).")
     num_workers: int = Field(0, ge=0, description="Decoding processes of an imagefolder loader.")
+    image_size: int | None = Field(None, ge=8, le=1024, description=(
+        "Crop size of imagefolder images in pixels (null: 224, the ImageNet recipe); other datasets keep "
+        "their own size."))
+    decode: Literal["auto", "pil", "device"] = Field("auto", description=(
+        "How imagefolder images are decoded: pil (in the num_workers processes), device (batches of JPEG "
+        "bytes decoded by torchvision on the training device, crop and flip there too) or auto (device on "
+        "CUDA, else pil)."))
     synthetic: _CheckedSyntheticOptions | None = Field(None, description=(
         "Options of the synthetic dataset (only with dataset: synthetic; null: all defaults)."))
     split_seed: int = Field(0, ge=0, lt=2**32, description=(
@@ -242,6 +249,10 @@ class RuntimeConfig(_Strict):
         "Capture the whole training step in a CUDA graph and replay it (auto or on, on CUDA without "
         "compile); off: eager steps."))
     compile: bool = Field(False, description="torch.compile the training step (turns the CUDA graph off).")
+    sync_bn: bool = Field(False, description=(
+        "With several processes per run (--gpus-per-trial, train --gpus, torchrun): BatchNorm statistics "
+        "over the global batch of all of them (SyncBN); off: each process normalises its own shard, as in "
+        "torchvision's reference scripts."))
 
     @field_validator("device")
     @classmethod

@@ -6,21 +6,25 @@ trial in the search, defaults and ``--set`` overrides in ``bkdsearch train``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pydantic import ValidationError
-from torch import nn
 
-from ..core.data import input_size_of
-from ..core.optim import scale_milestones
-from ..core.partitions import Partition, build_partition
-from ..core.zoo import create_model
+from ..core.cuts import Cuts, build_cuts
 from ..errors import PartitionError, SpecError
+from .atom_table import atoms, model_input_size
 from .config import BlockKDConfig, DataConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig
 from .errors import validation_error
 from .schema import Distribution, PartitionSpec, SearchBlockKD, Spec, _is_dist
+
+
+def scale_milestones(milestones: list[int], epochs: int, new_epochs: int) -> list[int]:
+    """Return :func:`bkdsearch.core.optim.scale_milestones` of the arguments, importing it
+    (and torch) only when a schedule is rescaled, so that resolving a spec needs no torch."""
+    from ..core.optim import scale_milestones as scale
+
+    return scale(milestones, epochs, new_epochs)
 
 
 class Suggest(Protocol):
@@ -280,24 +284,18 @@ def searched(spec: Spec) -> dict[str, Distribution]:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def probe_model(arch: str) -> nn.Module:
-    """Return a shared eval-mode instance of ``arch`` for shape and atom queries (never trained)."""
-    # Shapes and atom names do not depend on the number of classes.
-    return create_model(arch, num_classes=10).eval()
-
-
 def candidate_partition(teacher: str, student: str, candidate: PartitionSpec,
-                        input_size: tuple[int, int, int]) -> Partition:
-    """Return the concrete partition of a spec's ``candidate`` (explicit or a generator) for
-    the pair of architectures.
+                        input_size: tuple[int, int, int]) -> Cuts:
+    """Return the concrete cut atoms of a spec's ``candidate`` (explicit or a generator) for
+    the pair of architectures at ``input_size`` (their atoms from the stored table, else
+    measured on the models).
 
     Raises:
         PartitionError: the generator cannot produce it for this pair.
     """
     form = candidate if isinstance(candidate, str) else candidate.model_dump(exclude_none=True)
     try:
-        return build_partition(probe_model(teacher), probe_model(student), form, input_size)
+        return build_cuts(atoms(teacher, input_size), atoms(student, input_size), form)
     except PartitionError as exc:
         raise PartitionError(f"{teacher} -> {student}: {exc}") from None
 
@@ -310,5 +308,5 @@ def resolve_partition(spec: Spec, name: str) -> PartitionConfig:
     """
     assert spec.teacher is not None
     part = candidate_partition(spec.teacher.arch, spec.student.arch, spec.partitions[name],
-                           input_size_of(spec.data))
+                               model_input_size(spec.data))
     return PartitionConfig(name=name, teacher=list(part.teacher), student=list(part.student))

@@ -38,17 +38,13 @@ class ArrayDataset:
     name: str
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(
-                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels must be int64 of shape ({self.images.shape[0]},), got "
-                f"{self.labels.dtype} {tuple(self.labels.shape)}"
-            )
-        c = self.images.shape[1]
+        images, labels = self.images, self.labels
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        c = images.shape[1]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(f"mean and std need {c} values (one per channel)")
         if any(s <= 0 for s in self.std):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..distributed import Ranks
 from .arrays import DATASETS, ArrayDataset, array_source, load_arrays
 from .loader import DeviceLoader, _EpochLoader
 from .splits import keep_fraction, split_train_val
@@ -54,8 +55,8 @@ _DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "syn
 
 BundleBuilder = Callable[..., "DataBundle"]
 """``builder(root, *, val_fraction, batch_size, eval_batch_size, seed, device, augment,
-num_workers, flip, data_seed, image_size, train_fraction) -> DataBundle`` for a dataset that is
-not in memory."""
+num_workers, flip, data_seed, image_size, train_fraction, ranks, decode) -> DataBundle`` for a dataset
+that is not in memory."""
 
 _BUNDLES: dict[str, BundleBuilder] = {}
 
@@ -107,6 +108,8 @@ def build_data(
     data_seed: int = 0,
     image_size: int = 224,
     train_fraction: float = 1.0,
+    ranks: Ranks | None = None,
+    decode: str = "auto",
 ) -> DataBundle:
     """Load a dataset and build its train / validation / test loaders.
 
@@ -131,6 +134,10 @@ def build_data(
         image_size: crop size of ``imagefolder`` images.
         train_fraction: class-stratified share of the training split to train on (a search's
             lower fidelity).
+        ranks: the run's processes: every loader yields this rank's shard of each batch
+            (``batch_size`` and ``eval_batch_size`` stay the global batch sizes).
+        decode: how ``imagefolder`` decodes: ``pil``, ``device`` or ``auto`` (see
+            :class:`~bkdsearch.core.data.folder.FolderLoader`).
 
     Returns:
         A :class:`DataBundle`. Fashion-MNIST comes zero-padded to 3x32x32
@@ -158,6 +165,8 @@ def build_data(
             data_seed=data_seed,
             image_size=image_size,
             train_fraction=train_fraction,
+            ranks=ranks,
+            decode=decode,
         )
     full = load_arrays(name, root, "train", download=download, seed=data_seed, synthetic=synthetic)
     test = load_arrays(name, root, "test", download=download, seed=data_seed, synthetic=synthetic)
@@ -174,10 +183,11 @@ def build_data(
         seed=seed,
         crop_padding=crop_padding if augment else 0,
         flip=use_flip and augment,
+        ranks=ranks,
     )
 
     def eval_loader(ds: ArrayDataset) -> DeviceLoader:
-        return DeviceLoader(ds, eval_batch_size, device, train=False, seed=seed)
+        return DeviceLoader(ds, eval_batch_size, device, train=False, seed=seed, ranks=ranks)
 
     return DataBundle(
         train=train_loader,

@@ -1,8 +1,15 @@
 """Image folders (ImageNet-style ``root/train/<class>/*.jpg``): indexing, decoding with the
-usual ImageNet transforms, and :class:`FolderLoader`."""
+usual ImageNet transforms, and :class:`FolderLoader`.
+
+Two decoders: PIL in the loader's worker processes, or (``decode="device"``, the default on
+CUDA) ``torchvision.io.decode_jpeg`` on the training device for whole batches of file bytes
+read by the workers, the crop, resize and flip then running there too: at ImageNet rates PIL
+needs more cores than a GPU node has.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -11,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import SINGLE, Ranks
 from ..errors import DataError
 from .arrays import _cpu_generator
 from .build import DataBundle, register_bundle
@@ -85,8 +93,8 @@ def _random_resized_crop_box(
 class _FolderSamples(torch.utils.data.Dataset):
     """Decodes and transforms ``(index, augmentation_seed)`` items into uint8 CHW tensors.
 
-    The seed travels with the index (from :class:`_EpochSampler`), so augmentation does not
-    depend on worker count or on torch's global RNG.
+    The seed travels with the index (from :class:`_EpochBatches`), so augmentation does not
+    depend on worker count, rank count or torch's global RNG.
     """
 
     def __init__(
@@ -107,16 +115,23 @@ class _FolderSamples(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
         index, aug_seed = item
         path, target = self.samples[index]
-        img = _load_rgb(path)
+        return TF.pil_to_tensor(self.transform(_load_rgb(path), aug_seed)), target
+
+    def transform(self, img: Any, aug_seed: int) -> Any:
+        """Return ``img`` (a PIL image, or a uint8 CHW tensor on any device) cropped, resized
+        and flipped as the item with ``aug_seed`` is, in the same type."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
         size = [self.image_size, self.image_size]
         if self.augment:
             rng = random.Random(aug_seed)
-            top, left, h, w = _random_resized_crop_box(img.width, img.height, rng)
+            _, height, width = TF.get_dimensions(img)
+            top, left, h, w = _random_resized_crop_box(width, height, rng)
             img = TF.resized_crop(
                 img,
                 top,
@@ -132,23 +147,51 @@ class _FolderSamples(torch.utils.data.Dataset):
         else:
             img = TF.resize(img, self.resize_size, antialias=True)
             img = TF.center_crop(img, size)
-        return TF.pil_to_tensor(img), target
+        return img
 
 
-class _EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(index, augmentation_seed)``; order and seeds are a function of (seed, epoch)."""
+class _FolderBytes(_FolderSamples):
+    """Reads ``(index, augmentation_seed)`` items as their files' bytes, for decoding on the
+    training device; the items of a batch stay a list (:func:`_as_lists`)."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+    def __getitem__(self, item: tuple[int, int]) -> tuple[bytes, int, int, int]:  # type: ignore[override]
+        index, aug_seed = item
+        path, target = self.samples[index]
+        try:
+            # Plain bytes, not tensors: a worker's tensors travel as shared-memory file
+            # descriptors, and a batch of hundreds of files runs out of them.
+            return Path(path).read_bytes(), target, aug_seed, index
+        except OSError as exc:
+            raise DataError(f"cannot read image {path} ({exc}); remove or replace the file") from exc
+
+
+def _as_lists(items: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*items, strict=True)]
+
+
+_JPEG_MAGIC = (0xFF, 0xD8)
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Yields this rank's shard of every batch of ``(index, augmentation_seed)`` items; order
+    and seeds are a function of (seed, epoch), the same for every rank."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 ranks: Ranks) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last, self.ranks, self.epoch = drop_last, ranks, 0
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = _cpu_generator(self.seed, self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        seeds = torch.randint(0, 2**62, (self.n,), generator=g)
-        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+        items = list(zip(order.tolist(), torch.randint(0, 2**62, (self.n,), generator=g).tolist(), strict=True))
+        for b in range(len(self)):
+            batch = items[b * self.batch_size:(b + 1) * self.batch_size]
+            shard = batch[self.ranks.shard(len(batch))]
+            if shard:
+                yield shard
 
 
 class FolderLoader(_EpochLoader):
@@ -182,11 +225,17 @@ class FolderLoader(_EpochLoader):
         flip: bool = True,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        ranks: Ranks | None = None,
+        decode: str = "auto",
     ) -> None:
         """Prepare a loader over ``samples`` (``(path, class_index)`` pairs).
 
         ``augment`` (default: ``train``) selects the training transforms; ``flip`` adds the
-        horizontal flip to them. A ``train`` loader without ``augment`` only shuffles.
+        horizontal flip to them. A ``train`` loader without ``augment`` only shuffles. With
+        ``ranks`` of several processes, ``batch_size`` is the global batch and this rank
+        decodes its shard of each. ``decode``: ``pil`` (in the workers), ``device`` (batches
+        of JPEG bytes decoded on ``device`` by torchvision; other formats on the CPU) or
+        ``auto`` (``device`` on CUDA, else ``pil``).
 
         Raises:
             ValueError: non-positive ``batch_size`` or ``image_size``, negative workers.
@@ -211,14 +260,18 @@ class FolderLoader(_EpochLoader):
             )
         resize = resize_size if resize_size is not None else round(image_size * 256 / 224)
         augment = self.train if augment is None else bool(augment)
-        self._dataset = _FolderSamples(samples, augment, bool(flip), image_size, resize)
-        self._sampler = _EpochSampler(self.num_samples, self.train, self.seed)
+        if decode not in ("auto", "pil", "device"):
+            raise ValueError(f"decode must be auto, pil or device, got {decode!r}")
+        self.decode = ("device" if self.device.type == "cuda" else "pil") if decode == "auto" else decode
+        dataset = _FolderBytes if self.decode == "device" else _FolderSamples
+        self._dataset = dataset(samples, augment, bool(flip), image_size, resize)
+        self._sampler = _EpochBatches(self.num_samples, self.batch_size, self.train, self.seed,
+                                      self.drop_last, ranks or SINGLE)
         self._loader = torch.utils.data.DataLoader(
             self._dataset,
-            batch_size=self.batch_size,
-            sampler=self._sampler,
-            drop_last=self.drop_last,
+            batch_sampler=self._sampler,
             num_workers=num_workers,
+            collate_fn=_as_lists if self.decode == "device" else None,
             pin_memory=self.device.type == "cuda",
         )
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -231,10 +284,41 @@ class FolderLoader(_EpochLoader):
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.epoch = epoch
         non_blocking = self.device.type == "cuda"
-        for x, y in self._loader:
+        for batch in self._loader:
+            if self.decode == "device":
+                x, y = self._decode_on_device(batch[0], batch[2], batch[3]), torch.tensor(batch[1])
+            else:
+                x, y = batch
             x = x.to(self.device, non_blocking=non_blocking)
             x = x.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
             yield x, y.to(self.device, non_blocking=non_blocking)
+
+    def _decode_on_device(self, files: list[bytes], seeds: list[int], indices: list[int]) -> torch.Tensor:
+        """Return the uint8 batch of the ``files`` (their bytes): JPEGs decoded together on the
+        device, other formats on the CPU, each then transformed on the device.
+
+        Raises:
+            DataError: a file that does not decode (named).
+        """
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        datas = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+        images: list[torch.Tensor | None] = [None] * len(datas)
+        jpegs = [i for i, d in enumerate(datas) if tuple(d[:2].tolist()) == _JPEG_MAGIC]
+        if jpegs:
+            with contextlib.suppress(RuntimeError):  # a broken file: found below, one at a time
+                decoded = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+                for i, img in zip(jpegs, decoded, strict=True):
+                    images[i] = img
+        for i, data in enumerate(datas):
+            if images[i] is not None:
+                continue
+            try:
+                images[i] = decode_image(data, mode=ImageReadMode.RGB).to(self.device)
+            except RuntimeError as exc:
+                path = self._dataset.samples[indices[i]][0]
+                raise DataError(f"cannot decode image {path} ({exc}); remove or replace the file") from exc
+        return torch.stack([self._dataset.transform(img, seed) for img, seed in zip(images, seeds, strict=True)])
 
 
 @register_bundle("imagefolder")
@@ -252,6 +336,8 @@ def build_folder_data(
     data_seed: int,
     image_size: int,
     train_fraction: float = 1.0,
+    ranks: Ranks | None = None,
+    decode: str = "auto",
 ) -> DataBundle:
     """Return the loaders of an image folder (``root/train``, ``root/val``): the validation
     split carved from ``train`` by ``data_seed``, ``val`` as the test split."""
@@ -276,7 +362,8 @@ def build_folder_data(
         _, kept = stratified_split_indices([label for _, label in samples], train_fraction, data_seed ^ 0x7F1D)
         samples = [samples[i] for i in kept.tolist()]
     classes = tuple(train_folder.classes)
-    common = {"device": device, "seed": seed, "image_size": image_size, "num_workers": num_workers}
+    common = {"device": device, "seed": seed, "image_size": image_size, "num_workers": num_workers,
+              "ranks": ranks, "decode": decode}
     train_loader = FolderLoader(
         samples,
         classes,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..distributed import SINGLE, Ranks
 from ..errors import DataError
 from .arrays import ArrayDataset, _derive_seed
 
@@ -68,6 +69,10 @@ class DeviceLoader(_EpochLoader):
     the engine may copy it into static buffers for CUDA graphs. With ``drop_last`` (the
     default for training) every batch has exactly ``batch_size`` samples.
 
+    With ``ranks`` of several processes, ``batch_size`` is the global batch: each rank
+    yields its contiguous shard (:meth:`Ranks.shard`) of every batch the single process
+    would yield, augmented exactly as there, and skips a shard left empty.
+
     Attributes:
         num_samples: samples in the dataset.
         batch_size: samples per batch.
@@ -87,6 +92,7 @@ class DeviceLoader(_EpochLoader):
         crop_padding: int = 4,
         flip: bool = True,
         drop_last: bool | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         """Copy ``ds`` to ``device`` and prepare the loader.
 
@@ -105,6 +111,7 @@ class DeviceLoader(_EpochLoader):
         self.crop_padding = int(crop_padding) if train else 0
         self.flip = bool(flip) and self.train
         self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.ranks = ranks or SINGLE
         self.num_samples = len(ds)
         self.num_classes = ds.num_classes
         self.input_size = ds.input_size
@@ -147,7 +154,11 @@ class DeviceLoader(_EpochLoader):
         else:
             order = torch.arange(n, device=dev)
         for b in range(len(self)):
-            sl = slice(b * bs, min((b + 1) * bs, n))
+            start = b * bs
+            shard = self.ranks.shard(min(bs, n - start))
+            sl = slice(start + shard.start, start + shard.stop)
+            if sl.start == sl.stop:
+                continue
             idx = order[sl]
             x = self._images.index_select(0, idx)
             if augment:

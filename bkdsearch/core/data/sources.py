@@ -28,6 +28,7 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
 }
 
+
 @register_source("cifar10")
 def load_cifar10(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return CIFAR-10's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
@@ -60,29 +61,20 @@ def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torc
     except RuntimeError as exc:
         # torchvision says "not found or corrupted" after an md5 check of every batch file.
         if download:
-            raise DataError(
-                f"{pretty}: download into {root} failed or gave a corrupt copy ({exc}); "
-                f"delete {folder} and retry, or copy {cls.base_folder}/ there by hand"
-            ) from exc
-        where = "is incomplete or corrupt" if folder.exists() else "does not exist"
-        hint = (
-            "delete it and pass download: true to fetch a fresh copy"
-            if folder.exists()
-            else "pass download: true to fetch it (needs network), or set root to a folder "
-            f"containing {cls.base_folder}/"
-        )
-        raise DataError(f"{pretty} not found: {folder} {where}; {hint}") from exc
+            raise DataError(f"{pretty}: download into {root} failed or gave a corrupt copy ({exc}); "
+                            f"delete {folder} and retry, or copy {cls.base_folder}/ there by hand") from exc
+        if folder.exists():
+            raise DataError(f"{pretty} not found: {folder} is incomplete or corrupt; delete it and pass "
+                            "download: true to fetch a fresh copy") from exc
+        raise DataError(f"{pretty} not found: {folder} does not exist; pass download: true to fetch it (needs "
+                        f"network), or set root to a folder containing {cls.base_folder}/") from exc
     except (OSError, EOFError, ValueError, KeyError, zlib.error) as exc:
         action = "download into" if download else "read from"
-        raise DataError(
-            f"{pretty}: could not {action} {root}: {exc}. With download: true a network "
-            f"connection is needed; otherwise put {cls.base_folder}/ under root"
-        ) from exc
+        raise DataError(f"{pretty}: could not {action} {root}: {exc}. With download: true a network connection "
+                        f"is needed; otherwise put {cls.base_folder}/ under root") from exc
     except Exception as exc:  # unpickling garbage can raise almost anything
-        raise DataError(
-            f"{pretty}: files under {folder} are unreadable ({type(exc).__name__}: {exc}); "
-            "delete the folder and pass download: true"
-        ) from exc
+        raise DataError(f"{pretty}: files under {folder} are unreadable ({type(exc).__name__}: {exc}); "
+                        "delete the folder and pass download: true") from exc
     data = np.asarray(ds.data, dtype=np.uint8)
     images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
     labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
