@@ -30,8 +30,14 @@ from bkdsearch.spec import Defaults, Spec, resolve
 BIN = Path(sys.executable).parent
 
 
+def _small(spec: dict) -> dict:
+    """TINY_SPEC's data at half the size: these runs start processes, the data need not be big."""
+    spec["data"]["synthetic"] = {**spec["data"]["synthetic"], "train_size": 600, "test_size": 160}
+    return spec
+
+
 def _cfg(**changes):
-    spec = copy.deepcopy(TINY_SPEC)
+    spec = _small(copy.deepcopy(TINY_SPEC))
     spec["runtime"]["sync_bn"] = True
     for key, value in changes.items():
         section, _, name = key.partition(".")
@@ -163,15 +169,15 @@ def _close_to(one, two, samples: int) -> None:
     step = 100.0 / samples
     assert all(abs(a - b) <= step + 1e-9 for a, b in zip(_vals(one.history), _vals(two.history), strict=True))
     for a, b in zip(one.history, two.history, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=2e-4)
-    assert abs(one.test_acc - two.test_acc) <= 100.0 / 320 + 1e-9
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    assert abs(one.test_acc - two.test_acc) <= 100.0 / 160 + 1e-9
 
 
 def test_two_ranks_train_as_one_process_with_sync_bn(tmp_path: Path, teacher_ckpt: str) -> None:
     cfg = _cfg()
     one = Trainer(cfg, tmp_path / "one", teacher_weights=teacher_ckpt).fit()
     two = train_on_ranks(cfg, tmp_path / "two", world_size=2, teacher_weights=teacher_ckpt)
-    _close_to(one, two, samples=240)
+    _close_to(one, two, samples=120)
     # One set of files, written by rank 0 alone.
     files = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert files == ["last.pt", "metrics.jsonl", "ranks", "student.pt"]
@@ -239,29 +245,27 @@ def test_an_error_on_the_ranks_names_the_rank(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_train_matches_train_gpus(tmp_path: Path) -> None:
-    spec = copy.deepcopy(TINY_SPEC)
+def test_train_started_by_torchrun_trains_once_on_two_ranks(tmp_path: Path) -> None:
+    spec = _small(copy.deepcopy(TINY_SPEC))
     spec["method"] = "ce"
     spec["runtime"]["sync_bn"] = True
     spec["train"]["epochs"] = 1
     path = write_spec(tmp_path / "tiny.yaml", spec)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ours = subprocess.run([str(BIN / "bkdsearch"), "train", path, "--gpus", "2", "--device", "cpu", "--out", "ours"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert ours.returncode == 0, ours.stderr
-    theirs = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "bkdsearch", "train", path, "--out", "theirs"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert theirs.returncode == 0, theirs.stderr
-    assert theirs.stdout.count("val acc") == 1  # rank 0 reports, once
-    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-            for name in ("ours", "theirs")}
-    assert [r.get("val_acc") for r in rows["ours"]] == [r.get("val_acc") for r in rows["theirs"]]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "bkdsearch", "train", path, "--out", "run"],
+                       cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("val acc") == 1  # rank 0 reports, once
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row.get("epoch") for row in rows] == [1, None] and rows[-1]["final"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "last.pt", "metrics.jsonl",
+                                                                      "student.pt"]
 
 
 @pytest.mark.slow
 def test_a_study_trial_on_two_ranks_survives_a_killed_rank(tmp_path: Path, teacher_ckpt: str) -> None:
-    spec = copy.deepcopy(TINY_SPEC)
+    spec = _small(copy.deepcopy(TINY_SPEC))
     spec["runtime"]["sync_bn"] = True
     spec["train"]["epochs"] = 3
     spec["teacher"]["checkpoint"] = teacher_ckpt
@@ -319,3 +323,20 @@ def test_train_run_refuses_what_cannot_be_shared(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(BadInput, match="torchrun starts the processes"):
         train_run(cfg, tmp_path, teacher_weights=None, processes=2, device="cpu")
+
+
+def test_the_exported_script_trains_on_two_processes(tmp_path: Path, teacher_ckpt: str) -> None:
+    from bkdsearch.export import render_script
+
+    script = tmp_path / "train.py"
+    script.write_text(render_script(_cfg(method="ce", **{"train.epochs": 1}), {"study": "test", "trial": 0}))
+    r = subprocess.run([sys.executable, "-I", str(script), "--gpus", "2", "--device", "cpu", "--data", "unused",
+                        "--teacher-checkpoint", teacher_ckpt, "--val-fraction", "0.2", "--out", "out"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600, env={"PATH": os.environ["PATH"]})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("test accuracy") == 1 and r.stdout.count("epoch 1/1") == 1, r.stdout
+    assert (tmp_path / "out" / "student.pt").is_file()
+    bad = subprocess.run([sys.executable, "-I", str(script), "--gpus", "3", "--device", "cpu",
+                          "--teacher-checkpoint", teacher_ckpt], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={"PATH": os.environ["PATH"]})
+    assert bad.returncode == 2 and "cannot be shared by 3 processes" in bad.stderr

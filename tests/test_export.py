@@ -23,7 +23,8 @@ from bkdsearch.core.trainer import Trainer
 from bkdsearch.core.zoo import create_model
 from bkdsearch.errors import ExportError
 from bkdsearch.export import render_script, roots
-from bkdsearch.export.inliner import check_external, inline
+from bkdsearch.export.inliner import check_external, inline, render_module
+from bkdsearch.export.layout import literal
 from bkdsearch.spec import Defaults, Spec, load_spec, resolve
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.joinpath("specs").glob("*.yaml"))
@@ -81,16 +82,110 @@ def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
 
 
 def test_names_defined_in_two_modules_are_renamed_not_clashing(tmp_path: Path) -> None:
-    spec = load_spec(SPECS[[p.stem for p in SPECS].index("r32x4_shufflev2")])
-    cfg = resolve(spec, Defaults())
-    inlined = inline(roots(cfg))
-    clashing = [key for key, script_name in inlined.renames.items() if script_name != key[1]]
-    assert any(name == "_stage_ends" for _, name in clashing)  # resnet_cifar's and shufflenet's
-    text = _write(tmp_path, cfg).read_text()
+    # resnet_cifar and shufflenet both define a private _stage_ends: a script needing both
+    # (here: asked for both) gets them under two names.
+    zoo = "bkdsearch.core.zoo"
+    inlined = inline([(f"{zoo}.resnet_cifar", "CifarResNet"), (f"{zoo}.resnet_cifar", "_stage_ends"),
+                      (f"{zoo}.shufflenet", "ShuffleNetV2"), (f"{zoo}.shufflenet", "_stage_ends")])
+    clashing = {key: name for key, name in inlined.renames.items() if name != key[1]}
+    assert [key[1] for key in clashing] == ["_stage_ends"]
+    text = "\n\n\n".join(render_module(inlined, mod) for mod in inlined.modules)
     compile(text, "train.py", "exec")
-    tops = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
-    names = [n.name for n in tops]
+    tops = [n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert len(tops) == len(set(tops)) and "_stage_ends" in tops and set(clashing.values()) <= set(tops)
+    assert f"def {clashing[(f'{zoo}.shufflenet', '_stage_ends')]}(model: nn.Module)" in text
+    cfg = resolve(load_spec(SPECS[[p.stem for p in SPECS].index("r32x4_shufflev2")]), Defaults())
+    names = [n.name for n in ast.parse(_write(tmp_path, cfg).read_text()).body
+             if isinstance(n, ast.FunctionDef | ast.ClassDef)]
     assert len(names) == len(set(names))
+
+
+def _spec_cfg(stem: str):
+    return resolve(load_spec(SPECS[[p.stem for p in SPECS].index(stem)]), Defaults())
+
+
+def _defs(text: str) -> dict[str, ast.AST]:
+    return {n.name: n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+
+def _methods(cls: ast.AST) -> set[str]:
+    return {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_a_class_keeps_only_the_methods_something_calls(tmp_path: Path) -> None:
+    defs = _defs(_write(tmp_path, _spec_cfg("r110_r32")).read_text())
+    # Nothing in a training run asks a model for its stage ends (the search's feature taps).
+    assert "stage_ends" not in _methods(defs["CifarResNet"]) and "_stage_ends" not in defs
+    # Kept: decompose (named only as a string, by getattr), train (called by torch's eval()),
+    # forward (by nn.Module.__call__), dunders, and what the loop calls.
+    assert {"decompose", "forward", "_make_layer"} <= _methods(defs["CifarResNet"])
+    assert {"__init__", "train", "forward"} <= _methods(defs["SteppingStones"])
+    assert {"step"} <= _methods(defs["CapturableSGD"]) and "__post_init__" in _methods(defs["ArrayDataset"])
+    # BlockKD never asks the teacher alone for logits; KD does.
+    assert "_teacher_logits" not in _methods(defs["Method"])
+    kd = copy.deepcopy(TINY_SPEC)
+    kd["method"] = "kd"
+    kd_defs = _defs(_write(tmp_path, resolve(Spec.model_validate(kd), Defaults()), "kd.py").read_text())
+    assert "_teacher_logits" in _methods(kd_defs["Method"])
+
+
+class _Bare(ast.NodeTransformer):
+    """A definition without its docstrings: what the script must keep of the library's code."""
+
+    def _strip(self, node: ast.AST) -> ast.AST:
+        self.generic_visit(node)
+        body = node.body  # type: ignore[attr-defined]
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+        return node
+
+    visit_FunctionDef = visit_ClassDef = _strip
+
+
+@pytest.mark.parametrize("stem", ["r110_r32", "r32x4_shufflev2"])
+def test_the_script_runs_the_librarys_code_only_laid_out_anew(stem: str, tmp_path: Path) -> None:
+    """Docstrings cut to their summary, statements rewrapped, unnamed methods left out: every
+    inlined definition has the syntax tree of the library's (renamed ones aside)."""
+    cfg = _spec_cfg(stem)
+    inlined = inline(roots(cfg))
+    script = _defs(_write(tmp_path, cfg).read_text())
+    compared = 0
+    for mod in inlined.modules:
+        for node in inlined.kept[mod.name]:
+            name = getattr(node, "name", None)
+            if name is None or inlined.renames.get((mod.name, name)) != name or name in ("main", "parse_args"):
+                continue
+            expected = copy.copy(node)
+            if isinstance(node, ast.ClassDef):
+                expected.body = [n for n in node.body if id(n) not in inlined.dropped]
+            assert ast.dump(_Bare().visit(copy.deepcopy(script[name]))) == ast.dump(_Bare().visit(
+                copy.deepcopy(expected))), name
+            compared += 1
+    assert compared > 50
+
+
+def test_the_config_literal_and_docstring_summaries_keep_what_matters(tmp_path: Path) -> None:
+    cfg = _spec_cfg("r110_r32")
+    text = _write(tmp_path, cfg).read_text()
+    data = cfg.model_dump(mode="json")
+    written = literal(data)
+    assert ast.literal_eval(written) == data and max(map(len, written.splitlines())) <= 100
+    assert f"CONFIG = {written}\n" in text
+    # A summary keeps the literal block its first paragraph introduces (the objective)...
+    assert "    L = alpha * [CE(y_S,t) + sum_i w_i CE(y_i,t)]" in text
+    # ...and drops the reference sections the library keeps.
+    assert "    Raises:" not in text and "    Args:" not in text
+
+
+# A ratchet, not the goal: issue 9 asks for at most 1,200 lines; the script must not grow back
+# past what it is now (2,234 lines with multi-GPU runs); lower this as the runtime gets leaner.
+SCRIPT_LINES = 2250
+
+
+def test_the_r110_r32_script_does_not_grow(tmp_path: Path) -> None:
+    lines = _write(tmp_path, _spec_cfg("r110_r32")).read_text().count("\n")
+    assert lines <= SCRIPT_LINES, f"the r110_r32 script has {lines} lines (at most {SCRIPT_LINES})"
 
 
 def test_an_import_the_script_cannot_use_is_refused() -> None:

@@ -18,8 +18,6 @@ from .partitions import Partition, Shape, cut_shapes, split_blocks
 from .zoo.atoms import decompose
 
 ORDERS = ("shallow_first", "deep_first")
-
-
 CONNECTORS = ("conv1x1", "conv3x3", "identity")
 
 
@@ -66,71 +64,54 @@ class StoneOutputs(NamedTuple):
 
 
 class SteppingStones(nn.Module):
-    """Teacher, student and the connectors of the active stepping-stones.
+    """Teacher, student and the connectors of the active stepping-stones: ``forward(x)`` runs
+    the student and the teacher once each (the teacher under ``no_grad``, its BN in eval mode)
+    and every active stone on the features cached at its cut.
 
-    ``forward(x)`` runs the student once (keeping the features at every cut), the teacher
-    once under ``no_grad``, and each active stone on top of the cached features. The teacher
-    is frozen: no gradients into its weights and its BN stays in eval mode, while gradients
-    of ``shallow_first`` stones still flow *through* its blocks into the student.
+    Gradients of ``shallow_first`` stones flow *through* the frozen teacher's blocks into the
+    student; the teacher's weights get none.
 
     Raises (constructor):
         PartitionError: a cut whose features cannot be connected, or a stone index outside
             the order's range.
     """
 
-    def __init__(
-        self,
-        teacher: nn.Module,
-        student: nn.Module,
-        partition: Partition,
-        *,
-        order: str = "shallow_first",
-        connector: str = "conv1x1",
-        active: Sequence[int] | None = None,
-        input_size: Shape = (3, 32, 32),
-    ) -> None:
+    def __init__(self, teacher: nn.Module, student: nn.Module, partition: Partition, *,
+                 order: str = "shallow_first", connector: str = "conv1x1", active: Sequence[int] | None = None,
+                 input_size: Shape = (3, 32, 32)) -> None:
         super().__init__()
         if order not in ORDERS:
             raise PartitionError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
         if len(partition.teacher) != len(partition.student):
-            raise PartitionError(
-                f"teacher has {len(partition.teacher)} cuts but student {len(partition.student)}"
-            )
-        self.order = order
+            raise PartitionError(f"teacher has {len(partition.teacher)} cuts but student {len(partition.student)}")
+        self.order, self.num_blocks = order, partition.num_blocks
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
         t_dec, s_dec = decompose(teacher), decompose(student)
-        n = partition.num_blocks
-        self.num_blocks = n
+        # Plain attributes, not submodules: blocks and heads are views over teacher/student.
         self._t_blocks = split_blocks(t_dec, partition.teacher, "teacher")
         self._s_blocks = split_blocks(s_dec, partition.student, "student")
-        # Plain attributes, not submodules: blocks and heads are views over teacher/student.
         self._t_head, self._s_head = _View(t_dec.head), _View(s_dec.head)
+        n = self.num_blocks
         possible = range(1, n + 1) if order == "shallow_first" else range(1, n)
         self.active = list(possible) if active is None else sorted(set(active))
-        bad = [i for i in self.active if i not in possible]
-        if bad:
-            raise PartitionError(
-                f"stones {bad} do not exist for {order} with {n} blocks "
-                f"(valid: {list(possible)})"
-            )
+        if bad := [i for i in self.active if i not in possible]:
+            raise PartitionError(f"stones {bad} do not exist for {order} with {n} blocks (valid: {list(possible)})")
         # Per stone, the student's BatchNorms after its cut (plain lists, not submodules).
         self._s_norms = {i: [m for block in self._s_blocks[i:] for m in block.modules()
                              if isinstance(m, nn.modules.batchnorm._BatchNorm)] for i in self.active}
         t_shapes = cut_shapes(teacher, partition.teacher, input_size)
         s_shapes = cut_shapes(student, partition.student, input_size)
+        src, dst = (s_shapes, t_shapes) if order == "shallow_first" else (t_shapes, s_shapes)
         cut_names = [*zip(partition.teacher, partition.student, strict=True), ("end", "end")]
         self.connectors = nn.ModuleDict()
         for i in self.active:
-            src, dst = (s_shapes, t_shapes) if order == "shallow_first" else (t_shapes, s_shapes)
             try:
                 self.connectors[str(i)] = make_connector(connector, src[i - 1], dst[i - 1])
             except PartitionError as exc:
                 t_cut, s_cut = cut_names[i - 1]
-                raise PartitionError(
-                    f"stone {i} ({order}): student cut {s_cut!r} {s_shapes[i - 1]} cannot be "
-                    f"connected to teacher cut {t_cut!r} {t_shapes[i - 1]}: {exc}"
-                ) from None
+                raise PartitionError(f"stone {i} ({order}): student cut {s_cut!r} {s_shapes[i - 1]} cannot be "
+                                     f"connected to teacher cut {t_cut!r} {t_shapes[i - 1]}: {exc}") from None
 
     def train(self, mode: bool = True) -> SteppingStones:
         """Set train mode on student and connectors; the teacher always stays in eval."""
@@ -141,35 +122,24 @@ class SteppingStones(nn.Module):
     def forward(self, x: Tensor) -> StoneOutputs:
         """Return student, teacher and active-stone logits for the batch ``x``."""
         if self.order == "shallow_first":
-            feats = []
-            h = x
-            for block in self._s_blocks:
-                h = block(h)
-                feats.append(h)
-            y_s = self._s_head(h)
+            feats = _features(self._s_blocks, x)
+            y_s = self._s_head(feats[-1])
             with torch.no_grad():
                 y_t = self._t_head(_run(self._t_blocks, x))
-            stones = []
-            for i in self.active:
-                z = self.connectors[str(i)](feats[i - 1])
-                stones.append(self._t_head(_run(self._t_blocks[i:], z)))
+            stones = [self._t_head(_run(self._t_blocks[i:], self.connectors[str(i)](feats[i - 1])))
+                      for i in self.active]
             return StoneOutputs(y_s, y_t, stones)
         with torch.no_grad():
-            feats = []
-            h = x
-            for block in self._t_blocks:
-                h = block(h)
-                feats.append(h)
-            y_t = self._t_head(h)
+            feats = _features(self._t_blocks, x)
+            y_t = self._t_head(feats[-1])
         y_s = self._s_head(_run(self._s_blocks, x))
         stones = []
         for i in self.active:
-            z = self.connectors[str(i)](feats[i - 1])
             # The student's later blocks see connected teacher features here: they normalise
             # with these batches' statistics but must not fold them into the running
             # statistics that evaluation uses (only the student's own forward does).
             with batch_stats_only(self._s_norms[i]):
-                stones.append(self._s_head(_run(self._s_blocks[i:], z)))
+                stones.append(self._s_head(_run(self._s_blocks[i:], self.connectors[str(i)](feats[i - 1]))))
         return StoneOutputs(y_s, y_t, stones)
 
 
@@ -192,6 +162,15 @@ def _run(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
     for block in blocks:
         x = block(x)
     return x
+
+
+def _features(blocks: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
+    """The output of each block in turn (the last is the network body's)."""
+    feats = []
+    for block in blocks:
+        x = block(x)
+        feats.append(x)
+    return feats
 
 
 class _View:

@@ -3,15 +3,17 @@
 The script holds exactly the runtime code the trial reaches (its two model families, its
 partition and stepping-stones, its method and loss, its data source, the loop), found by
 following the code from the trial's entry points (:mod:`bkdsearch.export.inliner`), then the
-entry point of :mod:`bkdsearch.export.script`. Running the same code is what makes the
-script's weights identical to ``bkdsearch train`` with the same RunConfig. The RunConfig is
-written as a literal (plain data, never code) at the top of the script.
+entry point of :mod:`bkdsearch.export.script`, laid out to read top to bottom
+(:mod:`bkdsearch.export.layout`: docstrings cut to their summary, statements rewrapped).
+Running the same code is what makes the script's weights identical to ``bkdsearch train``
+with the same RunConfig. The RunConfig is written as a literal (plain data, never code) at
+the top of the script.
 """
 
 from __future__ import annotations
 
 import json
-import pprint
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from ..core.zoo import model_entry
 from ..errors import ExportError
 from ..spec import RunConfig
 from ..urls import redact
-from .inliner import Inlined, import_lines, inline, render_module
+from .inliner import Inlined, inline, render_module
+from .layout import import_lines, literal
 
 SCRIPT = "bkdsearch.export.script"
 _PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
@@ -34,6 +37,8 @@ _SECTIONS = [
     ("Models", ("bkdsearch.core.zoo",)),
     ("Partition and stepping-stones", ("bkdsearch.core.partitions", "bkdsearch.core.stones")),
     ("Loss and method", ("bkdsearch.core.losses", "bkdsearch.core.methods")),
+    # The loaders shard batches across processes, so the processes come before the data.
+    ("Processes (one run on several GPUs)", ("bkdsearch.core.distributed",)),
     ("Data", ("bkdsearch.core.data",)),
     ("Training and evaluation", ("bkdsearch.core.optim", "bkdsearch.core.cuda_graph", "bkdsearch.core.trainer")),
     ("Main", (SCRIPT,)),
@@ -81,14 +86,20 @@ def _body(inlined: Inlined) -> str:
             continue
         inlined.kept[mod.name] = kept
         index = _section(mod.name)
+        banner = ""
         if index != section:
             section = index
-            title = _SECTIONS[index][0]
-            parts.append(f"# {'=' * 77}\n# {title}\n# {'=' * 77}")
+            banner = f"# {'=' * 77}\n# {_SECTIONS[index][0]}\n# {'=' * 77}\n\n"
         where = "/".join(mod.name.split(".")) + ".py"
-        about = "\n".join(f"# {line}" for line in textwrap.wrap(mod.doc, 96))
-        parts.append(f"# --- {where}\n{about}\n\n" + render_module(inlined, mod))
+        about = "\n".join(textwrap.wrap(f"--- {where}: {_first_sentence(mod.doc)}", 118, initial_indent="# ",
+                                         subsequent_indent="# "))
+        parts.append(f"{banner}{about}\n" + render_module(inlined, mod))
     return "\n\n\n".join(parts) + "\n"
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to the end of its first sentence (a full stop before a capital or the end)."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def _placeholder(node: Any) -> bool:
@@ -108,7 +119,7 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
     """
     inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)})
     head = "\n".join(f"    {k}: {_oneline(v)}" for k, v in header.items())
-    config = pprint.pformat(cfg.model_dump(mode="json"), indent=1, width=100, sort_dicts=True)
+    config = literal(cfg.model_dump(mode="json"))
     imports = "\n\n".join(import_lines(inlined.external))
     return (
         "#!/usr/bin/env python3\n"

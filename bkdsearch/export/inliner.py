@@ -5,9 +5,13 @@ The exporter follows the code rather than tables: starting from a few root defin
 definitions use, through ``from .x import y`` chains, to the module that defines it, and keeps
 exactly the top-level definitions reached (a fixpoint over names). Statements that run at
 import time in a kept module (model registration loops, ``register_decomposer`` calls) are
-kept and walked too. Names defined in two kept modules are renamed on inlining, so modules
-never need globally unique names. Third-party and standard-library imports are merged by
-module; anything but torch, torchvision, numpy, PIL and the standard library is refused,
+kept and walked too. Within a kept class, a method is kept only when some kept code names it
+(as an attribute, a name or a string, so ``getattr(model, "decompose")`` counts), when it is
+a dunder, or when an outside base class has an attribute of that name (torch calls
+``forward`` and ``train``, the optimizer ``step``): the same fixpoint, so a dropped method's
+own references reach nothing. Names defined in two kept modules are renamed on inlining, so
+modules never need globally unique names. Third-party and standard-library imports are merged
+by module; anything but torch, torchvision, numpy, PIL and the standard library is refused,
 lazy imports inside functions included.
 """
 
@@ -16,13 +20,12 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
-import re
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ExportError
+from .layout import docstring_summary, is_stdlib, refill
 
 ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
 PACKAGE = "bkdsearch"
@@ -56,13 +59,9 @@ def _root(module: str) -> str:
     return module.split(".")[0]
 
 
-def _is_stdlib(module: str) -> bool:
-    return _root(module) in sys.stdlib_module_names
-
-
 def check_external(module: str, where: str) -> None:
     """Raise :class:`ExportError` unless ``module`` may be imported by an exported script."""
-    if _root(module) not in ALLOWED_THIRD_PARTY and not _is_stdlib(module):
+    if _root(module) not in ALLOWED_THIRD_PARTY and not is_stdlib(module):
         raise ExportError(f"{where} imports {module}, which an exported script cannot use")
 
 
@@ -75,6 +74,10 @@ def module_path(name: str) -> Path:
 
 def _type_checking(node: ast.stmt) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _is_string(node: ast.AST) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def _assigned_names(node: ast.stmt) -> list[str]:
@@ -119,8 +122,8 @@ def parse_module(name: str) -> Module:
                     raise ExportError(f"{name}: use 'from ... import' for package modules, not 'import {alias.name}'")
                 mod.external[alias.asname or alias.name.split(".")[0]] = (
                     alias.name if alias.asname else alias.name.split(".")[0], None)
-        elif _type_checking(node):
-            continue
+        elif _type_checking(node) or _is_string(node):
+            continue  # a bare string documents the assignment above it, which renders it
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             mod.defs.setdefault(node.name, []).append(node)
         elif isinstance(node, ast.Assign | ast.AnnAssign) and _assigned_names(node):
@@ -158,8 +161,37 @@ def _defines(module: str, name: str) -> bool:
     return False
 
 
-def _names_used(nodes: Iterable[ast.AST]) -> set[str]:
-    return {n.id for node in nodes for n in ast.walk(node) if isinstance(n, ast.Name)}
+def _live(node: ast.AST, dropped: set[int] | frozenset[int]) -> Iterator[ast.AST]:
+    """``ast.walk(node)`` without the subtrees of dropped class members."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if id(n) in dropped:
+            continue
+        yield n
+        todo.extend(ast.iter_child_nodes(n))
+
+
+def _names_used(nodes: Iterable[ast.AST], dropped: set[int] | frozenset[int] = frozenset()) -> set[str]:
+    return {n.id for node in nodes for n in _live(node, dropped) if isinstance(n, ast.Name)}
+
+
+def _members_named(nodes: Iterable[ast.AST]) -> set[str]:
+    """Every name, attribute and identifier-like string in ``nodes``: what may name a method."""
+    out = set()
+    for node in nodes:
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                out.add(n.id)
+            elif isinstance(n, ast.Attribute):
+                out.add(n.attr)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
+                out.add(n.value)
+    return out
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
 
 
 @dataclass
@@ -171,6 +203,8 @@ class Inlined:
     renames: dict[tuple[str, str], str]
     external: dict[str, tuple[str, str | None]]
     resolve: Callable[[str, str], tuple[str, str]]
+    dropped: set[int] = field(default_factory=set)
+    """``id`` of every method of a kept class that no kept code names."""
 
 
 class _Walker:
@@ -179,7 +213,12 @@ class _Walker:
         self.reached: set[tuple[str, str]] = set()
         self.included: set[str] = set()
         self.external: dict[str, tuple[str, str | None]] = {}
+        self.named: set[str] = set()
+        """Every name, attribute and identifier-like string in the code walked so far."""
+        self.waiting: dict[str, list[tuple[str, ast.stmt]]] = {}
+        """Methods of reached classes not walked yet, by name, with their module."""
         self._queue: list[tuple[str, str]] = []
+        self._members: list[tuple[str, ast.stmt]] = []
 
     def module(self, name: str) -> Module:
         if name not in self.modules:
@@ -220,20 +259,99 @@ class _Walker:
                 if known != mod.external[used]:
                     raise ExportError(f"{used!r} means {known} in one module and {mod.external[used]} "
                                       f"in {mod.name}: use one alias for one import")
+        for name in _members_named(nodes) - self.named:
+            self.named.add(name)
+            self._members.extend(self.waiting.pop(name, []))
+
+    def _walk_class(self, mod: Module, cls: ast.ClassDef) -> None:
+        """Walk ``cls`` but for the methods nothing names yet (they wait in :attr:`waiting`)."""
+        inherited = self._inherited(mod, cls)
+        optional = [isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and inherited is not None
+                    and not _dunder(item.name) and item.name not in inherited for item in cls.body]
+        if all(optional):  # a body of methods only must keep one: keep them all
+            optional = [False] * len(cls.body)
+        parts: list[ast.AST] = [*cls.bases, *cls.keywords, *cls.decorator_list]
+        for item, maybe in zip(cls.body, optional, strict=True):
+            if maybe and isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name not in self.named:
+                self.waiting.setdefault(item.name, []).append((mod.name, item))
+            else:
+                parts.append(item)
+        self._use(mod, parts)
+
+    def _inherited(self, mod: Module, cls: ast.ClassDef) -> set[str] | None:
+        """Attribute names ``cls`` gets from base classes outside the package (which may call
+        them), or None when a base cannot be told (then every method is kept)."""
+        out: set[str] = set()
+        for base in cls.bases:
+            if isinstance(base, ast.Subscript):  # Generic[T], NamedTuple-like aliases
+                base = base.value
+            if isinstance(base, ast.Name) and (base.id in mod.defs or base.id in mod.package_imports):
+                module, name = self.resolve(mod.name, base.id)
+                nodes = self.module(module).defs[name]
+                if len(nodes) != 1 or not isinstance(nodes[0], ast.ClassDef):
+                    return None
+                from_base = self._inherited(self.module(module), nodes[0])
+                if from_base is None:
+                    return None
+                out |= from_base
+                continue
+            obj = _outside_object(mod, base)
+            if obj is None:
+                return None
+            out |= set(dir(obj))
+        return out
 
     def run(self) -> None:
-        while self._queue:
+        while self._queue or self._members:
+            if self._members:
+                module, node = self._members.pop()
+                self._use(self.module(module), [node])
+                continue
             module, name = self._queue.pop()
             mod = self.module(module)
-            self._use(mod, mod.defs[name])
+            for node in mod.defs[name]:
+                if isinstance(node, ast.ClassDef):
+                    self._walk_class(mod, node)
+                else:
+                    self._use(mod, [node])
             if module not in self.included:
                 self.included.add(module)
                 self._use(mod, mod.statements)
 
+    def dropped(self) -> set[int]:
+        """``id`` of each method still waiting: nothing walked names it."""
+        return {id(node) for waiting in self.waiting.values() for _, node in waiting}
 
-def _dependencies(walker: _Walker, mod: Module, nodes: list[ast.stmt]) -> set[str]:
+
+def _outside_object(mod: Module, expr: ast.expr) -> object | None:
+    """The object a base-class expression names outside the package (``nn.Module``,
+    ``torch.optim.SGD``, ``Exception``), imported; None when it cannot be found."""
+    attrs = []
+    while isinstance(expr, ast.Attribute):
+        attrs.append(expr.attr)
+        expr = expr.value
+    if not isinstance(expr, ast.Name):
+        return None
+    try:
+        if expr.id in mod.external:
+            module, name = mod.external[expr.id]
+            obj = importlib.import_module(module)
+            if name is not None:
+                obj = getattr(obj, name) if hasattr(obj, name) else importlib.import_module(f"{module}.{name}")
+        elif hasattr(builtins, expr.id):
+            obj = getattr(builtins, expr.id)
+        else:
+            return None
+        for attr in reversed(attrs):
+            obj = getattr(obj, attr)
+    except (ImportError, AttributeError):
+        return None
+    return obj
+
+
+def _dependencies(walker: _Walker, mod: Module, nodes: list[ast.stmt], dropped: set[int]) -> set[str]:
     deps = set()
-    for used in _names_used(nodes):
+    for used in _names_used(nodes, dropped):
         if used in mod.package_imports:
             deps.add(walker.resolve(mod.name, used)[0])
     return deps - {mod.name}
@@ -252,18 +370,20 @@ def inline(roots: Sequence[tuple[str, str]], rank: dict[str, int] | None = None)
     for module, name in roots:
         walker.reach(module, name)
     walker.run()
+    dropped = walker.dropped()
     kept: dict[str, list[ast.stmt]] = {}
     for name in walker.included:
         mod = walker.modules[name]
         nodes = {id(n): n for (m, d) in walker.reached if m == name for n in mod.defs[d]}
         kept[name] = sorted([*nodes.values(), *mod.statements], key=lambda n: n.lineno)
-    order = _topological(walker, kept, rank or {})
+    order = _topological(walker, kept, rank or {}, dropped)
     renames = _renames(walker, order, kept)
-    return Inlined([walker.modules[m] for m in order], kept, renames, walker.external, walker.resolve)
+    return Inlined([walker.modules[m] for m in order], kept, renames, walker.external, walker.resolve, dropped)
 
 
-def _topological(walker: _Walker, kept: dict[str, list[ast.stmt]], rank: dict[str, int]) -> list[str]:
-    deps = {m: _dependencies(walker, walker.modules[m], kept[m]) & set(kept) for m in kept}
+def _topological(walker: _Walker, kept: dict[str, list[ast.stmt]], rank: dict[str, int],
+                 dropped: set[int]) -> list[str]:
+    deps = {m: _dependencies(walker, walker.modules[m], kept[m], dropped) & set(kept) for m in kept}
     order: list[str] = []
     left = dict(deps)
     while left:
@@ -293,73 +413,95 @@ def _renames(walker: _Walker, order: list[str], kept: dict[str, list[ast.stmt]])
 
 
 def render_module(inlined: Inlined, mod: Module) -> str:
-    """Return the kept source of ``mod`` (comments and docstrings kept) with every reference
-    to a package definition written under its script name."""
+    """Return the kept source of ``mod`` (comments kept, docstrings cut to their first
+    paragraph, unnamed methods left out) with every reference to a package definition
+    written under its script name. Definitions are two blank lines apart; consecutive
+    assignments keep their spacing in the source."""
     lines = mod.source.splitlines()
-    pieces = []
+    out = ""
+    previous: ast.stmt | None = None
     for node in inlined.kept[mod.name]:
-        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
-        while first > 0 and lines[first - 1].lstrip().startswith("#"):
-            first -= 1
+        first = _first_line(lines, node)
         last = node.end_lineno or node.lineno
-        if last < len(lines) and _is_attached_docstring(mod, node, last):
-            last = _attached_docstring_end(mod, node)
-        edits = _edits(inlined, mod, node)
+        doc = _attached_docstring(mod, node)
+        if doc is not None:
+            last = doc.end_lineno or doc.lineno
         chunk = [line.encode() for line in lines[first:last]]
-        for lineno, start, end, text in sorted(edits, reverse=True):
+        for lineno, start, end, text in sorted(_edits(inlined, mod, node), reverse=True):
             row = lineno - 1 - first
             chunk[row] = chunk[row][:start] + text.encode() + chunk[row][end:]
         text = [c.decode() for c in chunk]
-        for doc in sorted(_docstrings(node), key=lambda d: d.lineno, reverse=True):
-            a, b = doc.lineno - 1 - first, (doc.end_lineno or doc.lineno) - first
-            text[a:b] = _summary(text[a:b])
-        pieces.append("\n".join(text))
-    return "\n\n\n".join(pieces)
+        for a, b, new in sorted(_cuts(inlined, lines, node, doc), reverse=True):
+            text[a - first:b - first] = new
+        if previous is not None:
+            out += "\n" + _gap(mod, lines, previous, node)
+        out += refill("\n".join(text))
+        previous = node
+    return out
 
 
-_SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Yields|Raises|Attributes|Raises \(constructor\)):\s*$")
+def _first_line(lines: list[str], node: ast.stmt) -> int:
+    """0-based first line of ``node``: its decorators and the comments right above it."""
+    first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    return first
+
+
+def _gap(mod: Module, lines: list[str], previous: ast.stmt, node: ast.stmt) -> str:
+    """The blank lines between two kept top-level statements: two around a definition,
+    else those of the source when they are neighbours there, else one."""
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    if isinstance(previous, defs) or isinstance(node, defs):
+        return "\n\n"
+    body = mod.tree.body
+    nxt = body.index(previous) + 1
+    if nxt < len(body) and _is_string(body[nxt]):
+        nxt += 1  # the docstring attached to ``previous``
+    if nxt < len(body) and body[nxt] is node:
+        return "\n" if _first_line(lines, node) > (body[nxt - 1].end_lineno or 0) else ""
+    return "\n"
+
+
+def _cuts(inlined: Inlined, lines: list[str], node: ast.stmt,
+          doc: ast.Expr | None) -> list[tuple[int, int, list[str]]]:
+    """``(first, end, new lines)`` (0-based, end exclusive) replacing each docstring in
+    ``node`` by its summary and removing each dropped method with the blank line above it."""
+    cuts: list[tuple[int, int, list[str]]] = []
+    for n in ast.walk(node):
+        for item in n.body if isinstance(n, ast.ClassDef) else []:
+            if id(item) in inlined.dropped:
+                a, b = _first_line(lines, item), item.end_lineno or item.lineno
+                if a > 0 and not lines[a - 1].strip():
+                    a -= 1
+                cuts.append((a, b, []))
+    removed = [(a, b) for a, b, _ in cuts]
+    for d in _docstrings(node) + ([doc.value] if doc is not None else []):
+        a, b = d.lineno - 1, d.end_lineno or d.lineno
+        if not any(x <= a < y for x, y in removed):
+            cuts.append((a, b, docstring_summary(lines[a:b])))
+    return cuts
 
 
 def _docstrings(node: ast.AST) -> list[ast.Constant]:
     out = []
     for n in ast.walk(node):
         body = getattr(n, "body", None)
-        if (isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and body and _is_string(body[0]):
             out.append(body[0].value)
     return out
 
 
-def _summary(doc: list[str]) -> list[str]:
-    """A docstring's lines without its reference sections (Args:, Returns:, Raises:...): the
-    script keeps what each definition is for; the library keeps the full reference."""
-    cut = next((i for i, line in enumerate(doc) if i and _SECTION.match(line)), None)
-    if cut is None:
-        return doc
-    kept = doc[:cut]
-    while kept and not kept[-1].strip():
-        kept.pop()
-    indent = doc[0][: len(doc[0]) - len(doc[0].lstrip())]
-    return [*kept, indent + '"""']
-
-
-def _next_statement(mod: Module, node: ast.stmt) -> ast.stmt | None:
+def _attached_docstring(mod: Module, node: ast.stmt) -> ast.Expr | None:
+    """The string right below a top-level assignment, which documents it; None if none."""
     body = mod.tree.body
-    i = body.index(node)
-    return body[i + 1] if i + 1 < len(body) else None
-
-
-def _is_attached_docstring(mod: Module, node: ast.stmt, last: int) -> bool:
-    nxt = _next_statement(mod, node)
-    return (isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str) and nxt.lineno == last + 1)
-
-
-def _attached_docstring_end(mod: Module, node: ast.stmt) -> int:
-    nxt = _next_statement(mod, node)
-    assert nxt is not None
-    return nxt.end_lineno or nxt.lineno
+    if not isinstance(node, ast.Assign | ast.AnnAssign) or node not in body:
+        return None
+    i = body.index(node) + 1
+    nxt = body[i] if i < len(body) else None
+    if isinstance(nxt, ast.Expr) and _is_string(nxt) and nxt.lineno == (node.end_lineno or 0) + 1:
+        return nxt
+    return None
 
 
 def _edits(inlined: Inlined, mod: Module, node: ast.stmt) -> list[tuple[int, int, int, str]]:
@@ -387,31 +529,3 @@ def _edits(inlined: Inlined, mod: Module, node: ast.stmt) -> list[tuple[int, int
                 start = line.index(keyword + n.name.encode()) + len(keyword)
                 edits.append((n.lineno, start, start + len(n.name.encode()), new))
     return edits
-
-
-def _by_type(name: str) -> tuple[int, str]:
-    """isort's order-by-type: CONSTANTS, then Classes, then the rest."""
-    bare = name.split(" as ")[0]
-    kind = 0 if bare.isupper() and len(bare) > 1 else 1 if bare[:1].isupper() else 2
-    return kind, bare
-
-
-def import_lines(external: dict[str, tuple[str, str | None]]) -> list[str]:
-    """Return the merged import statements for the used external names, isort-style:
-    standard library first, then third-party; ``import x`` before ``from x import``."""
-    plain: dict[bool, set[str]] = {True: set(), False: set()}
-    froms: dict[tuple[bool, str], set[str]] = {}
-    for local, (module, name) in external.items():
-        std = _is_stdlib(module)
-        if name is None:
-            plain[std].add(module if local == module else f"{module} as {local}")
-        else:
-            froms.setdefault((std, module), set()).add(name if local == name else f"{name} as {local}")
-    blocks = []
-    for std in (True, False):
-        block = [f"import {m}" for m in sorted(plain[std], key=lambda s: s.split(" ")[0])]
-        block += [f"from {m} import {', '.join(sorted(names, key=_by_type))}"
-                  for (s, m), names in sorted(froms.items()) if s == std]
-        if block:
-            blocks.append("\n".join(block))
-    return blocks

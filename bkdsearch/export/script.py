@@ -12,9 +12,21 @@ import argparse
 import copy
 import hashlib
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bkdsearch.core.distributed import (
+    end_group,
+    first_failure,
+    launch_ranks,
+    rank_device,
+    ranks_from_env,
+    start_group,
+    stop_ranks,
+)
 from bkdsearch.core.optim import scale_milestones
 from bkdsearch.core.trainer import Trainer
 
@@ -38,31 +50,26 @@ class Config(dict):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], want: str) -> Callable[[str], Any]:
+    """Return an argparse ``type``: ``convert`` the flag's text, refusing what fails or is not
+    ``ok`` with "expected ``want``" (a usage error, exit status 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
-
-
-def _milestones(text: str) -> list[int]:
-    try:
-        return [int(m) for m in text.split(",") if m.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected epochs like 150,180,210, got {text!r}") from None
+_EPOCHS = _checked(int, lambda v: v >= 1, "a whole number of at least 1")
+_FRACTION = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_MILESTONES = _checked(lambda text: [int(m) for m in text.split(",") if m.strip()], lambda v: True,
+                       "epochs like 150,180,210")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
@@ -81,12 +88,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
                         help="teacher weights (plain state dict or {'model': ...})"
                              + ("" if needs_teacher else "; unused: this trial trains with CE"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--epochs", type=_positive_int, default=train["epochs"],
+    parser.add_argument("--epochs", type=_EPOCHS, default=train["epochs"],
                         help="training epochs; explicit lr milestones scale with them")
-    parser.add_argument("--milestones", type=_milestones, default=None,
+    parser.add_argument("--milestones", type=_MILESTONES, default=None,
                         help="lr milestones as comma-separated epochs; None: the trial's, scaled to --epochs")
     parser.add_argument("--out", default="run", help="output folder (checkpoints, metrics.jsonl, student.pt)")
-    parser.add_argument("--val-fraction", type=_fraction, default=0.0,
+    parser.add_argument("--gpus", type=_EPOCHS, default=1,
+                        help="processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu; "
+                             "leave it out under torchrun")
+    parser.add_argument("--val-fraction", type=_FRACTION, default=0.0,
                         help="validation share of the training set (0: train on all of it)")
     args = parser.parse_args(argv)
     if needs_teacher and not args.teacher_checkpoint:
@@ -101,15 +111,38 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     late = [m for m in train.get("milestones") or [] if m >= args.epochs]
     if train["schedule"] == "multistep" and late:
         parser.error(f"milestones {late} are at or past the last epoch ({args.epochs})")
+    size = max(args.gpus, ranks_from_env().world_size)
+    if data["batch_size"] % size:
+        parser.error(f"the batch size {data['batch_size']} cannot be shared by {size} processes")
     data["root"], data["val_fraction"] = args.data, args.val_fraction
     train["epochs"] = args.epochs
     cfg["runtime"]["device"] = args.device
     return args, cfg
 
 
+def launch(gpus: int) -> int:
+    """Run this script as ``gpus`` ranks (as torchrun would) and return the exit status: the
+    first failing rank's (the others are then stopped), else 0."""
+    procs = launch_ranks([sys.executable, *sys.argv], gpus)
+    try:
+        while any(p.poll() is None for p in procs) and first_failure(procs) is None:
+            time.sleep(0.5)
+    finally:
+        stop_ranks(procs)
+    failed = first_failure(procs)
+    return 0 if failed is None else abs(procs[failed].returncode) or 1
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Train the exported configuration and print each epoch and the test accuracy."""
+    """Train the exported configuration and print each epoch and the test accuracy (rank 0
+    alone when several processes train it: ``--gpus G`` or torchrun)."""
     args, cfg = parse_args(argv)
+    ranks = ranks_from_env()
+    if args.gpus > 1 and not ranks.active:
+        sys.exit(launch(args.gpus))
+    device = rank_device(ranks, args.device) if ranks.active else None
+    if device is not None:
+        start_group(ranks, device)
 
     def report(epoch: int, row: dict[str, float]) -> None:
         val = f", val {row['val_acc']:.2f}%" if "val_acc" in row else ""
@@ -117,9 +150,13 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
 
     trainer = Trainer(Config(cfg), args.out, teacher_weights=args.teacher_checkpoint if cfg["method"] != "ce"
-                      else None, on_epoch=report)
-    result = trainer.fit(resume=True)
-    print(f"test accuracy {result.test_acc:.2f}%; student weights: {result.student_path}")
+                      else None, on_epoch=report, device=device, ranks=ranks)
+    try:
+        result = trainer.fit(resume=True)
+    finally:
+        end_group()
+    if ranks.is_main:
+        print(f"test accuracy {result.test_acc:.2f}%; student weights: {result.student_path}")
 
 
 if __name__ == "__main__":
