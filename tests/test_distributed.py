@@ -132,13 +132,12 @@ def test_sync_batchnorm_keeps_state_and_leaves_frozen_norms() -> None:
     student, teacher = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
     teacher.requires_grad_(False)
     keys = list(student.state_dict())
-    weight = student.bn1.weight if hasattr(student, "bn1") else None
+    weight = student.bn1.weight
     synced = sync_batchnorm(student)
     assert list(synced.state_dict()) == keys
     norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, GlobalBatchNorm) for m in norms)
-    if weight is not None:
-        assert synced.bn1.weight is weight  # the same parameter, not a copy
+    assert synced.bn1.weight is weight  # the same parameter, not a copy
     assert not any(isinstance(m, GlobalBatchNorm) for m in sync_batchnorm(teacher).modules())
     # Alone (no process group) it is plain BatchNorm.
     x = torch.randn(4, 3, 32, 32)

@@ -157,12 +157,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def barrier() -> None:
-    """Wait until every rank gets here (a no-op alone)."""
-    if dist.is_initialized():
-        dist.barrier()
-
-
 # ---------------------------------------------------------------------------- SyncBN
 class _SumOverRanks(torch.autograd.Function):
     """All-reduce (sum) whose gradient is the all-reduced gradient: each rank's input feeds

@@ -14,13 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from .cuts import build_cuts, per_stage_cuts, resolution_changes_of, stage_aligned_cuts, uniform_cuts
-from .errors import PartitionError
+from .cuts import build_cuts, cut_bounds, per_stage_cuts, resolution_changes_of, stage_aligned_cuts, uniform_cuts
 from .zoo.atoms import Chain, Decomposition, atom_shapes, decompose
 
-# Partition, Shape, split_blocks and cut_shapes use nothing from .cuts (split_blocks repeats
-# cut_bounds' checks): SteppingStones needs them, so an exported script inlines them, and it
-# may inline only the modules its sections name (bkdsearch.export).
 Shape = tuple[int, ...]
 
 
@@ -44,17 +40,7 @@ def split_blocks(dec: Decomposition, cuts: Sequence[str], side: str = "model") -
         PartitionError: unknown atom, cuts out of order or repeated, or a cut after the
             last atom (the last block would be empty).
     """
-    names = dec.names
-    bounds = []
-    for cut in cuts:
-        if cut not in names:
-            raise PartitionError(f"{side} has no atom {cut!r}; its atoms are {', '.join(names)}")
-        bounds.append(names.index(cut) + 1)
-    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
-        raise PartitionError(f"{side} cuts must be distinct and in network order: {list(cuts)}")
-    if bounds and bounds[-1] >= len(names):
-        raise PartitionError(f"{side} cut {cuts[-1]!r} is the last atom: the last block would be empty")
-    edges = [0, *bounds, len(names)]
+    edges = [0, *cut_bounds(dec.names, cuts, side), len(dec.names)]
     return [Chain(*(m for _, m in dec.atoms[a:b])) for a, b in zip(edges, edges[1:], strict=False)]
 
 

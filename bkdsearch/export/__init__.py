@@ -35,7 +35,7 @@ _PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
 _SECTIONS = [
     ("Errors", ("bkdsearch.core.errors",)),
     ("Models", ("bkdsearch.core.zoo",)),
-    ("Partition and stepping-stones", ("bkdsearch.core.partitions", "bkdsearch.core.stones")),
+    ("Partition and stepping-stones", ("bkdsearch.core.cuts", "bkdsearch.core.partitions", "bkdsearch.core.stones")),
     ("Loss and method", ("bkdsearch.core.losses", "bkdsearch.core.methods")),
     # The loaders shard batches across processes, so the processes come before the data.
     ("Processes (one run on several GPUs)", ("bkdsearch.core.distributed",)),
