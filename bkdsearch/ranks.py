@@ -20,25 +20,17 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .core import errors as core_errors
-from .core.distributed import (
-    end_group,
-    exit_description,
-    exit_with_parent,
-    launch_ranks,
-    rank_device,
-    ranks_from_env,
-    start_group,
-    stop_ranks,
-)
+from .core.distributed import end_group, rank_device, ranks_from_env, start_group
 from .core.trainer import EpochCallback, Progress, RunResult, Stopped, Trainer
 from .errors import BadInput, RunFailure
 
@@ -366,6 +358,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             stream.flush()
     return code
+
+
+# ---------------------------------------------------------------------------- processes
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 now (for ``MASTER_PORT``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_ranks(command: Sequence[str], world_size: int, *, env: Mapping[str, str] | None = None,
+                 pass_fds: Mapping[int, Sequence[int]] | None = None) -> list[subprocess.Popen]:
+    """Start ``world_size`` processes of ``command`` on this machine, each with the
+    variables torchrun gives its ranks; ``pass_fds[rank]`` are file descriptors that rank
+    inherits. Returns the processes, rank order."""
+    port = str(free_port())
+    base = dict(os.environ if env is None else env)
+    # As torchrun does: ranks sharing the CPU must not each start a thread per core.
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
+    procs = []
+    for rank in range(world_size):
+        rank_env = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                    "LOCAL_WORLD_SIZE": str(world_size), "GROUP_RANK": "0"}
+        procs.append(subprocess.Popen(list(command), env=rank_env, pass_fds=tuple((pass_fds or {}).get(rank, ()))))
+    return procs
+
+
+def exit_description(rank: int, world_size: int, code: int) -> str:
+    """Return how rank ``rank`` ended, in words (``rank 1 of 2 was killed by SIGKILL``)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"rank {rank} of {world_size} was killed by {name}"
+    return f"rank {rank} of {world_size} exited with status {code}"
+
+
+def stop_ranks(procs: Sequence[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """Ask the ranks still running to stop (SIGTERM), and kill those still there after
+    ``grace_s``; returns once all have exited."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def exit_with_parent(poll_s: float = 1.0, on_exit: Callable[[], None] | None = None) -> None:
+    """Start a daemon thread that ends this process when the process that started it dies
+    (a worker killed with SIGKILL must not leave its ranks training); ``on_exit`` runs first."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        if on_exit is not None:
+            on_exit()
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
 
 
 def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
-    from bkdsearch.core.losses import blockkd_loss, make_logit_loss
+    from bkdsearch.core.losses import blockkd_loss, dkd_loss
     from bkdsearch.core.trainer import build_method_for
 
     cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
@@ -373,7 +373,7 @@ def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
     loss = cfg.loss
     parts = blockkd_loss(stones.student, stones.teacher, stones.stones, method.weights, y, alpha=loss.alpha,
                          beta=loss.beta, gamma=loss.gamma, tau=loss.tau,
-                         logit_loss=make_logit_loss("dkd", loss.tau, loss.dkd_alpha, loss.dkd_beta))
+                         logit_loss=lambda s, t, y: dkd_loss(s, t, y, loss.tau, loss.dkd_alpha, loss.dkd_beta))
     for epoch, factor in ((1, 0.25), (3, 0.75), (4, 1.0)):
         method.start_epoch(epoch)
         expected = loss.alpha * parts.ce + loss.beta * factor * parts.kd + loss.gamma * parts.ensemble

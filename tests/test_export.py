@@ -22,7 +22,7 @@ from bkdsearch.core.optim import scale_milestones
 from bkdsearch.core.trainer import Trainer
 from bkdsearch.core.zoo import create_model
 from bkdsearch.errors import ExportError
-from bkdsearch.export import render_script, roots
+from bkdsearch.export import fixed_config, render_script, roots
 from bkdsearch.export.inliner import check_external, inline, render_module
 from bkdsearch.export.layout import literal
 from bkdsearch.spec import Defaults, Spec, load_spec, resolve
@@ -148,21 +148,40 @@ def test_the_script_runs_the_librarys_code_only_laid_out_anew(stem: str, tmp_pat
     """Docstrings cut to their summary, statements rewrapped, unnamed methods left out: every
     inlined definition has the syntax tree of the library's (renamed ones aside)."""
     cfg = _spec_cfg(stem)
-    inlined = inline(roots(cfg))
+    inlined = inline(roots(cfg), fixed=fixed_config(cfg))
     script = _defs(_write(tmp_path, cfg).read_text())
-    compared = 0
+    compared = folded = 0
     for mod in inlined.modules:
         for node in inlined.kept[mod.name]:
             name = getattr(node, "name", None)
             if name is None or inlined.renames.get((mod.name, name)) != name or name in ("main", "parse_args"):
                 continue
-            expected = copy.copy(node)
+            memo: dict = {}
+            expected = copy.deepcopy(node, memo)
             if isinstance(node, ast.ClassDef):
-                expected.body = [n for n in node.body if id(n) not in inlined.dropped]
-            assert ast.dump(_Bare().visit(copy.deepcopy(script[name]))) == ast.dump(_Bare().visit(
-                copy.deepcopy(expected))), name
+                expected.body = [memo[id(n)] for n in node.body if id(n) not in inlined.dropped]
+            folds = {id(memo[id(f.node)]): f for f in mod.folds if id(f.node) in memo}
+            folded += len(folds)
+            expected = _Folded(folds, memo).visit(expected)
+            assert ast.dump(_Bare().visit(copy.deepcopy(script[name]))) == ast.dump(_Bare().visit(expected)), name
             compared += 1
-    assert compared > 50
+    assert compared > 50 and folded >= 3
+
+
+class _Folded(ast.NodeTransformer):
+    """The syntax tree the folds describe: each folded chain replaced by its branch taken
+    (or by the chain from its first undecided ``elif``)."""
+
+    def __init__(self, folds: dict, memo: dict) -> None:
+        self.folds, self.memo = folds, memo
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt]:
+        fold = self.folds.get(id(node))
+        if fold is None:
+            return self.generic_visit(node)
+        if fold.rest is not None:
+            return self.memo[id(fold.rest)]
+        return [self.memo[id(s)] for s in fold.keep]
 
 
 def test_the_config_literal_and_docstring_summaries_keep_what_matters(tmp_path: Path) -> None:

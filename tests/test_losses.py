@@ -11,7 +11,6 @@ from bkdsearch.core.losses import (
     dkd_loss,
     dkd_warmup_factor,
     kd_loss,
-    make_logit_loss,
     stone_weights,
 )
 
@@ -67,8 +66,8 @@ def test_blockkd_total_equals_formula():
     target = torch.tensor([0, 1, 2, 3])
     tau, alpha, beta, gamma = 3.0, 0.7, 1.3, 0.4
     w = stone_weights("shallow_first", [1, 2, 3], 3, 0.5)
-    ll = make_logit_loss("kl", tau)
-    got = blockkd_loss(y_s, y_t, stones, w, target, alpha=alpha, beta=beta, gamma=gamma, tau=tau, logit_loss=ll)
+    got = blockkd_loss(y_s, y_t, stones, w, target, alpha=alpha, beta=beta, gamma=gamma, tau=tau,
+                       logit_loss=lambda s, t, _: kd_loss(s, t, tau))
 
     def kd(a, b):
         pairs = zip(a.tolist(), b.tolist(), strict=True)
@@ -89,7 +88,7 @@ def test_ensemble_target_is_detached():
     y_s = torch.randn(2, 3, requires_grad=True)
     stones = [torch.randn(2, 3, requires_grad=True) for _ in range(2)]
     out = blockkd_loss(y_s, torch.randn(2, 3), stones, [1.0, 1.0], torch.tensor([0, 1]),
-                       alpha=0.0, beta=0.0, gamma=1.0, tau=1.0, logit_loss=make_logit_loss("kl", 1.0))
+                       alpha=0.0, beta=0.0, gamma=1.0, tau=1.0, logit_loss=lambda s, t, _: kd_loss(s, t, 1.0))
     out.total.backward()
     # With e detached, the gradient w.r.t. stone 0 comes only from KD(y_0, e): it equals
     # (softmax(y_0) - softmax(e)) / batch.
@@ -101,7 +100,7 @@ def test_ensemble_target_is_detached():
 def test_no_stones_no_ensemble():
     y = torch.randn(2, 3)
     out = blockkd_loss(y, y, [], [], torch.tensor([0, 1]), alpha=1.0, beta=1.0, gamma=1.0, tau=4.0,
-                       logit_loss=make_logit_loss("kl", 4.0))
+                       logit_loss=lambda s, t, _: kd_loss(s, t, 4.0))
     assert out.ensemble.item() == 0.0
     assert out.total.item() == pytest.approx(F.cross_entropy(y, torch.tensor([0, 1])).item(), rel=1e-6)
 
@@ -121,7 +120,7 @@ def test_logit_scale_multiplies_the_logit_loss_term_only():
     y_s, y_t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
     stones = [torch.randn(4, 5, generator=g) for _ in range(2)]
     target = torch.tensor([0, 1, 2, 3])
-    kw = dict(alpha=0.7, beta=1.3, gamma=0.4, tau=3.0, logit_loss=make_logit_loss("dkd", 3.0, 1.0, 8.0))
+    kw = dict(alpha=0.7, beta=1.3, gamma=0.4, tau=3.0, logit_loss=lambda s, t, y: dkd_loss(s, t, y, 3.0, 1.0, 8.0))
     plain = blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, **kw)
     scale = torch.tensor(0.25)
     scaled = blockkd_loss(y_s, y_t, stones, [0.5, 1.0], target, logit_scale=scale, **kw)

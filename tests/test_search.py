@@ -37,7 +37,7 @@ def _spec(tmp, teacher_ckpt, **search):
     return write_spec(Path(tmp) / "spec.yaml", spec)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def study_dir(tmp_path_factory, teacher_ckpt):
     """A 3-trial study: two good enqueued configurations, then one with a tiny learning rate
     that the median pruner stops after its first epoch."""

@@ -2,7 +2,8 @@
 
 A rank learns who it is from torchrun's environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): :func:`ranks_from_env`. bkdsearch's own
-launcher (:func:`launch_ranks`) sets the same variables, so a rank cannot tell the two apart.
+launcher (:func:`bkdsearch.ranks.launch_ranks`) sets the same variables, so a rank cannot tell the two
+apart.
 The process group is NCCL on CUDA and gloo on the CPU, with a timeout on every collective
 (``BKDSEARCH_COLLECTIVE_TIMEOUT_S``): a rank that dies never leaves the others waiting for ever.
 
@@ -16,13 +17,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,80 +231,3 @@ def data_parallel(module: nn.Module, device: torch.device, *, broadcast_buffers:
     renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters
     flag = "forward_sync_buffers" if renamed else "broadcast_buffers"
     return ddp(module, device_ids=ids, **{flag: broadcast_buffers})
-
-
-# ---------------------------------------------------------------------------- launcher
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 now (for ``MASTER_PORT``)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launch_ranks(command: Sequence[str], world_size: int, *, env: Mapping[str, str] | None = None,
-                 pass_fds: Mapping[int, Sequence[int]] | None = None) -> list[subprocess.Popen]:
-    """Start ``world_size`` processes of ``command`` on this machine, each with the
-    variables torchrun gives its ranks; ``pass_fds[rank]`` are file descriptors that rank
-    inherits. Returns the processes, rank order."""
-    port = str(free_port())
-    base = dict(os.environ if env is None else env)
-    # As torchrun does: ranks sharing the CPU must not each start a thread per core.
-    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
-    procs = []
-    for rank in range(world_size):
-        rank_env = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                    "LOCAL_WORLD_SIZE": str(world_size), "GROUP_RANK": "0"}
-        procs.append(subprocess.Popen(list(command), env=rank_env, pass_fds=tuple((pass_fds or {}).get(rank, ()))))
-    return procs
-
-
-def exit_description(rank: int, world_size: int, code: int) -> str:
-    """Return how rank ``rank`` ended, in words (``rank 1 of 2 was killed by SIGKILL``)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"rank {rank} of {world_size} was killed by {name}"
-    return f"rank {rank} of {world_size} exited with status {code}"
-
-
-def stop_ranks(procs: Sequence[subprocess.Popen], grace_s: float = 10.0) -> None:
-    """Ask the ranks still running to stop (SIGTERM), and kill those still there after
-    ``grace_s``; returns once all have exited."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def first_failure(procs: Sequence[subprocess.Popen]) -> int | None:
-    """Return the rank of a process that has exited with a non-zero status, or None."""
-    for rank, p in enumerate(procs):
-        code = p.poll()
-        if code is not None and code != 0:
-            return rank
-    return None
-
-
-def exit_with_parent(poll_s: float = 1.0, on_exit: Callable[[], None] | None = None) -> None:
-    """Start a daemon thread that ends this process when the process that started it dies
-    (a worker killed with SIGKILL must not leave its ranks training); ``on_exit`` runs first."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        if on_exit is not None:
-            on_exit()
-        sys.stderr.flush()
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()

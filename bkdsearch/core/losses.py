@@ -76,19 +76,6 @@ def dkd_warmup_factor(epoch: int, warmup: int) -> float:
     return min(epoch / warmup, 1.0) if warmup else 1.0
 
 
-def make_logit_loss(kind: str, tau: float, dkd_alpha: float = 1.0, dkd_beta: float = 8.0) -> LogitLoss:
-    """Return the logit-matching loss ``kind`` (``"kl"`` or ``"dkd"``) as ``f(s, t, target)``.
-
-    Raises:
-        ValueError: unknown kind.
-    """
-    if kind == "kl":
-        return lambda s, t, target: kd_loss(s, t, tau)
-    if kind == "dkd":
-        return lambda s, t, target: dkd_loss(s, t, target, tau, dkd_alpha, dkd_beta)
-    raise ValueError(f"unknown logit loss {kind!r}; choose 'kl' or 'dkd'")
-
-
 def stone_weights(order: str, stone_indices: Sequence[int], num_blocks: int, decay: float) -> list[float]:
     """Return ``w_i = decay ** (number of teacher blocks in stone i)`` for 1-based stones.
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses import blockkd_loss, dkd_loss, dkd_warmup_factor, kd_loss, make_logit_loss, stone_weights
+from .losses import LogitLoss, blockkd_loss, dkd_loss, dkd_warmup_factor, kd_loss, stone_weights
 from .partitions import Partition
 from .stones import SteppingStones
 
@@ -203,7 +203,7 @@ class BlockKD(DKDWarmup):
         self._stones = (stones,)  # not a submodule: its modules are registered above
         loss = cfg.loss
         self.weights = stone_weights(stones.order, stones.active, stones.num_blocks, loss.decay)
-        self.logit_loss = make_logit_loss(loss.logit_loss, loss.tau, loss.dkd_alpha, loss.dkd_beta)
+        self.logit_loss = logit_loss_of(cfg)
         self.logit_loss_kind = loss.logit_loss
         self.alpha, self.beta, self.gamma, self.tau = loss.alpha, loss.beta, loss.gamma, loss.tau
 
@@ -234,6 +234,15 @@ class BlockKD(DKDWarmup):
         for i, y_ce, y_kd in zip(self._stones[0].active, parts.stones_ce, parts.stones_kd, strict=True):
             terms[f"stone{i}_ce"], terms[f"stone{i}_{logit}"] = y_ce, y_kd
         return StepOut(parts.total, out.student, terms)
+
+
+def logit_loss_of(cfg: RunConfig) -> LogitLoss:
+    """Return the logit-matching loss ``cfg.loss.logit_loss`` (``kl`` or ``dkd``) as
+    ``f(student, teacher, target)``, with ``cfg.loss``'s temperature and DKD weights."""
+    loss = cfg.loss
+    if cfg.loss.logit_loss == "dkd":
+        return lambda s, t, target: dkd_loss(s, t, target, loss.tau, loss.dkd_alpha, loss.dkd_beta)
+    return lambda s, t, target: kd_loss(s, t, loss.tau)
 
 
 def _needs(teacher: nn.Module | None, method: str) -> nn.Module:

@@ -100,16 +100,18 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def build_method_for(cfg: RunConfig, num_classes: int, input_size: tuple[int, int, int],
-                     teacher_weights: str | None, *, sync_bn: bool = False) -> Method:
+                     teacher_weights: str | None, ranks: Ranks = SINGLE) -> Method:
     """Return the method module of ``cfg``: student and connectors initialised from
-    ``cfg.seed``, teacher loaded from ``teacher_weights``; with ``sync_bn`` their BatchNorms
-    normalise over the global batch of all ranks. Raises WeightsError on a bad file."""
+    ``cfg.seed``, teacher loaded from ``teacher_weights``; with ``runtime.sync_bn`` on several
+    ``ranks``, their BatchNorms normalise over the global batch. Raises WeightsError on a bad
+    file."""
     with seeded(cfg.seed):
         student, teacher = build_models(cfg, num_classes, teacher_weights)
-        if sync_bn:  # before the stepping-stones take views of the student's blocks
+        if cfg.runtime.sync_bn and ranks.active:
+            # The student's first, before the stepping-stones take views of its blocks.
             student = sync_batchnorm(student)
-        method = build_method(cfg, student, teacher, input_size)
-        return sync_batchnorm(method) if sync_bn else method
+            return sync_batchnorm(build_method(cfg, student, teacher, input_size))
+        return build_method(cfg, student, teacher, input_size)
 
 
 def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) -> tuple[nn.Module, nn.Module | None]:
@@ -231,11 +233,10 @@ class Trainer:
             augment=cfg.data.augment, num_workers=cfg.data.num_workers,
             synthetic=cfg.data.synthetic, data_seed=cfg.data.split_seed,
             train_fraction=cfg.data.train_fraction, ranks=ranks,
-            image_size=getattr(cfg.data, "image_size", None) or 224, decode=getattr(cfg.data, "decode", "auto"),
+            image_size=cfg.data.image_size or 224, decode=cfg.data.decode,
         )
-        sync_bn = ranks.active and bool(getattr(cfg.runtime, "sync_bn", False))
         self.method: Method = build_method_for(cfg, self.data.num_classes, self.data.input_size,
-                                               teacher_weights, sync_bn=sync_bn).to(self.device)
+                                               teacher_weights, ranks).to(self.device)
         cuda = self.device.type == "cuda"
         self.autocast = cuda and cfg.runtime.amp in ("auto", "bf16")
         if cuda and cfg.runtime.channels_last in ("auto", "on"):
@@ -245,7 +246,7 @@ class Trainer:
         self.use_graph = (cuda and cfg.runtime.cuda_graph in ("auto", "on") and not cfg.runtime.compile
                           and not ranks.active)
         # Without SyncBN each rank's running statistics are its own; DDP gives every rank rank 0's.
-        self.model = data_parallel(self.method, self.device, broadcast_buffers=not sync_bn)
+        self.model = data_parallel(self.method, self.device, broadcast_buffers=not cfg.runtime.sync_bn)
         self.optimizer = make_optimizer(cfg.train, params, capturable=self.use_graph)
         self.channels_last = cuda and cfg.runtime.channels_last in ("auto", "on")
         self._graph: GraphedStep | None = None

@@ -25,8 +25,10 @@ from ..core.zoo import model_entry
 from ..errors import ExportError
 from ..spec import RunConfig
 from ..urls import redact
+from .fold import fixed_values
 from .inliner import Inlined, inline, render_module
 from .layout import import_lines, literal
+from .script import FLAG_KEYS
 
 SCRIPT = "bkdsearch.export.script"
 _PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
@@ -76,6 +78,12 @@ def roots(cfg: RunConfig) -> list[tuple[str, str]]:
     return out
 
 
+def fixed_config(cfg: RunConfig) -> dict[str, Any]:
+    """Return the values of ``cfg`` that its script cannot change (every one but those its
+    flags set), by dotted path: what decides the ``if`` chains folded into the script."""
+    return fixed_values(cfg.model_dump(mode="json"), set(FLAG_KEYS))
+
+
 def _body(inlined: Inlined) -> str:
     parts: list[str] = []
     section = None
@@ -117,7 +125,7 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
         ExportError: the trial's code cannot be inlined (an unknown architecture, an import
             the script may not use).
     """
-    inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)})
+    inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)}, fixed=fixed_config(cfg))
     head = "\n".join(f"    {k}: {_oneline(v)}" for k, v in header.items())
     config = literal(cfg.model_dump(mode="json"))
     imports = "\n\n".join(import_lines(inlined.external))

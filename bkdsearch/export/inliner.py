@@ -20,11 +20,13 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib.util
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ExportError
+from .fold import Fold, folds, mark_elifs, render
 from .layout import docstring_summary, is_stdlib, refill
 
 ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
@@ -47,6 +49,10 @@ class Module:
     """local name -> (third-party or stdlib module, imported name; None for ``import x``)."""
     statements: list[ast.stmt] = field(default_factory=list)
     """Top-level code that runs at import time (registration loops and calls)."""
+    folds: list[Fold] = field(default_factory=list)
+    """The ``if`` chains the trial's fixed configuration decides (:mod:`bkdsearch.export.fold`)."""
+    dead: set[int] = field(default_factory=set)
+    """``id`` of each test and branch those chains leave out."""
 
     @property
     def doc(self) -> str:
@@ -87,8 +93,9 @@ def _assigned_names(node: ast.stmt) -> list[str]:
     return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 
-def parse_module(name: str) -> Module:
-    """Parse package module ``name`` into a :class:`Module`.
+def parse_module(name: str, fixed: Mapping[str, Any] | None = None) -> Module:
+    """Parse package module ``name`` into a :class:`Module`, folding the ``if`` chains that the
+    configuration values ``fixed`` (dotted paths) decide.
 
     Raises:
         ExportError: a relative import inside a function (it could not be inlined), or a
@@ -136,6 +143,11 @@ def parse_module(name: str) -> Module:
             mod.statements.append(node)
     for local, (target, _) in mod.external.items():
         check_external(target, f"{name} ({local})")
+    if fixed:
+        lines = source.splitlines()
+        mark_elifs(tree, lines)
+        mod.folds = [f for f in folds(tree, fixed) if render(f, lines) is not None]
+        mod.dead = {id(n) for f in mod.folds for n in f.dead}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom | ast.Import) and node not in tree.body:
             if isinstance(node, ast.ImportFrom) and node.level:
@@ -176,11 +188,11 @@ def _names_used(nodes: Iterable[ast.AST], dropped: set[int] | frozenset[int] = f
     return {n.id for node in nodes for n in _live(node, dropped) if isinstance(n, ast.Name)}
 
 
-def _members_named(nodes: Iterable[ast.AST]) -> set[str]:
+def _members_named(nodes: Iterable[ast.AST], dead: set[int]) -> set[str]:
     """Every name, attribute and identifier-like string in ``nodes``: what may name a method."""
     out = set()
     for node in nodes:
-        for n in ast.walk(node):
+        for n in _live(node, dead):
             if isinstance(n, ast.Name):
                 out.add(n.id)
             elif isinstance(n, ast.Attribute):
@@ -208,7 +220,8 @@ class Inlined:
 
 
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, fixed: Mapping[str, Any] | None = None) -> None:
+        self.fixed = fixed
         self.modules: dict[str, Module] = {}
         self.reached: set[tuple[str, str]] = set()
         self.included: set[str] = set()
@@ -222,7 +235,7 @@ class _Walker:
 
     def module(self, name: str) -> Module:
         if name not in self.modules:
-            self.modules[name] = parse_module(name)
+            self.modules[name] = parse_module(name, self.fixed)
         return self.modules[name]
 
     def resolve(self, module: str, name: str) -> tuple[str, str]:
@@ -251,7 +264,7 @@ class _Walker:
             self._queue.append(key)
 
     def _use(self, mod: Module, nodes: Sequence[ast.AST]) -> None:
-        for used in sorted(_names_used(nodes)):
+        for used in sorted(_names_used(nodes, mod.dead)):
             if used in mod.defs or used in mod.package_imports:
                 self.reach(mod.name, used)
             elif used in mod.external:
@@ -259,7 +272,7 @@ class _Walker:
                 if known != mod.external[used]:
                     raise ExportError(f"{used!r} means {known} in one module and {mod.external[used]} "
                                       f"in {mod.name}: use one alias for one import")
-        for name in _members_named(nodes) - self.named:
+        for name in _members_named(nodes, mod.dead) - self.named:
             self.named.add(name)
             self._members.extend(self.waiting.pop(name, []))
 
@@ -351,22 +364,25 @@ def _outside_object(mod: Module, expr: ast.expr) -> object | None:
 
 def _dependencies(walker: _Walker, mod: Module, nodes: list[ast.stmt], dropped: set[int]) -> set[str]:
     deps = set()
-    for used in _names_used(nodes, dropped):
+    for used in _names_used(nodes, dropped | mod.dead):
         if used in mod.package_imports:
             deps.add(walker.resolve(mod.name, used)[0])
     return deps - {mod.name}
 
 
-def inline(roots: Sequence[tuple[str, str]], rank: dict[str, int] | None = None) -> Inlined:
+def inline(roots: Sequence[tuple[str, str]], rank: dict[str, int] | None = None,
+           fixed: Mapping[str, Any] | None = None) -> Inlined:
     """Return what a script needs for the definitions ``roots`` (``(module, name)`` pairs).
 
-    ``rank`` orders modules that do not depend on each other (lower first; default by name).
+    ``rank`` orders modules that do not depend on each other (lower first; default by name);
+    ``fixed`` holds the configuration values the script cannot change (dotted paths), which
+    decide ``if`` chains on ``cfg`` (:mod:`bkdsearch.export.fold`).
 
     Raises:
         ExportError: a name that cannot be resolved, a module used by attribute, an import
             the script may not use, or an import cycle between kept modules.
     """
-    walker = _Walker()
+    walker = _Walker(fixed)
     for module, name in roots:
         walker.reach(module, name)
     walker.run()
@@ -431,8 +447,8 @@ def render_module(inlined: Inlined, mod: Module) -> str:
             row = lineno - 1 - first
             chunk[row] = chunk[row][:start] + text.encode() + chunk[row][end:]
         text = [c.decode() for c in chunk]
-        for a, b, new in sorted(_cuts(inlined, lines, node, doc), reverse=True):
-            text[a - first:b - first] = new
+        for a, b, rewrite in sorted(_cuts(inlined, mod, lines, node, doc), key=lambda c: c[:2], reverse=True):
+            text[a - first:b - first] = rewrite(text[a - first:b - first])
         if previous is not None:
             out += "\n" + _gap(mod, lines, previous, node)
         out += refill("\n".join(text))
@@ -463,23 +479,33 @@ def _gap(mod: Module, lines: list[str], previous: ast.stmt, node: ast.stmt) -> s
     return "\n"
 
 
-def _cuts(inlined: Inlined, lines: list[str], node: ast.stmt,
-          doc: ast.Expr | None) -> list[tuple[int, int, list[str]]]:
-    """``(first, end, new lines)`` (0-based, end exclusive) replacing each docstring in
-    ``node`` by its summary and removing each dropped method with the blank line above it."""
-    cuts: list[tuple[int, int, list[str]]] = []
+Rewrite = Callable[[list[str]], list[str]]
+
+
+def _cuts(inlined: Inlined, mod: Module, lines: list[str], node: ast.stmt,
+          doc: ast.Expr | None) -> list[tuple[int, int, Rewrite]]:
+    """``(first, end, rewrite)`` (0-based lines, end exclusive; ``rewrite`` takes them as
+    they are now) replacing each docstring in ``node`` by its summary, removing each dropped
+    method with the blank line above it, and folding each decided ``if`` chain."""
+    cuts: list[tuple[int, int, Rewrite]] = []
     for n in ast.walk(node):
         for item in n.body if isinstance(n, ast.ClassDef) else []:
             if id(item) in inlined.dropped:
                 a, b = _first_line(lines, item), item.end_lineno or item.lineno
                 if a > 0 and not lines[a - 1].strip():
                     a -= 1
-                cuts.append((a, b, []))
+                cuts.append((a, b, lambda text: []))
     removed = [(a, b) for a, b, _ in cuts]
+    start, end = _first_line(lines, node), node.end_lineno or node.lineno
+    for fold in mod.folds:
+        cut = render(fold, lines)
+        if cut is not None and start <= cut[0] < end and not any(x <= cut[0] < y for x, y in removed):
+            cuts.append(cut)
     for d in _docstrings(node) + ([doc.value] if doc is not None else []):
         a, b = d.lineno - 1, d.end_lineno or d.lineno
         if not any(x <= a < y for x, y in removed):
-            cuts.append((a, b, docstring_summary(lines[a:b])))
+            summary = docstring_summary(lines[a:b])
+            cuts.append((a, b, lambda text, summary=summary: summary))
     return cuts
 
 

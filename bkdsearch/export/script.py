@@ -12,26 +12,18 @@ import argparse
 import copy
 import hashlib
 import json
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bkdsearch.core.distributed import (
-    end_group,
-    first_failure,
-    launch_ranks,
-    rank_device,
-    ranks_from_env,
-    start_group,
-    stop_ranks,
-)
+from bkdsearch.core.distributed import end_group, rank_device, ranks_from_env, start_group
 from bkdsearch.core.optim import scale_milestones
 from bkdsearch.core.trainer import Trainer
 
 CONFIG: dict[str, Any] = {}
 TEACHER_CHECKPOINT: str | None = None
+FLAG_KEYS = ("train.epochs", "train.milestones", "data.root", "data.val_fraction", "runtime.device")
+"""The configuration values :func:`parse_args` may set from flags; the script fixes all others."""
 
 
 class Config(dict):
@@ -93,9 +85,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--milestones", type=_MILESTONES, default=None,
                         help="lr milestones as comma-separated epochs; None: the trial's, scaled to --epochs")
     parser.add_argument("--out", default="run", help="output folder (checkpoints, metrics.jsonl, student.pt)")
-    parser.add_argument("--gpus", type=_EPOCHS, default=1,
-                        help="processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu; "
-                             "leave it out under torchrun")
     parser.add_argument("--val-fraction", type=_FRACTION, default=0.0,
                         help="validation share of the training set (0: train on all of it)")
     args = parser.parse_args(argv)
@@ -111,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     late = [m for m in train.get("milestones") or [] if m >= args.epochs]
     if train["schedule"] == "multistep" and late:
         parser.error(f"milestones {late} are at or past the last epoch ({args.epochs})")
-    size = max(args.gpus, ranks_from_env().world_size)
+    size = ranks_from_env().world_size
     if data["batch_size"] % size:
         parser.error(f"the batch size {data['batch_size']} cannot be shared by {size} processes")
     data["root"], data["val_fraction"] = args.data, args.val_fraction
@@ -120,26 +109,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     return args, cfg
 
 
-def launch(gpus: int) -> int:
-    """Run this script as ``gpus`` ranks (as torchrun would) and return the exit status: the
-    first failing rank's (the others are then stopped), else 0."""
-    procs = launch_ranks([sys.executable, *sys.argv], gpus)
-    try:
-        while any(p.poll() is None for p in procs) and first_failure(procs) is None:
-            time.sleep(0.5)
-    finally:
-        stop_ranks(procs)
-    failed = first_failure(procs)
-    return 0 if failed is None else abs(procs[failed].returncode) or 1
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train the exported configuration and print each epoch and the test accuracy (rank 0
-    alone when several processes train it: ``--gpus G`` or torchrun)."""
+    alone when torchrun starts several: ``torchrun --nproc_per_node G train.py``)."""
     args, cfg = parse_args(argv)
     ranks = ranks_from_env()
-    if args.gpus > 1 and not ranks.active:
-        sys.exit(launch(args.gpus))
     device = rank_device(ranks, args.device) if ranks.active else None
     if device is not None:
         start_group(ranks, device)
