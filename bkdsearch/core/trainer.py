@@ -118,16 +118,14 @@ def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) 
     """Return (student, teacher) for ``cfg`` (initialised from the global generator: call
     under :func:`seeded`), the teacher loaded from ``teacher_weights`` (weights-only)."""
     student = create_model(cfg.student.arch, num_classes=num_classes)
-    teacher = None
-    if cfg.teacher is not None and cfg.method != "ce":
-        teacher = create_model(cfg.teacher.arch, num_classes=num_classes)
     if cfg.student.checkpoint:
         load_weights(student, cfg.student.checkpoint)
-    if teacher is not None:
-        if teacher_weights is None:
-            raise ValueError("a teacher checkpoint is needed for distillation")
-        load_weights(teacher, teacher_weights)
-    return student, teacher
+    if cfg.teacher is None or cfg.method == "ce":
+        return student, None
+    if teacher_weights is None:
+        raise ValueError("a teacher checkpoint is needed for distillation")
+    # Its (overwritten) initialisation draws come after the student's, before the connectors'.
+    return student, load_weights(create_model(cfg.teacher.arch, num_classes=num_classes), teacher_weights)
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 RUN_CONFIG = "RunConfig"
+Rewrite = Callable[[list[str]], list[str]]
+"""Lines of the source (names already renamed) -> what the script holds in their place."""
 _UNKNOWN = object()
 _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.In: lambda a, b: a in b,
@@ -197,7 +199,7 @@ def _value(expr: ast.expr, roots: frozenset[str], fixed: Mapping[str, Any]) -> A
     return fixed.get(".".join(reversed(attrs)), _UNKNOWN)
 
 
-def render(fold: Fold, lines: list[str]) -> tuple[int, int, Callable[[list[str]], list[str]]] | None:
+def render(fold: Fold, lines: list[str]) -> tuple[int, int, Rewrite] | None:
     """Return ``(start, end, rewrite)`` for ``fold``'s chain in the module's source ``lines``:
     its lines (0-based, end exclusive), and ``rewrite`` taking those lines as they are now
     (names already renamed) to what the script holds; None when the branch taken cannot be

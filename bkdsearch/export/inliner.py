@@ -1,18 +1,16 @@
 """Inline the part of bkdsearch's runtime that a trial reaches into one script.
 
-The exporter follows the code rather than tables: starting from a few root definitions
-(the script's ``main``, the trial's model builders and method), it walks every name those
-definitions use, through ``from .x import y`` chains, to the module that defines it, and keeps
-exactly the top-level definitions reached (a fixpoint over names). Statements that run at
-import time in a kept module (model registration loops, ``register_decomposer`` calls) are
-kept and walked too. Within a kept class, a method is kept only when some kept code names it
-(as an attribute, a name or a string, so ``getattr(model, "decompose")`` counts), when it is
-a dunder, or when an outside base class has an attribute of that name (torch calls
-``forward`` and ``train``, the optimizer ``step``): the same fixpoint, so a dropped method's
-own references reach nothing. Names defined in two kept modules are renamed on inlining, so
-modules never need globally unique names. Third-party and standard-library imports are merged
-by module; anything but torch, torchvision, numpy, PIL and the standard library is refused,
-lazy imports inside functions included.
+The exporter follows the code rather than tables: from a few root definitions (the script's
+``main``, the trial's model builders and method) it walks every name those definitions use,
+through ``from .x import y`` chains, to the module that defines it, and keeps exactly the
+top-level definitions reached (a fixpoint over names), with the import-time statements of the
+modules kept (registration loops). A method of a kept class is kept only when kept code names
+it (an attribute, a name or a string: ``getattr(model, "decompose")`` counts), when it is a
+dunder, or when an outside base class has that attribute (torch calls ``forward``); branches
+the trial's fixed configuration rules out are never walked (:mod:`bkdsearch.export.fold`).
+Names defined in two kept modules are renamed on inlining. Imports are merged by module, and
+anything but torch, torchvision, numpy, PIL and the standard library is refused, lazy imports
+included.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from .fold import Fold, folds, mark_elifs, render
+from .fold import Fold, Rewrite, folds, mark_elifs, render
 from .layout import docstring_summary, is_stdlib, refill
 
 ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
@@ -50,9 +48,9 @@ class Module:
     statements: list[ast.stmt] = field(default_factory=list)
     """Top-level code that runs at import time (registration loops and calls)."""
     folds: list[Fold] = field(default_factory=list)
-    """The ``if`` chains the trial's fixed configuration decides (:mod:`bkdsearch.export.fold`)."""
+    """The ``if`` chains the trial's fixed configuration decides, whose tests and branches not
+    taken are ``dead`` (by ``id``): :mod:`bkdsearch.export.fold`."""
     dead: set[int] = field(default_factory=set)
-    """``id`` of each test and branch those chains leave out."""
 
     @property
     def doc(self) -> str:
@@ -98,8 +96,7 @@ def parse_module(name: str, fixed: Mapping[str, Any] | None = None) -> Module:
     configuration values ``fixed`` (dotted paths) decide.
 
     Raises:
-        ExportError: a relative import inside a function (it could not be inlined), or a
-            module the script may not import.
+        ExportError: a relative import inside a function, or a module the script may not import.
     """
     path = module_path(name)
     source = path.read_text(encoding="utf-8")
@@ -479,14 +476,10 @@ def _gap(mod: Module, lines: list[str], previous: ast.stmt, node: ast.stmt) -> s
     return "\n"
 
 
-Rewrite = Callable[[list[str]], list[str]]
-
-
 def _cuts(inlined: Inlined, mod: Module, lines: list[str], node: ast.stmt,
           doc: ast.Expr | None) -> list[tuple[int, int, Rewrite]]:
-    """``(first, end, rewrite)`` (0-based lines, end exclusive; ``rewrite`` takes them as
-    they are now) replacing each docstring in ``node`` by its summary, removing each dropped
-    method with the blank line above it, and folding each decided ``if`` chain."""
+    """``(first, end, rewrite)`` of 0-based lines (end exclusive): docstrings cut to their summary,
+    dropped methods removed with the blank line above, decided ``if`` chains folded."""
     cuts: list[tuple[int, int, Rewrite]] = []
     for n in ast.walk(node):
         for item in n.body if isinstance(n, ast.ClassDef) else []:
