@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from bkdsearch.export import fixed_config, render_script
-from bkdsearch.export.fold import fixed_values, folds, mark_elifs, render
+from bkdsearch.export.fold import fixed_values, folds
 from bkdsearch.export.script import FLAG_KEYS
 from bkdsearch.spec import load_spec, resolve
 from bkdsearch.spec.resolve import Defaults
@@ -22,9 +22,7 @@ def _folded(source: str, fixed: dict) -> str:
     the last fold up)."""
     source = textwrap.dedent(source).strip("\n")
     lines = source.splitlines()
-    tree = ast.parse(source)
-    mark_elifs(tree, lines)
-    cuts = [c for f in folds(tree, fixed) if (c := render(f, lines)) is not None]
+    cuts = [f.cut for f in folds(ast.parse(source), lines, fixed)]
     for start, end, rewrite in sorted(cuts, key=lambda c: c[:2], reverse=True):
         lines[start:end] = rewrite(lines[start:end])
     return "\n".join(lines)

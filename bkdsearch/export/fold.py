@@ -39,6 +39,8 @@ class Fold:
     rest: ast.If | None
     dead: tuple[ast.AST, ...]
     """The tests and branches the script leaves out (nothing in them is reached)."""
+    cut: tuple[int, int, Rewrite]
+    """The chain's source lines (0-based, end exclusive) and what the script holds in their place."""
 
 
 def fixed_values(config: Mapping[str, Any], changeable: set[str]) -> dict[str, Any]:
@@ -58,19 +60,22 @@ def fixed_values(config: Mapping[str, Any], changeable: set[str]) -> dict[str, A
     return out
 
 
-def folds(tree: ast.Module, fixed: Mapping[str, Any]) -> list[Fold]:
-    """Return the decided ``if`` chains in ``tree`` (outermost only: a chain inside a folded
-    branch stays as written), for the configuration values ``fixed``.
+def folds(tree: ast.Module, lines: list[str], fixed: Mapping[str, Any]) -> list[Fold]:
+    """Return the decided ``if`` chains in ``tree`` (parsed from the source ``lines``) for the
+    configuration values ``fixed``, each with its :attr:`Fold.cut`.
 
-    A chain is left alone when folding would empty the block holding it.
+    Only outermost chains fold (one inside a folded branch stays as written), and a chain is
+    left alone when folding would empty the block holding it or its branch cannot be moved left.
     """
     out: list[Fold] = []
     for scope, roots in _scopes(tree):
         for block in _blocks(scope):
             for node in block:
-                fold = _fold(node, roots, fixed) if isinstance(node, ast.If) else None
-                if fold is not None and (fold.keep or fold.rest is not None or len(block) > 1):
-                    out.append(fold)
+                decided = _decide(node, lines, roots, fixed) if isinstance(node, ast.If) else None
+                if decided is None or not (decided[0] or decided[1] is not None or len(block) > 1):
+                    continue
+                if (cut := _render(node, *decided[:2], lines)) is not None:
+                    out.append(Fold(node, *decided, cut))
     return out
 
 
@@ -120,37 +125,33 @@ def _blocks(fn: ast.FunctionDef) -> Iterator[list[ast.stmt]]:
                 todo.append(handler.body)
 
 
-def _fold(node: ast.If, roots: frozenset[str], fixed: Mapping[str, Any]) -> Fold | None:
+def _decide(node: ast.If, lines: list[str], roots: frozenset[str],
+            fixed: Mapping[str, Any]) -> tuple[list[ast.stmt], ast.If | None, tuple[ast.AST, ...]] | None:
+    """``(keep, rest, dead)`` of :class:`Fold` for the chain starting at ``node``; None when
+    its first test is not decided."""
     dead: list[ast.AST] = []
     branch: ast.If | None = node
     while branch is not None:
         truth = _truth(branch.test, roots, fixed)
         if truth is None:
-            return None if branch is node else Fold(node, [], branch, tuple(dead))
+            return None if branch is node else ([], branch, tuple(dead))
         dead.append(branch.test)
         taken = branch.body if truth else None
         orelse = branch.orelse
-        elif_ = orelse[0] if len(orelse) == 1 and isinstance(orelse[0], ast.If) and _is_elif(orelse[0]) else None
+        elif_ = orelse[0] if len(orelse) == 1 and _is_elif(orelse[0], lines) else None
         if taken is not None:
             dead.extend(orelse)
-            return Fold(node, taken, None, tuple(dead))
+            return taken, None, tuple(dead)
         dead.extend(branch.body)
         if elif_ is None:
-            return Fold(node, orelse, None, tuple(dead))
+            return orelse, None, tuple(dead)
         branch = elif_
     return None
 
 
-def _is_elif(node: ast.If) -> bool:
-    return getattr(node, "_bkdsearch_elif", False)
-
-
-def mark_elifs(tree: ast.Module, lines: list[str]) -> None:
-    """Mark each ``If`` node written as ``elif`` in the source ``lines`` (the syntax tree
-    cannot tell ``elif x:`` from ``else:`` + ``if x:``)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            node._bkdsearch_elif = lines[node.lineno - 1][node.col_offset:].startswith("elif")  # type: ignore[attr-defined]
+def _is_elif(node: ast.stmt, lines: list[str]) -> bool:
+    """True for an ``elif``: the syntax tree alone cannot tell it from ``else:`` + ``if``."""
+    return isinstance(node, ast.If) and lines[node.lineno - 1][node.col_offset:].startswith("elif")
 
 
 def _truth(expr: ast.expr, roots: frozenset[str], fixed: Mapping[str, Any]) -> bool | None:
@@ -191,36 +192,35 @@ def _value(expr: ast.expr, roots: frozenset[str], fixed: Mapping[str, Any]) -> A
     while isinstance(expr, ast.Attribute):
         attrs.append(expr.attr)
         expr = expr.value
-        if isinstance(expr, ast.Attribute) and ast.unparse(expr) == "self.cfg" and "self.cfg" in roots:
-            break
-    base = ast.unparse(expr)
-    if not attrs or base not in roots:
+    if not isinstance(expr, ast.Name):
         return _UNKNOWN
-    return fixed.get(".".join(reversed(attrs)), _UNKNOWN)
+    dotted = ".".join([expr.id, *reversed(attrs)])  # "self.cfg.runtime.sync_bn"
+    root = next((r for r in roots if dotted.startswith(r + ".")), None)
+    return _UNKNOWN if root is None else fixed.get(dotted[len(root) + 1:], _UNKNOWN)
 
 
-def render(fold: Fold, lines: list[str]) -> tuple[int, int, Rewrite] | None:
-    """Return ``(start, end, rewrite)`` for ``fold``'s chain in the module's source ``lines``:
-    its lines (0-based, end exclusive), and ``rewrite`` taking those lines as they are now
-    (names already renamed) to what the script holds; None when the branch taken cannot be
-    moved left (a line not indented as its block, such as a string continuing at the margin)."""
-    node = fold.node
+def _render(node: ast.If, keep: list[ast.stmt], rest: ast.If | None,
+            lines: list[str]) -> tuple[int, int, Rewrite] | None:
+    """Return ``(start, end, rewrite)`` for the chain at ``node`` in the module's source
+    ``lines``: its lines (0-based, end exclusive), and ``rewrite`` taking those lines as they
+    are now (names already renamed) to what the script holds; None when the branch taken
+    cannot be moved left (a line not indented as its block, such as a string at the margin)."""
     start, end = node.lineno - 1, node.end_lineno or node.lineno
-    if fold.rest is not None:
-        skip, column = fold.rest.lineno - 1 - start, fold.rest.col_offset
+    if rest is not None:
+        skip, column = rest.lineno - 1 - start, rest.col_offset
 
         def restart(text: list[str]) -> list[str]:
             head = text[skip]
             return [head[:column] + head[column:].replace("elif", "if", 1), *text[skip + 1:]]
 
         return start, end, restart
-    if not fold.keep:
+    if not keep:
         return start, end, lambda text: []
-    keep_from = fold.keep[0].lineno - 1
+    keep_from = keep[0].lineno - 1
     while lines[keep_from - 1].lstrip().startswith("#"):  # the comments heading the branch
         keep_from -= 1
-    keep_to = fold.keep[-1].end_lineno or fold.keep[-1].lineno
-    shift = fold.keep[0].col_offset - node.col_offset
+    keep_to = keep[-1].end_lineno or keep[-1].lineno
+    shift = keep[0].col_offset - node.col_offset
     if any(line.strip() and not line.startswith(" " * shift) for line in lines[keep_from:keep_to]):
         return None
 

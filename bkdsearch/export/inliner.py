@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from .fold import Fold, Rewrite, folds, mark_elifs, render
+from .fold import Fold, Rewrite, folds
 from .layout import docstring_summary, is_stdlib, refill
 
 ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
@@ -141,9 +141,7 @@ def parse_module(name: str, fixed: Mapping[str, Any] | None = None) -> Module:
     for local, (target, _) in mod.external.items():
         check_external(target, f"{name} ({local})")
     if fixed:
-        lines = source.splitlines()
-        mark_elifs(tree, lines)
-        mod.folds = [f for f in folds(tree, fixed) if render(f, lines) is not None]
+        mod.folds = folds(tree, source.splitlines(), fixed)
         mod.dead = {id(n) for f in mod.folds for n in f.dead}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom | ast.Import) and node not in tree.body:
@@ -490,10 +488,7 @@ def _cuts(inlined: Inlined, mod: Module, lines: list[str], node: ast.stmt,
                 cuts.append((a, b, lambda text: []))
     removed = [(a, b) for a, b, _ in cuts]
     start, end = _first_line(lines, node), node.end_lineno or node.lineno
-    for fold in mod.folds:
-        cut = render(fold, lines)
-        if cut is not None and start <= cut[0] < end and not any(x <= cut[0] < y for x, y in removed):
-            cuts.append(cut)
+    cuts += [f.cut for f in mod.folds if start <= f.cut[0] < end and not any(x <= f.cut[0] < y for x, y in removed)]
     for d in _docstrings(node) + ([doc.value] if doc is not None else []):
         a, b = d.lineno - 1, d.end_lineno or d.lineno
         if not any(x <= a < y for x, y in removed):
