@@ -15,6 +15,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a grouped test whose xdist group is lost: its module's shared fixture (the study
+    of test_search) would be built once per worker, which costs minutes and fails nothing."""
+    if not item.config.getoption("loadgroup", False) or item.get_closest_marker("xdist_group") is None:
+        return
+    if "@" not in item.nodeid:
+        pytest.fail("--dist loadgroup did not group this test: this pytest and pytest-xdist do not work "
+                    "together (pytest-xdist#1386); install the versions pyproject.toml names", pytrace=False)
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip with ``reason`` on a laptop, but fail in CI (where everything must run)."""
     if condition:
