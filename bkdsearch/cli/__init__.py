@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .errors import BadInput
-from .progress import percent
-from .urls import redact
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-STUDIES = Path("studies")
+from .. import __version__
+from ..errors import BadInput
+from ..progress import percent
+from ..urls import redact
+from .common import STUDIES, STUDY_HELP, err, load_spec_or_exit, out, study_name_of
+from .workers import Workers, worker_options
 
 
 def _example(line: str) -> str:
@@ -55,17 +51,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _load(spec_path: str) -> Any:
-    from .spec import SpecError, load_spec
-
-    try:
-        return load_spec(spec_path)
-    except SpecError as exc:
-        err.print(redact(exc.format(spec_path)), soft_wrap=True, markup=False)
-        err.print(f"{len(exc.errors)} error(s) in {spec_path}")
-        sys.exit(2)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bkdsearch")
 def main() -> None:
@@ -77,10 +62,10 @@ def main() -> None:
 @handle_errors
 def validate(spec_path: str) -> None:
     """Check a spec: exit 0 with a summary, or 2 listing every bad field with its line."""
-    from .spec import searched
-    from .spec.checks import describe_partition, space_size
+    from ..spec import searched
+    from ..spec.checks import describe_partition, space_size
 
-    spec = _load(spec_path)
+    spec = load_spec_or_exit(spec_path)
     space = searched(spec)
     teacher = spec.teacher.arch if spec.teacher else "-"
     out.print(f"[bold]{spec.name}[/]: {teacher} -> {spec.student.arch} on {spec.data.dataset}")
@@ -94,7 +79,7 @@ def validate(spec_path: str) -> None:
 @main.command(epilog=_example("bkdsearch schema > spec.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editor completion)."""
-    from .spec import spec_json_schema
+    from ..spec import spec_json_schema
 
     click.echo(json.dumps(spec_json_schema(), indent=2))
 
@@ -106,35 +91,14 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
     Raises:
         SpecError: an unknown key or an invalid value (exit 2).
     """
-    from .spec import Defaults, parse_overrides, resolve
-    from .spec.resolve import SPEC_KEYS, override_spec
+    from ..spec import Defaults, parse_overrides, resolve
+    from ..spec.resolve import SPEC_KEYS, override_spec
 
-    spec = _load(spec_path)
+    spec = load_spec_or_exit(spec_path)
     overrides = parse_overrides(list(sets))
     cfg = resolve(spec, Defaults(overrides), overrides=overrides)
     own = {k: v for k, v in overrides.items() if k in SPEC_KEYS}
     return (override_spec(spec, own) if own else spec), cfg
-
-
-def _fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
-    """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
-    records).
-
-    Raises:
-        SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
-    """
-    from .spec import SpecError, parse_overrides, searched
-    from .spec.resolve import override_spec
-
-    overrides = parse_overrides(list(sets))
-    if not overrides:
-        return spec
-    space = searched(spec)
-    refused = [(k, "searched by the spec: `run --set` fixes values only (the search chooses this one); "
-                   "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
-    if refused:
-        raise SpecError(refused)
-    return override_spec(spec, overrides)
 
 
 def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
@@ -159,9 +123,9 @@ def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
 def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: str | None,
           no_resume: bool, gpus: int) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
-    from .preflight import preflight
-    from .ranks import train_run
-    from .teacher import shared_teacher_weights
+    from ..preflight import preflight
+    from ..ranks import train_run
+    from ..teacher import shared_teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
@@ -193,11 +157,11 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
             output: str | None) -> None:
     """Train each method at its default (published) configuration with several seeds on one
     teacher and print the mean ± std table of validation and test accuracy."""
-    from .compare import comparison_configs, comparison_markdown, run_comparison, write_comparison
-    from .preflight import preflight
-    from .spec import parse_overrides
+    from ..compare import comparison_configs, comparison_markdown, run_comparison, write_comparison
+    from ..preflight import preflight
+    from ..spec import parse_overrides
 
-    spec = _load(spec_path)
+    spec = load_spec_or_exit(spec_path)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     overrides = parse_overrides(list(sets))
     seed_list = [spec.seed + i for i in range(seeds)]
@@ -220,12 +184,12 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
-    from .core.trainer import Trainer, evaluate
-    from .preflight import preflight
-    from .spec import Defaults, resolve
-    from .teacher import teacher_run_config, teacher_weights
+    from ..core.trainer import Trainer, evaluate
+    from ..preflight import preflight
+    from ..spec import Defaults, resolve
+    from ..teacher import teacher_run_config, teacher_weights
 
-    spec = _load(spec_path)
+    spec = load_spec_or_exit(spec_path)
     if spec.teacher is None:
         raise click.UsageError("the spec has no teacher")
     cfg = resolve(spec, Defaults())
@@ -252,26 +216,10 @@ def teacher(spec_path: str, device: str | None) -> None:
 @handle_errors
 def flops(spec_path: str, sets: tuple[str, ...]) -> None:
     """FLOP and parameter table: teacher, student, stones and the train step."""
-    from .flops import render_flops_table, run_flops
+    from ..flops import render_flops_table, run_flops
 
     _, cfg = _run_config(spec_path, sets)
     render_flops_table(run_flops(cfg), out)
-
-
-def _study_name(given: str | None, spec: Any | None) -> str | None:
-    """The study a command works on: ``--study`` (checked against the naming rule), else
-    the spec's name (checked too), else None.
-
-    Raises:
-        PreflightError: the name breaks the rule (exit 2).
-    """
-    from .preflight import check_study_name
-
-    if given is not None:
-        return check_study_name(given, "--study")
-    if spec is not None:
-        return check_study_name(spec.name, "name (the spec's, used as the study name)")
-    return None
 
 
 def _target(spec_path: str | None, storage: str | None, study_name: str | None, *,
@@ -282,8 +230,8 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
         click.UsageError: neither --storage nor SPEC (or, with ``need_study``, neither
             --study nor SPEC). PreflightError: a study name that breaks the rule.
     """
-    spec = _load(spec_path) if spec_path else None
-    name = _study_name(study_name, spec)
+    spec = load_spec_or_exit(spec_path) if spec_path else None
+    name = study_name_of(study_name, spec)
     url = storage or (spec.default_storage() if spec is not None else None)
     if not url:
         raise click.UsageError("give --storage URL (or a SPEC whose storage to use)")
@@ -292,89 +240,8 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
     return url, name
 
 
-_STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
-
-
-def _worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of commands that run trials (``run``, ``confirm``)."""
-    options = [
-        click.argument("spec_path", metavar="SPEC"),
-        click.option("--storage", default=None,
-                     help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db)."),
-        click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the spec's name)."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Stop starting trials after S seconds."),
-        click.option("--devices", default="auto", show_default=True,
-                     help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
-                          "and ranges 0-7 (also cuda:0,cuda:1); each must exist."),
-        click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
-                     help="Trials trained at once on each device (one CUDA stream each)."),
-        click.option("--gpus-per-trial", type=click.IntRange(min=1, max=64), default=1, show_default=True,
-                     help="Processes (DDP ranks) per trial: G GPUs of --devices each, or G CPU processes."),
-        click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                     help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes "
-                          "from; give every machine of a shared study the same shared path. Default: "
-                          "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts."),
-        click.option("--quiet", is_flag=True, help="No per-epoch progress."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-class _Workers:
-    """A checked, opened study and how to run workers on it (shared by run and confirm)."""
-
-    def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
-                 devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
-                 gpus_per_trial: int, sets: tuple[str, ...] = ()) -> None:
-        from .preflight import parse_devices, preflight
-        from .search import open_study
-
-        # --set values are fixed in the spec itself: every trial uses them and the study records them.
-        self.spec = _fixed_spec(_load(spec_path), sets)
-        self.url = storage or self.spec.default_storage()
-        name = _study_name(study_name, self.spec)
-        assert name is not None
-        self.devices = parse_devices(devices)
-        from .search.worker import artifact_folder, device_slots
-
-        self.slots = device_slots(self.devices, gpus_per_trial, self.spec.data.batch_size)
-        artifact_label, artifact_path = artifact_folder(name, artifact_dir, STUDIES)
-        # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
-        preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
-                  else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},
-                  teacher_cache=STUDIES / "teachers", search=True)
-        self.study = open_study(self.spec, self.url, name)
-        self.timeout, self.trials_per_device, self.quiet = timeout, trials_per_device, quiet
-        # Worker takes the study's own folder; without the option it falls back to the env var.
-        self.artifacts = Path(artifact_dir) / self.study.study_name if artifact_dir else None
-
-    def banner(self, cap: int, what: str = "cap") -> None:
-        # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
-        out.print(f"study [bold]{escape(self.study.study_name)}[/] in {escape(redact(self.url))}; {what} {cap} "
-                  f"trials; devices {', '.join(str(d) for d in self.devices)} x {self.trials_per_device}"
-                  + (f", {len(self.slots[0])} per trial" if len(self.slots[0]) > 1 else ""),
-                  soft_wrap=True)
-
-    def run(self, cap: int) -> Any:
-        from .search import run_workers
-
-        return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
-                           trials_per_device=self.trials_per_device, studies_dir=STUDIES,
-                           timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
-                           progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
-
-    def confirm(self, top: int | None, seeds: int | None) -> Any:
-        """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
-        from .search.confirm import run_confirmations
-
-        return run_confirmations(self.study, self.spec, top=top, seeds=seeds, train=self.run,
-                                 log=lambda m: out.print(m, soft_wrap=True))
-
-
 @main.command(epilog=_example("bkdsearch run specs/quickstart.yaml --n-trials 4 --devices cpu"))
-@_worker_options
+@worker_options
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Cap on the study's finished trials, across all workers.")
 @click.option("--confirm", "then_confirm", is_flag=True,
@@ -391,9 +258,9 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     Before the study is opened (no trial is written otherwise) it checks what every trial
     needs: the data, the teacher's and student's checkpoints, the folders, the devices. It
     ends with a summary: the trials, the best one, the cap, and the next commands."""
-    from .summary import run_summary
+    from ..summary import run_summary
 
-    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
+    workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
                        gpus_per_trial, sets)
     cap = n_trials or workers.spec.search.n_trials
     workers.banner(cap)
@@ -406,7 +273,7 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
 
 
 @main.command(epilog=_example("bkdsearch confirm specs/quickstart.yaml --top 2 --seeds 2 --devices cpu"))
-@_worker_options
+@worker_options
 @click.option("--top", type=click.IntRange(1, 50), default=None,
               help="Configurations to confirm, best validation accuracy first (default: search.confirm_top, 3).")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
@@ -418,7 +285,7 @@ def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout
     """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
     trials of the same study (resumed, retried and shared by workers like any other); then
     status, report and export use their mean ± std and the confirmed winner."""
-    workers = _Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
+    workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
                        gpus_per_trial)
     workers.confirm(top, seeds)
 
@@ -427,13 +294,13 @@ def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout
 @click.argument("spec_path", metavar="[SPEC]", required=False)
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
 @click.option("--study", "study_name", default=None,
-              help=f"{_STUDY_HELP} (default: the SPEC's name, else all studies).")
+              help=f"{STUDY_HELP} (default: the SPEC's name, else all studies).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def status(spec_path: str | None, storage: str | None, study_name: str | None, as_json: bool) -> None:
     """Show the studies in a storage: trials by state, the best trials, the running ones
     (worker, epoch) and the last failures with their reasons."""
-    from .report import render_status, study_status
+    from ..report import render_status, study_status
 
     url, name = _target(spec_path, storage, study_name, need_study=False)
     rows = study_status(url, name)
@@ -447,7 +314,7 @@ def status(spec_path: str | None, storage: str | None, study_name: str | None, a
 @click.argument("spec_path", metavar="[SPEC]", required=False)
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
 @click.option("--study", "study_name", default=None,
-              help=f"{_STUDY_HELP}. Its URL is printed (default: the SPEC's name; neither: the "
+              help=f"{STUDY_HELP}. Its URL is printed (default: the SPEC's name; neither: the "
                    "dashboard's home page).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface, reachable from other machines).")
@@ -470,7 +337,7 @@ def dashboard(spec_path: str | None, storage: str | None, study_name: str | None
     (flops.train_step, a sortable column)."""
     url, name = _target(spec_path, storage, study_name, need_study=False)
     try:
-        from .dashboard import serve
+        from ..dashboard import serve
     except ModuleNotFoundError as exc:
         if exc.name not in ("optuna_dashboard", "bottle"):
             raise
@@ -482,7 +349,7 @@ def dashboard(spec_path: str | None, storage: str | None, study_name: str | None
 def _writing(output: str, field: str, write: Callable[[], Any]) -> Any:
     """Return ``write()``; an OSError about ``output`` (a folder that cannot be written)
     becomes bad input (exit 2), not a runtime failure."""
-    from .preflight import output_error
+    from ..preflight import output_error
 
     try:
         return write()
@@ -496,7 +363,7 @@ def _writing(output: str, field: str, write: Callable[[], Any]) -> Any:
 @main.command(epilog=_example("bkdsearch export specs/quickstart.yaml --trial best -o train_best.py"))
 @click.argument("spec_path", metavar="[SPEC]", required=False)
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
-@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the SPEC's name).")
+@click.option("--study", "study_name", default=None, help=f"{STUDY_HELP} (default: the SPEC's name).")
 @click.option("--trial", "trial_ref", default="best", show_default=True, help="best or a trial number.")
 @click.option("--allow-pruned", is_flag=True, help="Export a pruned trial too (its configuration, trained in full).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Script to write.")
@@ -504,8 +371,8 @@ def _writing(output: str, field: str, write: Callable[[], Any]) -> Any:
 def export(spec_path: str | None, storage: str | None, study_name: str | None, trial_ref: str,
            allow_pruned: bool, output: str) -> None:
     """Write a standalone PyTorch training script for one trial's configuration."""
-    from .export import export_trial
-    from .preflight import check_output
+    from ..export import export_trial
+    from ..preflight import check_output
 
     url, name = _target(spec_path, storage, study_name, need_study=True)
     assert name is not None
@@ -514,8 +381,8 @@ def export(spec_path: str | None, storage: str | None, study_name: str | None, t
     check_output(output, "-o", folder=False)
     path = _writing(output, "-o", lambda: export_trial(url, name, trial_ref, Path(output), allow_pruned=allow_pruned))
     if trial_ref == "best":
-        from .search import load_study
-        from .search.confirm import confirmed_winner
+        from ..search import load_study
+        from ..search.confirm import confirmed_winner
 
         winner = confirmed_winner(load_study(url, name))
         if winner is not None:
@@ -526,13 +393,13 @@ def export(spec_path: str | None, storage: str | None, study_name: str | None, t
 @main.command(epilog=_example("bkdsearch report specs/quickstart.yaml -o report/"))
 @click.argument("spec_path", metavar="[SPEC]", required=False)
 @click.option("--storage", default=None, help="SQLAlchemy URL (default: the SPEC's).")
-@click.option("--study", "study_name", default=None, help=f"{_STUDY_HELP} (default: the SPEC's name).")
+@click.option("--study", "study_name", default=None, help=f"{STUDY_HELP} (default: the SPEC's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @handle_errors
 def report(spec_path: str | None, storage: str | None, study_name: str | None, output: str) -> None:
     """Write PNG plots and summary.md for a study."""
-    from .preflight import check_output
-    from .report import write_report
+    from ..preflight import check_output
+    from ..report import write_report
 
     url, name = _target(spec_path, storage, study_name, need_study=True)
     assert name is not None
@@ -541,6 +408,3 @@ def report(spec_path: str | None, storage: str | None, study_name: str | None, o
     for f in files:
         out.print(f"wrote {f}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,5 @@
+"""``python -m bkdsearch.cli``: the ``bkdsearch`` command."""
+
+from . import main
+
+main()

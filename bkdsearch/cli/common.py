@@ -1,0 +1,69 @@
+"""What the commands share: the consoles, the studies folder, loading a spec (its errors
+printed, exit 2), fixing ``--set`` values into it, and the study name a command works on."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..urls import redact
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+STUDIES = Path("studies")
+
+
+def load_spec_or_exit(spec_path: str) -> Any:
+    """Return the spec at ``spec_path``; on a bad spec, print its errors and exit with 2."""
+    from ..spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        err.print(redact(exc.format(spec_path)), soft_wrap=True, markup=False)
+        err.print(f"{len(exc.errors)} error(s) in {spec_path}")
+        sys.exit(2)
+
+
+def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
+    """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
+    records).
+
+    Raises:
+        SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
+    """
+    from ..spec import SpecError, parse_overrides, searched
+    from ..spec.resolve import override_spec
+
+    overrides = parse_overrides(list(sets))
+    if not overrides:
+        return spec
+    space = searched(spec)
+    refused = [(k, "searched by the spec: `run --set` fixes values only (the search chooses this one); "
+                   "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
+    if refused:
+        raise SpecError(refused)
+    return override_spec(spec, overrides)
+
+
+def study_name_of(given: str | None, spec: Any | None) -> str | None:
+    """The study a command works on: ``--study`` (checked against the naming rule), else
+    the spec's name (checked too), else None.
+
+    Raises:
+        PreflightError: the name breaks the rule (exit 2).
+    """
+    from ..preflight import check_study_name
+
+    if given is not None:
+        return check_study_name(given, "--study")
+    if spec is not None:
+        return check_study_name(spec.name, "name (the spec's, used as the study name)")
+    return None
+
+
+STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"

@@ -1,0 +1,92 @@
+"""The commands that run trials (``run``, ``confirm``): their shared options, and the checked,
+opened study with the workers that train on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from ..urls import redact
+from .common import STUDIES, STUDY_HELP, fixed_spec, load_spec_or_exit, out, study_name_of
+
+
+def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of commands that run trials (``run``, ``confirm``)."""
+    options = [
+        click.argument("spec_path", metavar="SPEC"),
+        click.option("--storage", default=None,
+                     help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db)."),
+        click.option("--study", "study_name", default=None, help=f"{STUDY_HELP} (default: the spec's name)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop starting trials after S seconds."),
+        click.option("--devices", default="auto", show_default=True,
+                     help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
+                          "and ranges 0-7 (also cuda:0,cuda:1); each must exist."),
+        click.option("--trials-per-device", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+                     help="Trials trained at once on each device (one CUDA stream each)."),
+        click.option("--gpus-per-trial", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+                     help="Processes (DDP ranks) per trial: G GPUs of --devices each, or G CPU processes."),
+        click.option("--artifact-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                     help="Where epoch checkpoints of running trials go (DIR/<study>), what a retry resumes "
+                          "from; give every machine of a shared study the same shared path. Default: "
+                          "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts."),
+        click.option("--quiet", is_flag=True, help="No per-epoch progress."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class Workers:
+    """A checked, opened study and how to run workers on it (shared by run and confirm)."""
+
+    def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
+                 devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
+                 gpus_per_trial: int, sets: tuple[str, ...] = ()) -> None:
+        from ..preflight import parse_devices, preflight
+        from ..search import open_study
+
+        # --set values are fixed in the spec itself: every trial uses them and the study records them.
+        self.spec = fixed_spec(load_spec_or_exit(spec_path), sets)
+        self.url = storage or self.spec.default_storage()
+        name = study_name_of(study_name, self.spec)
+        assert name is not None
+        self.devices = parse_devices(devices)
+        from ..search.worker import artifact_folder, device_slots
+
+        self.slots = device_slots(self.devices, gpus_per_trial, self.spec.data.batch_size)
+        artifact_label, artifact_path = artifact_folder(name, artifact_dir, STUDIES)
+        # --devices other than auto chooses the devices itself; auto follows the spec's runtime.device.
+        preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
+                  else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},
+                  teacher_cache=STUDIES / "teachers", search=True)
+        self.study = open_study(self.spec, self.url, name)
+        self.timeout, self.trials_per_device, self.quiet = timeout, trials_per_device, quiet
+        # Worker takes the study's own folder; without the option it falls back to the env var.
+        self.artifacts = Path(artifact_dir) / self.study.study_name if artifact_dir else None
+
+    def banner(self, cap: int, what: str = "cap") -> None:
+        # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
+        out.print(f"study [bold]{escape(self.study.study_name)}[/] in {escape(redact(self.url))}; {what} {cap} "
+                  f"trials; devices {', '.join(str(d) for d in self.devices)} x {self.trials_per_device}"
+                  + (f", {len(self.slots[0])} per trial" if len(self.slots[0]) > 1 else ""),
+                  soft_wrap=True)
+
+    def run(self, cap: int) -> Any:
+        from ..search import run_workers
+
+        return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
+                           trials_per_device=self.trials_per_device, studies_dir=STUDIES,
+                           timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
+                           progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
+
+    def confirm(self, top: int | None, seeds: int | None) -> Any:
+        """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
+        from ..search.confirm import run_confirmations
+
+        return run_confirmations(self.study, self.spec, top=top, seeds=seeds, train=self.run,
+                                 log=lambda m: out.print(m, soft_wrap=True))
