@@ -30,6 +30,7 @@ def bkd(*args, cwd, timeout=600):
 def _spec(tmp, teacher_ckpt, **search):
     spec = copy.deepcopy(TINY_SPEC)
     spec["teacher"]["checkpoint"] = teacher_ckpt
+    spec["data"]["synthetic"]["train_size"] = 600  # half the teacher's: these trials test the study, not learning
     spec["train"].update(epochs=2, lr={"float": [0.02, 0.2], "log": True})
     spec["blockkd"] = {"tau": {"float": [1.0, 8.0]}}
     # The pruner may act from epoch 1 (a fifth of a 2-epoch cosine run rounds to 0), never after the last.
