@@ -198,8 +198,8 @@ def test_the_config_literal_and_docstring_summaries_keep_what_matters(tmp_path: 
 
 
 # A ratchet, not the goal: issue 9 asks for at most 1,200 lines; the script must not grow back
-# past what it is now (2,234 lines with multi-GPU runs); lower this as the runtime gets leaner.
-SCRIPT_LINES = 2100
+# past what it is now (2,059 lines, folded, with multi-GPU runs); lower this as the runtime gets leaner.
+SCRIPT_LINES = 2075
 
 
 def test_the_r110_r32_script_does_not_grow(tmp_path: Path) -> None:
