@@ -1,5 +1,5 @@
 """What the commands share: the consoles, the studies folder, loading a spec (its errors
-printed, exit 2), fixing ``--set`` values into it, and the study name a command works on."""
+printed, exit 2) and the study name a command works on."""
 
 from __future__ import annotations
 
@@ -27,27 +27,6 @@ def load_spec_or_exit(spec_path: str) -> Any:
         err.print(redact(exc.format(spec_path)), soft_wrap=True, markup=False)
         err.print(f"{len(exc.errors)} error(s) in {spec_path}")
         sys.exit(2)
-
-
-def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
-    """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
-    records).
-
-    Raises:
-        SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
-    """
-    from ..spec import SpecError, parse_overrides, searched
-    from ..spec.resolve import override_spec
-
-    overrides = parse_overrides(list(sets))
-    if not overrides:
-        return spec
-    space = searched(spec)
-    refused = [(k, "searched by the spec: `run --set` fixes values only (the search chooses this one); "
-                   "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
-    if refused:
-        raise SpecError(refused)
-    return override_spec(spec, overrides)
 
 
 def study_name_of(given: str | None, spec: Any | None) -> str | None:

@@ -11,7 +11,28 @@ import click
 from rich.markup import escape
 
 from ..urls import redact
-from .common import STUDIES, STUDY_HELP, fixed_spec, load_spec_or_exit, out, study_name_of
+from .common import STUDIES, STUDY_HELP, load_spec_or_exit, out, study_name_of
+
+
+def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
+    """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
+    records).
+
+    Raises:
+        SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
+    """
+    from ..spec import SpecError, parse_overrides, searched
+    from ..spec.resolve import override_spec
+
+    overrides = parse_overrides(list(sets))
+    if not overrides:
+        return spec
+    space = searched(spec)
+    refused = [(k, "searched by the spec: `run --set` fixes values only (the search chooses this one); "
+                   "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
+    if refused:
+        raise SpecError(refused)
+    return override_spec(spec, overrides)
 
 
 def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
