@@ -192,7 +192,7 @@ def test_report_of_a_study_with_only_failed_trials_lists_the_reasons(tmp_path):
 
 
 def test_an_exported_trial_retrains_to_the_trials_own_weights(study_dir, teacher_ckpt):
-    tmp, spec, storage = study_dir
+    tmp, _, storage = study_dir
     script = Path(tmp) / "train_best.py"
     r = bkd("export", "--storage", storage, "--study", "tiny", "--trial", "0", "-o", str(script), cwd=tmp)
     assert r.returncode == 0, r.stderr

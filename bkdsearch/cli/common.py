@@ -15,6 +15,7 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 STUDIES = Path("studies")
+STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
 
 
 def load_spec_or_exit(spec_path: str) -> Any:
@@ -44,5 +45,3 @@ def study_name_of(given: str | None, spec: Any | None) -> str | None:
         return check_study_name(spec.name, "name (the spec's, used as the study name)")
     return None
 
-
-STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
