@@ -314,7 +314,7 @@ def _dkd_cfg(**overrides):
 def _scales(trainer):
     """An on_epoch callback recording the method's DKD factor each epoch, and its list."""
     seen = []
-    trainer.on_epoch = lambda epoch, row: seen.append((epoch, trainer.method.dkd_scale.item()))
+    trainer.on_epoch = lambda epoch, row: seen.append((epoch, trainer.method.warmup.scale.item()))
     return seen
 
 
@@ -363,7 +363,7 @@ def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
 
 
 def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
-    from bkdsearch.core.losses import blockkd_loss, dkd_loss
+    from bkdsearch.core.losses import blockkd_loss, dkd_loss, kd_loss
     from bkdsearch.core.trainer import build_method_for
 
     cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
@@ -380,9 +380,13 @@ def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
         assert method(x, y).loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # A KL logit loss is never ramped, whatever dkd_warmup says.
     kl = build_method_for(cfg.model_copy(update={"loss": loss.model_copy(update={"logit_loss": "kl"})}),
-                          10, (3, 32, 32), teacher_ckpt)
+                          10, (3, 32, 32), teacher_ckpt).eval()
     kl.start_epoch(1)
-    assert kl.dkd_scale.item() == 1.0
+    stones = kl._stones[0](x)
+    unramped = blockkd_loss(stones.student, stones.teacher, stones.stones, kl.weights, y, alpha=loss.alpha,
+                            beta=loss.beta, gamma=loss.gamma, tau=loss.tau,
+                            logit_loss=lambda s, t, y: kd_loss(s, t, loss.tau))
+    assert kl(x, y).loss.item() == pytest.approx(unramped.total.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["dkd", "blockkd"])

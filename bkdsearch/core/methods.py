@@ -137,35 +137,36 @@ class KD(Method):
         return StepOut(self.alpha * ce + self.beta * kd, logits, {"ce": ce.detach(), "kd": kd.detach()})
 
 
-class DKDWarmup(Method):
-    """Base of the methods using the DKD loss: its terms are scaled by ``dkd_scale``, which
-    :meth:`start_epoch` sets to ``min(epoch / dkd_warmup, 1)`` (1 when ``dkd_warmup`` is 0).
+class DKDWarmup(nn.Module):
+    """DKD's linear warm-up: :meth:`start_epoch` sets ``scale`` to ``min(epoch / epochs, 1)``
+    (1 when ``epochs`` is 0); the methods using the DKD loss multiply its terms by ``scale``.
 
-    ``dkd_scale`` is a 0-dim buffer filled in place, like the learning rate: a CUDA graph
+    ``scale`` is a 0-dim buffer filled in place, like the learning rate: a CUDA graph
     captured once reads its current value at each replay, where a Python float would stay
     frozen at its capture-time value. It is not persistent (not in checkpoints): it follows
     from the epoch, which a resumed run passes to :meth:`start_epoch` as well.
     """
 
-    dkd_scale: Tensor
+    scale: Tensor
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, dkd_warmup: int) -> None:
-        super().__init__(student, teacher)
-        self.dkd_warmup = dkd_warmup
-        self.register_buffer("dkd_scale", torch.ones(()), persistent=False)
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.register_buffer("scale", torch.ones(()), persistent=False)
 
     def start_epoch(self, epoch: int) -> None:
-        """Set ``dkd_scale`` to the warm-up factor of the 1-based ``epoch``; returns nothing.
+        """Set ``scale`` to the warm-up factor of the 1-based ``epoch``; returns nothing.
 
         Raises:
             ValueError: ``epoch`` < 1.
         """
-        self.dkd_scale.fill_(dkd_warmup_factor(epoch, self.dkd_warmup))
+        self.scale.fill_(dkd_warmup_factor(epoch, self.epochs))
 
 
 @register_method("dkd")
-class DKD(DKDWarmup):
-    """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta) * dkd_scale``."""
+class DKD(Method):
+    """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta)``, the DKD term ramped
+    in by :class:`DKDWarmup`."""
 
     @classmethod
     def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
@@ -177,28 +178,34 @@ class DKD(DKDWarmup):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, tau: float, alpha: float, beta: float,
                  dkd_alpha: float, dkd_beta: float, dkd_warmup: int = 0) -> None:
-        super().__init__(student, teacher, dkd_warmup)
+        super().__init__(student, teacher)
+        self.warmup = DKDWarmup(dkd_warmup)
         self.tau, self.alpha, self.beta = tau, alpha, beta
         self.dkd_alpha, self.dkd_beta = dkd_alpha, dkd_beta
+
+    def start_epoch(self, epoch: int) -> None:
+        """Ramp the DKD term for the 1-based ``epoch`` (:class:`DKDWarmup`); returns nothing."""
+        self.warmup.start_epoch(epoch)
 
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         logits = self.student(x)
         t = self._teacher_logits(x)
         ce = F.cross_entropy(logits.float(), y)
         dkd = dkd_loss(logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
-        loss = self.alpha * ce + self.beta * dkd * self.dkd_scale
+        loss = self.alpha * ce + self.beta * dkd * self.warmup.scale
         return StepOut(loss, logits, {"ce": ce.detach(), "dkd": dkd.detach()})
 
 
 @register_method("blockkd")
-class BlockKD(DKDWarmup):
+class BlockKD(Method):
     """Block-wise logit distillation through stepping-stones (DESIGN.md); with the ``dkd``
-    logit loss, its logit-loss terms warm up as :class:`DKDWarmup` says."""
+    logit loss, its logit-loss terms are ramped in over ``cfg.loss.dkd_warmup`` epochs."""
 
     def __init__(self, stones: SteppingStones, cfg: RunConfig) -> None:
-        # The warm-up belongs to the DKD terms only: a KL logit loss is never ramped.
-        warmup = cfg.loss.dkd_warmup if cfg.loss.logit_loss == "dkd" else 0
-        super().__init__(stones.student, stones.teacher, warmup)
+        super().__init__(stones.student, stones.teacher)
+        self.warmup = None
+        if cfg.loss.logit_loss == "dkd":  # the warm-up belongs to the DKD terms: a KL loss is never ramped
+            self.warmup = DKDWarmup(cfg.loss.dkd_warmup)
         self.connectors = stones.connectors
         self._stones = (stones,)  # not a submodule: its modules are registered above
         loss = cfg.loss
@@ -224,11 +231,17 @@ class BlockKD(DKDWarmup):
                                 order=b.order, connector=b.connector, active=b.stones, input_size=input_size)
         return cls(stones, cfg)
 
+    def start_epoch(self, epoch: int) -> None:
+        """Ramp the DKD logit-loss terms for the 1-based ``epoch``; returns nothing."""
+        if self.warmup is not None:
+            self.warmup.start_epoch(epoch)
+
     def forward(self, x: Tensor, y: Tensor) -> StepOut:
         out = self._stones[0](x)
         parts = blockkd_loss(out.student, out.teacher, out.stones, self.weights, y,
                              alpha=self.alpha, beta=self.beta, gamma=self.gamma, tau=self.tau,
-                             logit_loss=self.logit_loss, logit_scale=self.dkd_scale)
+                             logit_loss=self.logit_loss,
+                             logit_scale=1.0 if self.warmup is None else self.warmup.scale)
         logit = "dkd" if self.logit_loss_kind == "dkd" else "kd"
         terms = {"ce": parts.student_ce, logit: parts.student_kd, "ensemble": parts.ensemble}
         for i, y_ce, y_kd in zip(self._stones[0].active, parts.stones_ce, parts.stones_kd, strict=True):
