@@ -184,10 +184,9 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
-    from ..core.trainer import Trainer, evaluate
     from ..preflight import preflight
     from ..spec import Defaults, resolve
-    from ..teacher import teacher_run_config, teacher_weights
+    from ..teacher import teacher_test_accuracy, teacher_weights
 
     spec = load_spec_or_exit(spec_path)
     if spec.teacher is None:
@@ -200,11 +199,8 @@ def teacher(spec_path: str, device: str | None) -> None:
     preflight(checked, devices={"--device": device} if device else None, folders=_teacher_cache_folders(cfg),
               teacher_cache=STUDIES / "teachers")
     path = teacher_weights(cfg, STUDIES / "teachers")
-    tcfg = teacher_run_config(cfg)
-    evaluated = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
-    trainer = Trainer(evaluated, Path(path).parent, device=device)
-    acc = evaluate(trainer.method.student, trainer.data.test, trainer.autocast)
-    out.print(f"teacher {tcfg.student.arch}: {path}")
+    acc = teacher_test_accuracy(cfg, path, device)
+    out.print(f"teacher {cfg.teacher.arch}: {path}")
     out.print(f"test accuracy {acc:.2f}%")
 
 
