@@ -66,3 +66,17 @@ class ExportError(BadInput):
 
 class TrialsKeepFailing(RunFailure):
     """Several trials in a row failed: something is wrong beyond one configuration."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, a preemption, ``kill``): stops like a first Ctrl-C,
+    at a step boundary with the running trials checkpointed and queued again, and the
+    process exits 143 (128 + SIGTERM) where Ctrl-C exits 130. Not a :class:`BkdsearchError`:
+    it travels the KeyboardInterrupt paths."""
+
+    exit_code = 143
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """Return the exit status of a process stopped by ``exc``: 143 for SIGTERM, 130 for Ctrl-C."""
+    return Terminated.exit_code if isinstance(exc, Terminated) else 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 from rich.markup import escape
 
 from .. import __version__
-from ..errors import BadInput
+from ..errors import BadInput, Terminated, interrupt_exit_code
 from ..progress import percent
 from ..urls import redact
 from .common import STUDIES, STUDY_HELP, err, load_spec_or_exit, out, study_name_of
@@ -40,9 +41,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BadInput as exc:
             err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            # Already stopped cleanly: a further signal must not kill the interpreter's
+            # teardown (Python restores the default handlers there: an exit by signal).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            err.print("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+            sys.exit(interrupt_exit_code(exc))
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             # Redacted here too: an unexpected exception (a driver's, say) may quote the URL.
             err.print(f"[bold red]failed:[/] {type(exc).__name__}: {escape(redact(str(exc)))}", soft_wrap=True)
@@ -55,6 +60,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="bkdsearch")
 def main() -> None:
     """Declarative AutoML for block-wise logit distillation (Block-KD)."""
+    # Batch systems send SIGTERM before SIGKILL: use that window like a first Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 @main.command(epilog=_example("bkdsearch validate specs/quickstart.yaml"))

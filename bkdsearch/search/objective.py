@@ -51,13 +51,17 @@ class TrialObjective:
         log: where progress lines go.
         slot: the devices of one trial: one process each (:func:`bkdsearch.ranks.train_on_ranks`)
             when more than one; default ``[device]``, trained in this process.
+        checkpoint_lock: held while an epoch's checkpoint replaces the previous one; whoever
+            ends the trial from outside (an interrupt) holds it too, so the checkpoint its
+            retry is queued with is never replaced or deleted afterwards.
     """
 
     def __init__(self, spec: Spec, study: optuna.Study, *, device: torch.device, studies_dir: Path,
                  artifacts: FileSystemArtifactStore, stop: threading.Event,
                  progress: Callable[[str], Progress] | None, log: Callable[[str], None],
-                 slot: list[torch.device] | None = None) -> None:
+                 slot: list[torch.device] | None = None, checkpoint_lock: threading.Lock | None = None) -> None:
         self.spec, self.study, self.device = spec, study, device
+        self.checkpoint_lock = checkpoint_lock or threading.Lock()
         self.slot = slot or [device]
         self.studies_dir = Path(studies_dir)
         self.run_root = self.studies_dir / study.study_name
@@ -203,7 +207,15 @@ class TrialObjective:
 
         Raises:
             DiskFull: the artifact could not be written (its partial file is removed).
+            Interrupted: the trial was already ended from outside (an interrupt queued its
+                retry with the previous checkpoint, which therefore stays as it is).
         """
+        with self.checkpoint_lock:
+            if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise Interrupted()
+            return self._replace_artifact(trial, run_dir, epoch, previous)
+
+    def _replace_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
         artifact_id = uuid.uuid4().hex
         source = run_dir / "last.pt"
         try:
