@@ -22,6 +22,7 @@ __all__ = [
     "BadInput",
     "BkdsearchError",
     "CheckpointError",
+    "ConfigMismatch",
     "DataError",
     "ExportError",
     "NonFiniteLoss",
@@ -54,6 +55,10 @@ class SpecError(BadInput):
 
 class StorageError(BadInput):
     """The storage URL is malformed or the database cannot be reached."""
+
+
+class ConfigMismatch(BadInput):
+    """A worker's fixed configuration differs from the one its study was made with."""
 
 
 class NotFound(BadInput, LookupError):

@@ -105,12 +105,30 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
             "best": [{**_flat(t), "pareto": t.number in pareto} for t in best],
             "configurations": [c for c in configurations(trials) if c["confirmed"]],
             "teacher_acc": study.user_attrs.get("teacher_test_acc"),
+            "mixed": mixed_configurations(study, trials),
             "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
             "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
                        for t in trials if t.state == TrialState.FAIL
                        and not t.user_attrs.get("fail_reason", "").startswith("surplus")][-RECENT_FAILURES:],
         })
     return rows
+
+
+def mixed_configurations(study: optuna.Study, trials: list[FrozenTrial]) -> list[str]:
+    """Return the digests of the fixed configurations a mixed study holds (workers that joined
+    with ``--allow-different-spec``, trials that record another ``config_digest``); an empty
+    list when the study has one configuration."""
+    digests = set(study.user_attrs.get("mixed_configs", []))
+    digests |= {t.user_attrs["config_digest"] for t in trials if t.user_attrs.get("config_digest")}
+    if digests:
+        digests.add(study.user_attrs.get("fixed_config_digest") or next(iter(digests)))
+    return sorted(digests) if len(digests) > 1 else []
+
+
+MIXED_NOTE = ("MIXED: its trials were trained with {n} different fixed configurations (digests {digests}; "
+              "workers joined with --allow-different-spec): compare trials only within one (user attr "
+              "config_digest)")
+"""What ``status`` and ``report`` say about a mixed study."""
 
 
 def _running(trial: FrozenTrial) -> dict[str, Any]:
@@ -138,6 +156,9 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         c = row["counts"]
         console.print(f"[bold]{escape(row['study'])}[/]: {c['complete']} complete, {c['pruned']} pruned, "
                       f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
+        if row.get("mixed"):
+            console.print("[bold yellow]" + escape(MIXED_NOTE.format(n=len(row["mixed"]),
+                                                                     digests=", ".join(row["mixed"]))) + "[/]")
         if row.get("teacher_acc") is not None:
             console.print(f"teacher test accuracy {percent(row['teacher_acc'])}")
         if not row["best"]:
@@ -372,6 +393,9 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
     lines = [f"# Study `{study.study_name}`", "",
              f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed trials.",
              "Selection used validation accuracy only; test accuracy is reported, never selected on."]
+    mixed = mixed_configurations(study, trials)
+    if mixed:
+        lines += ["", "**" + MIXED_NOTE.format(n=len(mixed), digests=", ".join(mixed)) + ".**"]
     teacher = study.user_attrs.get("teacher_test_acc")
     if teacher is not None:
         lines.append(f"Teacher test accuracy: {percent(teacher)}.")

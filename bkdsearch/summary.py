@@ -71,7 +71,8 @@ def next_command(command: str, *args: str, spec_path: str | None, storage: str |
 
 
 def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
-                study_name: str | None = None, n_trials: int | None = None) -> list[str]:
+                study_name: str | None = None, n_trials: int | None = None,
+                run_options: list[str] | None = None) -> list[str]:
     """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and
     this worker's, the best trial (objectives with units, test accuracy, the teacher's when
     the study records ``teacher_test_acc``, parameters), whether the cap is reached and how
@@ -84,6 +85,8 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         cap: the cap on the study's finished trials.
         spec_path, storage, study_name, n_trials: SPEC and the options as the user gave them
             (None: not given).
+        run_options: options every ``run`` line repeats (``--set KEY=VALUE`` ...): what the
+            study's fixed configuration needs.
     """
     from optuna.trial import TrialState
 
@@ -93,6 +96,7 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
     complete, pruned = count[TrialState.COMPLETE], count[TrialState.PRUNED]
     finished = complete + pruned
     given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
+    again = list(run_options or [])
     others = [f"{count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]]
     lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
                    f"{count[TrialState.FAIL]} failed", *others], indent="")
@@ -116,11 +120,11 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
                                                               if not trained else "is reached"))
         lines.append(f"to train more, raise it (--n-trials larger than {finished}):")
-        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), **given))
+        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), *again, **given))
     else:
         lines.append(f"{finished} of the cap of {cap} trials finished; to go on:")
         extra = ["--n-trials", str(n_trials)] if n_trials else []
-        lines.append("  " + next_command("run", *extra, **given))
+        lines.append("  " + next_command("run", *extra, *again, **given))
     lines.append("next:")
     lines.append("  " + next_command("status", **given))
     lines.append("  " + next_command("dashboard", **given))

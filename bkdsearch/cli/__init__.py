@@ -259,7 +259,8 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
-        quiet: bool, gpus_per_trial: int, then_confirm: bool, sets: tuple[str, ...]) -> None:
+        quiet: bool, gpus_per_trial: int, allow_different_spec: bool, then_confirm: bool,
+        sets: tuple[str, ...]) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
@@ -268,13 +269,18 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     from ..summary import run_summary
 
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
-                       gpus_per_trial, sets)
+                       gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     cap = n_trials or workers.spec.search.n_trials
     workers.banner(cap)
     report = workers.run(cap)
     if then_confirm:
         workers.confirm(None, None)
-    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials}
+    # The "run" lines repeat --set (and --allow-different-spec): without them the next worker
+    # would have another configuration and be refused.
+    run_options = [word for s in sets for word in ("--set", s)]
+    run_options += ["--allow-different-spec"] if allow_different_spec else []
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials,
+             "run_options": run_options}
     for line in run_summary(workers.study, report, cap=cap, **given):
         out.print(line, markup=False, soft_wrap=True)
 
@@ -285,15 +291,18 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
               help="Configurations to confirm, best validation accuracy first (default: search.confirm_top, 3).")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Fresh seeds per configuration (default: search.confirm_seeds, 3).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value of the spec, as the study's `run --set` did (its configuration must match); "
+                   "repeatable.")
 @handle_errors
 def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout: float | None, devices: str,
-            trials_per_device: int, artifact_dir: str | None, quiet: bool, gpus_per_trial: int, top: int | None,
-            seeds: int | None) -> None:
+            trials_per_device: int, artifact_dir: str | None, quiet: bool, gpus_per_trial: int,
+            allow_different_spec: bool, top: int | None, seeds: int | None, sets: tuple[str, ...]) -> None:
     """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
     trials of the same study (resumed, retried and shared by workers like any other); then
     status, report and export use their mean ± std and the confirmed winner."""
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
-                       gpus_per_trial)
+                       gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     workers.confirm(top, seeds)
 
 

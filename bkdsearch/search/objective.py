@@ -28,6 +28,7 @@ from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..ranks import RankFailed, RankLost, train_on_ranks
 from ..spec import RunConfig, Spec, resolve
+from ..spec.fixed import config_digest, fixed_configuration
 from ..teacher import needs_training, teacher_test_accuracy, teacher_weights
 from ..urls import redact
 from .study import TrialSuggest, format_value
@@ -66,6 +67,7 @@ class TrialObjective:
         self.studies_dir = Path(studies_dir)
         self.run_root = self.studies_dir / study.study_name
         self.artifacts, self.stop, self.progress, self.log = artifacts, stop, progress, log
+        self.config_digest = config_digest(fixed_configuration(spec))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         """Train ``trial``'s configuration and return its objective values.
@@ -86,6 +88,7 @@ class TrialObjective:
             where = "cpu" if self.device.type == "cpu" else "cuda"
             cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": where})})
         trial.set_user_attr("run_config", cfg.model_dump(mode="json"))
+        trial.set_user_attr("config_digest", self.config_digest)  # which configuration of a mixed study
         trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
                                          "optuna": optuna.__version__})
         trial.set_user_attr("device", _device_name(self.device))
