@@ -84,6 +84,15 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def was_interrupted(trial: Any) -> bool:
+    """True for a trial that failed only because its worker was stopped (Ctrl-C) and was
+    queued again to resume: not a failure of its configuration."""
+    from optuna.trial import TrialState
+
+    reason = trial.user_attrs.get("fail_reason") or ""
+    return trial.state == TrialState.FAIL and reason.startswith("interrupted")
+
+
 def next_command(command: str, *args: str, spec_path: str | None, storage: str | None,
                  study_name: str | None) -> str:
     """Return the shell line of ``bkdsearch COMMAND`` (started as :func:`program` says, so it
@@ -105,9 +114,10 @@ def next_command(command: str, *args: str, spec_path: str | None, storage: str |
 
 def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
                 study_name: str | None = None, n_trials: int | None = None) -> list[str]:
-    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and
-    this worker's, the best trial (objectives with units, test accuracy, the teacher's when
-    the study records ``teacher_test_acc``, parameters), whether the cap is reached and how
+    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed, and
+    interrupted ones queued again counted apart) and this worker's, the best trial
+    (objectives with units, test accuracy, the teacher's when the study records
+    ``teacher_test_acc``, parameters), whether the cap is reached and how
     to raise it, and the next commands on the same SPEC/--storage/--study as given (the
     password hidden). Lines fit :data:`WIDTH` columns but for long paths and URLs.
 
@@ -127,8 +137,10 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
     finished = complete + pruned
     given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
     others = [f"{count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]]
+    stopped = sum(1 for t in trials if was_interrupted(t))
     lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
-                   f"{count[TrialState.FAIL]} failed", *others], indent="")
+                   f"{count[TrialState.FAIL] - stopped} failed",
+                   *([f"{stopped} interrupted (queued again)"] if stopped else []), *others], indent="")
     lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
     best = _best_trial(study)
     if best is None:
