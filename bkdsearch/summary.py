@@ -93,6 +93,39 @@ def was_interrupted(trial: Any) -> bool:
     return trial.state == TrialState.FAIL and reason.startswith("interrupted")
 
 
+def confirmed_lines(study: Any) -> list[str]:
+    """Return the confirmed configurations (val and test mean ± std over n seeds, training
+    GFLOPs per image, s/epoch) and the winner's gain over the baseline with its interval,
+    wrapped to :data:`WIDTH` columns; empty without confirmations."""
+    import textwrap
+
+    from .search.confirm import confirmed_configurations, cost_text, gain_of
+
+    configs = confirmed_configurations(study)
+    if not configs:
+        return []
+    lines = ["confirmed (mean ± std over seeds; chosen on val only):"]
+    for c in configs:
+        test = list(c.test.values())
+        said = (f"{c.label}: val {_mean_std(list(c.val.values()))}"
+                + (f", test {_mean_std(test)}" if test else "") + f", n={c.n}; {cost_text(c)}")
+        lines += textwrap.wrap(said, WIDTH, initial_indent="  ", subsequent_indent="    ",
+                               break_long_words=False, break_on_hyphens=False)
+    gain = gain_of(study)
+    for line in gain.lines() if gain is not None else []:
+        lines += textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    return lines
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std%`` of accuracies; a single value alone (one seed has no spread)."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}%"
+
+
 def next_command(command: str, *args: str, spec_path: str | None, storage: str | None,
                  study_name: str | None) -> str:
     """Return the shell line of ``bkdsearch COMMAND`` (started as :func:`program` says, so it
@@ -118,7 +151,8 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
     """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed, and
     interrupted ones queued again counted apart) and this worker's, the best trial
     (objectives with units, test accuracy, the teacher's when the study records
-    ``teacher_test_acc``, parameters), whether the cap is reached and how
+    ``teacher_test_acc``, parameters), the confirmed configurations and the winner's gain
+    over the baseline (:func:`confirmed_lines`), whether the cap is reached and how
     to raise it, and the next commands on the same SPEC/--storage/--study as given (the
     password hidden). Lines fit :data:`WIDTH` columns but for long paths and URLs.
 
@@ -160,6 +194,7 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         lines.append(acc + (f" (teacher {percent(teacher)})" if teacher is not None else ""))
         if best.params:
             lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
+    lines += confirmed_lines(study)
     if finished >= cap:
         trained = report.complete + report.pruned + report.failed
         lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
