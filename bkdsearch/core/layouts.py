@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from .errors import PartitionError
 from .stones import CONNECTORS, make_connector
 
-__all__ = ["Layout", "LayoutConnector", "infer_layout", "make_layout_connector"]
+__all__ = ["CONNECTABLE", "Layout", "LayoutConnector", "infer_layout", "make_layout_connector"]
 
+CONNECTABLE = ("NCHW", "NHWC", "NLC")
 _MAX_PREFIX = 8  # prefix tokens looked for when the model does not say (CLS, dist, registers)
 
 
@@ -33,7 +34,8 @@ class Layout:
     """How a cut's tensor is laid out.
 
     Attributes:
-        kind: ``NCHW``, ``NHWC``, ``NLC`` (tokens) or ``NC`` (flat, not connectable).
+        kind: ``NCHW``, ``NHWC``, ``NLC`` (tokens), or ``NC`` (flat) and ``5D``... (window
+            partitions), which no connector maps.
         channels: the width (C).
         grid: the spatial size (H, W); for tokens the patch grid.
         prefix: tokens before the grid's (CLS, distillation); 0 for feature maps.
@@ -80,7 +82,9 @@ def infer_layout(shape: Sequence[int], input_size: Sequence[int], prefix_tokens:
             if grid is not None:
                 return Layout("NLC", channels, grid, prefix)
         return Layout("NLC", channels, (1, length), 0)
-    return Layout("NC", int(shape[0]) if shape else 1)
+    if len(shape) == 1:
+        return Layout("NC", int(shape[0]))
+    return Layout(f"{len(shape) + 1}D", int(shape[-1]))
 
 
 def _to_map(x: Tensor, layout: Layout) -> Tensor:
@@ -156,8 +160,9 @@ def make_layout_connector(kind: str, src: Layout, dst: Layout) -> nn.Module:
     """
     if kind not in CONNECTORS:
         raise PartitionError(f"unknown connector {kind!r}; choose one of {', '.join(CONNECTORS)}")
-    if "NC" in (src.kind, dst.kind):
-        raise PartitionError(f"cannot connect a flat feature vector ({src} -> {dst}); cut before the pooling")
+    if bad := [side.kind for side in (src, dst) if side.kind not in CONNECTABLE]:
+        raise PartitionError(f"cannot connect a {bad[0]} tensor ({src} -> {dst}): connectors map "
+                             f"{', '.join(CONNECTABLE)}; cut where the features are a map or tokens")
     if kind == "identity" and src != dst:
         raise PartitionError(f"identity connector needs equal layouts, got {src} -> {dst}")
     if src.kind == dst.kind == "NCHW":

@@ -284,8 +284,13 @@ class TracedNet:
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
             self.probe = torch.randn(2, *self.input_size, generator=generator).to(device)
-            _shape_prop(train_gm, model, self.probe, True)
-            _shape_prop(eval_gm, model, self.probe, False)
+            try:
+                _shape_prop(train_gm, model, self.probe, True)
+                _shape_prop(eval_gm, model, self.probe, False)
+            except Exception as exc:  # the model's own error for an input it was not built for
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise TraceFailure(f"{label} fails on an input of size {self.input_size}: {reason}; build it for this "
+                                   "input size (timm models: img_size in the model kwargs)") from None
         finally:
             model.train(was_training)
         self._train, self._eval = _analyse(train_gm, train_tracer), _analyse(eval_gm, eval_tracer)

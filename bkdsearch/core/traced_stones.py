@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from .chained import ChainedNet
 from .cuts import Cuts, uniform_cuts
 from .errors import PartitionError
 from .layouts import make_layout_connector
@@ -24,10 +25,13 @@ from .partitions import Partition
 from .stones import ORDERS, SteppingStones, _View
 from .traced import TracedNet
 
-__all__ = ["TracedStones", "traced_partition"]
+__all__ = ["CutNet", "TracedStones", "traced_partition"]
+
+CutNet = TracedNet | ChainedNet
+"""A model with found cuts: traced, or given as a ``blocks:`` chain of its modules."""
 
 
-def _runs_by_grid(net: TracedNet) -> dict[tuple[int, int], list[str]]:
+def _runs_by_grid(net: CutNet) -> dict[tuple[int, int], list[str]]:
     """The stage ends before the body's end, grouped by their feature grid, in network order."""
     grids = {c.name: c.layout.grid for c in net.cuts}
     runs: dict[tuple[int, int], list[str]] = {}
@@ -41,7 +45,7 @@ def _pick(names: Sequence[str], m: int) -> list[str]:
     return [names[math.ceil((j + 1) * len(names) / m) - 1] for j in range(m)]
 
 
-def stage_aligned_traced(teacher: TracedNet, student: TracedNet) -> Cuts:
+def stage_aligned_traced(teacher: CutNet, student: CutNet) -> Cuts:
     """Return cuts at the stage ends both networks have at the same feature grid.
 
     Raises:
@@ -79,7 +83,7 @@ def _split_runs(names: Sequence[str], cuts: Sequence[str], k: int) -> list[str]:
     return out
 
 
-def traced_partition(teacher: TracedNet, student: TracedNet, candidate: str | Mapping[str, Any]) -> Partition:
+def traced_partition(teacher: CutNet, student: CutNet, candidate: str | Mapping[str, Any]) -> Partition:
     """Return the concrete partition of ``candidate`` for two traced networks:
     ``"stage_aligned"``, ``{"per_stage": k}``, ``{"uniform": n}`` or explicit
     ``{"teacher": [...], "student": [...]}`` (each cut checked legal; aliases accepted).
@@ -120,7 +124,7 @@ class TracedStones(SteppingStones):
             pair of layouts that cannot be connected, a stone outside the order's range.
     """
 
-    def __init__(self, teacher: TracedNet, student: TracedNet, partition: Partition, *,
+    def __init__(self, teacher: CutNet, student: CutNet, partition: Partition, *,
                  order: str = "shallow_first", connector: str = "conv1x1",
                  active: Sequence[int] | None = None) -> None:
         # SteppingStones' constructor reads zoo atom tables; this one sets the same state from
