@@ -5,11 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
-
-from ..external import create_external, is_external
 
 
 @dataclass(frozen=True)
@@ -63,19 +60,12 @@ def model_entry(name: str) -> ModelEntry:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, num_classes: int = 100, **options: Any) -> nn.Module:
+def create_model(name: str, num_classes: int = 100) -> nn.Module:
     """Build model ``name`` with a ``num_classes``-way classifier; ``forward(x)`` returns logits.
 
-    ``timm:<name>``, ``torchvision:<name>`` and ``module.path:factory`` build models from
-    outside the zoo; ``options`` (``pretrained``, ``checkpoint``, ``kwargs``,
-    ``search_paths``) go to :func:`bkdsearch.core.external.create_external`.
-
     Raises:
-        KeyError: unknown zoo name.
-        ModelSourceError: an outside model that cannot be built (see ``create_external``).
+        KeyError: unknown name.
     """
-    if is_external(name):
-        return create_external(name, num_classes, **options)
     return model_entry(name).builder(num_classes)
 
 
