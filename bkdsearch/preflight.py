@@ -104,18 +104,57 @@ def device_problem(name: str | torch.device | None) -> str | None:
     return f"unknown device {text!r}: give {_DEVICE_FORMS}"
 
 
+def _device_indices(text: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """((GPU index, as given), problems) of ``--devices`` GPU indices and ranges, read without torch and
+    without expanding a range past :data:`~bkdsearch.spec.limits.MAX_GPU_INDEX` (a typo such as
+    ``0-9999999`` is refused at once, not listed)."""
+    from .spec.limits import MAX_GPU_INDEX
+
+    problems: list[str] = []
+    indices: list[tuple[int, str]] = []
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > MAX_GPU_INDEX + 1:
+        return [], [f"{len(parts)} devices given, over the limit of {MAX_GPU_INDEX + 1}"]
+    for part in parts:
+        lo, dash, hi = part.partition("-")
+        if dash and _INDEX.fullmatch(lo) and _INDEX.fullmatch(hi) and int(lo) <= int(hi):
+            if int(hi) > MAX_GPU_INDEX:
+                problems.append(f"range {part!r} goes past GPU {MAX_GPU_INDEX}, the limit of a GPU index")
+                continue
+            found = [str(i) for i in range(int(lo), int(hi) + 1)]
+        else:
+            found = [part]
+        for one in found:
+            index = one.removeprefix("cuda:")
+            if not _INDEX.fullmatch(index):
+                problems.append(f"{one!r} is not a device: give auto, cpu, cuda, or GPU indices such as 0,1 "
+                                "(or cuda:0,cuda:1) and ranges such as 0-3")
+            elif len(index) > 4 or int(index) > MAX_GPU_INDEX:
+                problems.append(f"{one!r}: GPU index over the limit of {MAX_GPU_INDEX}")
+            elif int(index) in [i for i, _ in indices]:
+                problems.append(f"GPU {int(index)} is given twice; use --trials-per-device K to train K trials "
+                                "at once on one GPU")
+            else:
+                indices.append((int(index), one))
+    return indices, problems
+
+
 def parse_devices(option: str) -> list[torch.device]:
     """Return the devices of ``--devices``: ``auto`` (every GPU, else the CPU), ``cpu``,
     ``cuda`` (every GPU) or GPU indices ``0,1`` (also written ``cuda:0,cuda:1``) and ranges
-    ``0-3`` (``0-3,6`` mixes both).
+    ``0-3`` (``0-3,6`` mixes both); indices are at most
+    :data:`~bkdsearch.spec.limits.MAX_GPU_INDEX`.
 
     Raises:
-        PreflightError: a part that is no device, a GPU that does not exist (or no CUDA at
-            all), or a GPU given twice.
+        PreflightError: a part that is no device, an index over the limit, a GPU that does
+            not exist (or no CUDA at all), or a GPU given twice.
     """
+    text = option.strip()
+    indices, problems = ([], []) if text in ("auto", "cpu", "cuda") else _device_indices(text)
+    if problems:  # checked before torch is imported: a bad option is refused at once
+        raise PreflightError([("--devices", p) for p in problems])
     import torch
 
-    text = option.strip()
     count = torch.cuda.device_count()
     every_gpu = [torch.device(f"cuda:{i}") for i in range(count)]
     if text == "auto":
@@ -126,31 +165,12 @@ def parse_devices(option: str) -> list[torch.device]:
         if not count:
             raise PreflightError([("--devices", f"cuda: {_no_cuda()}; use --devices cpu (or auto)")])
         return every_gpu
-    problems: list[str] = []
-    indices: list[int] = []
-    parts = []
-    for part in (p.strip() for p in text.split(",")):
-        lo, dash, hi = part.partition("-")
-        if dash and _INDEX.fullmatch(lo) and _INDEX.fullmatch(hi) and int(lo) <= int(hi):
-            parts += [str(i) for i in range(int(lo), int(hi) + 1)]
-        else:
-            parts.append(part)
-    for part in parts:
-        index = part.removeprefix("cuda:")
-        if not _INDEX.fullmatch(index):
-            problems.append(f"{part!r} is not a device: give auto, cpu, cuda, or GPU indices such as 0,1 "
-                            "(or cuda:0,cuda:1) and ranges such as 0-3")
-        elif int(index) >= count:
-            problems.append(f"{part!r}: " + (f"{_no_cuda()}; use --devices cpu (or auto)" if not count
-                                             else f"no GPU {int(index)} ({count} visible: 0..{count - 1})"))
-        elif int(index) in indices:
-            problems.append(f"GPU {int(index)} is given twice; use --trials-per-device K to train K trials "
-                            "at once on one GPU")
-        else:
-            indices.append(int(index))
-    if problems:
-        raise PreflightError([("--devices", p) for p in problems])
-    return [torch.device(f"cuda:{i}") for i in indices]
+    missing = [(i, given) for i, given in indices if i >= count]
+    if missing:
+        raise PreflightError([("--devices", f"{given!r}: " + (f"{_no_cuda()}; use --devices cpu (or auto)" if not count
+                                                              else f"no GPU {i} ({count} visible: 0..{count - 1})"))
+                              for i, given in missing[:8]])
+    return [torch.device(f"cuda:{i}") for i, _ in indices]
 
 
 # --------------------------------------------------------------------------- folders
@@ -221,6 +241,35 @@ def output_error(exc: OSError, path: str | Path, field: str) -> PreflightError |
 # --------------------------------------------------------------------------- weights
 
 
+def _not_a_file(file: Path) -> str | None:
+    """Why ``file`` cannot be read as a file ("not found: P", "P is a directory", "P is a
+    symbolic link loop"...), or None when it is a regular file."""
+    import errno
+    import stat
+
+    from .spec.loading import file_kind
+
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"not found: {file}" + (" (a symbolic link to nothing)" if file.is_symlink() else "")
+        if exc.errno == errno.ELOOP:
+            return f"{file} is a symbolic link loop (it never reaches a file)"
+        return f"{file} cannot be read: {exc.strerror or exc}"
+    except ValueError as exc:  # a NUL in the path
+        return f"{file!r} is not a usable path: {exc}"
+    return None if stat.S_ISREG(mode) else f"{file} is {file_kind(mode)}, not a weights file"
+
+
+def _non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` holding a nan or an inf."""
+    import torch
+
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def _weights_problem(role: str, arch: str, path: str, num_classes: int | None, fix: str) -> str | None:
     """Why the ``role`` (teacher, student) checkpoint at ``path`` does not load into
     ``arch``, or None when it does."""
@@ -231,12 +280,17 @@ def _weights_problem(role: str, arch: str, path: str, num_classes: int | None, f
     from .errors import WeightsError
 
     file = Path(path)
-    if not file.is_file():
-        return f"{role} checkpoint not found: {file}; {fix}"
+    unusable = _not_a_file(file)
+    if unusable:
+        return f"{role} checkpoint {unusable}; {fix}"
     try:
         state = read_state_dict(file)  # weights-only: a pickle that would run code is refused
     except WeightsError as exc:
         return f"{exc}; {fix}"
+    bad = _non_finite_tensors(state)
+    if bad:
+        return (f"{file} holds non-finite weights (nan or inf) in {len(bad)} tensor(s), e.g. {', '.join(bad[:3])}: "
+                f"a run distilling from it would be NaN from its first step; {fix}")
     if num_classes is None:  # the class count depends on data that did not open
         return None
     try:
@@ -277,8 +331,33 @@ def _teacher_run(source: Any) -> Any:
                      runtime=source.runtime)
 
 
-def _data_problems(data: Any, seed: int, search: bool) -> tuple[int | None, list[tuple[str, str]]]:
-    """(class count or None, problems) of the data section, opened as the trainer opens it."""
+def _train_fractions(source: Any) -> list[tuple[str, float]]:
+    """(field, share of the training split) of every fraction ``source``'s runs train on below 1:
+    ``data.train_fraction`` and, for a search, ``search.fidelity.train_fraction``."""
+    fractions = [("data.train_fraction", source.data.train_fraction)]
+    fidelity = getattr(getattr(source, "search", None), "fidelity", None)
+    if fidelity is not None:
+        fractions.append(("search.fidelity.train_fraction", fidelity.train_fraction))
+    return [(field, f) for field, f in fractions if f < 1.0]
+
+
+def _fraction_problems(fractions: list[tuple[str, float]], n_train: int, batch_size: int) -> list[tuple[str, str]]:
+    """What each ``(field, fraction)`` keeps of ``n_train`` training samples, when that is
+    not at least one full batch (``keep_fraction`` keeps ``round(n_train * fraction)``)."""
+    problems = []
+    for field, fraction in fractions:
+        kept = round(n_train * fraction)
+        if kept < max(1, batch_size) or kept >= n_train:
+            problems.append((field, f"{fraction:g} keeps {kept} of the {n_train} training samples: not one full "
+                                    f"batch of {batch_size}; raise {field} (to at least "
+                                    f"{min(1.0, batch_size / n_train):.3g}) or lower data.batch_size"))
+    return problems
+
+
+def _data_problems(data: Any, seed: int, search: bool,
+                   fractions: list[tuple[str, float]]) -> tuple[int | None, list[tuple[str, str]]]:
+    """(class count or None, problems) of the data section, opened as the trainer opens it
+    (the whole training split; each of ``fractions`` is then checked to keep a full batch)."""
     from .core.data import SyntheticConfig, build_data, dataset_info
     from .errors import DataError
 
@@ -295,13 +374,15 @@ def _data_problems(data: Any, seed: int, search: bool) -> tuple[int | None, list
         bundle = build_data(data.dataset, root=data.root, download=data.download, val_fraction=data.val_fraction,
                             batch_size=data.batch_size, eval_batch_size=data.eval_batch_size, seed=seed,
                             device="cpu", augment=data.augment, num_workers=data.num_workers,
-                            synthetic=data.synthetic, image_size=getattr(data, "image_size", None) or 224)
+                            synthetic=data.synthetic, image_size=getattr(data, "image_size", None) or 224,
+                            data_seed=data.split_seed)
     except DataError as exc:
         problems.append(("data", str(exc)))
     except ValueError as exc:  # a validation split that comes out empty, say
         problems.append(("data", f"{exc}; fix data.val_fraction or data.batch_size"))
     else:
         num_classes = num_classes or bundle.num_classes
+        problems += _fraction_problems(fractions, bundle.train.num_samples, data.batch_size)
     return num_classes, problems
 
 
@@ -340,7 +421,7 @@ def preflight(source: Any, *, devices: Mapping[str, str | torch.device | None] |
         if problem:
             problems.append((label, problem))
 
-    num_classes, data_problems = _data_problems(source.data, source.seed, search)
+    num_classes, data_problems = _data_problems(source.data, source.seed, search, _train_fractions(source))
     problems += data_problems
 
     teacher = source.teacher

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DataError, WeightsError
-from .spec import DataConfig, ModelConfig, Recipe, RunConfig
-
-DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
+from .spec import DataConfig, ModelConfig, RunConfig
+from .spec.config import DEFAULT_TEACHER_RECIPE
 
 
 def teacher_run_config(cfg: RunConfig) -> RunConfig:

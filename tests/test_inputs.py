@@ -353,17 +353,60 @@ def test_several_urls_in_one_line_keep_their_hosts():
             "then sqlite:///studies/r.db")
     out = redact(text)
     assert not _leaks(out)
-    assert out == ("tried postgresql://a:***@host1/db1 and mysql://b:***@host2:3306/db2, "
+    # Unencoded ' ' and '@' in a password: where its userinfo ends is unsure, so none of it shows.
+    assert out == ("tried postgresql://***@host1/db1 and mysql://***@host2:3306/db2, "
                    "then sqlite:///studies/r.db")
 
 
 def test_the_published_leaks_are_closed():
     out = redact("postgresql+psycopg://postgres:my secret@host/db")
-    assert out == "postgresql+psycopg://postgres:***@host/db"
+    assert out == "postgresql+psycopg://***@host/db"
     out = redact("postgresql+psycopg://postgres:p@ssw0rdX@127.0.0.1/test")
     assert "ssw0rdX" not in out and out.endswith("@127.0.0.1/test")
     assert redact("x a:p@ss@host") == "x a:p@ss@host"  # not a URL: nothing to find
-    assert redact("postgresql://a:p@ss@host") == "postgresql://a:***@host"
+    assert redact("postgresql://a:p@ss@host") == "postgresql://***@host"
+    assert redact("postgresql://a:pw@host") == "postgresql://a:***@host"  # parsed for sure: the user shows
+
+
+# Issue 25.6: unencoded passwords with '#', space, '/', '%', '?' and quotes (the 27-character
+# one printed 19 of its characters), and a password split by '@' whose piece a driver quoted.
+ISSUE_PASSWORDS = ["SECRET1@SECRET2/SECRET3%SECRET4:SECRET5?=\"'SECRET6#SECRET7 SECRET8",
+                   "SECRETp@SECRETss SECRETw#SECRETrd/%", "SECRET1@SECRET2?SECRET3",
+                   "SECRET1 SECRET2#SECRET3@SECRET4/x",
+                   "SECRET1\"SECRET2'SECRET3@SECRET4", "SECRET%SECRET1%2"]
+
+
+@pytest.mark.parametrize("password", ISSUE_PASSWORDS)
+def test_unencoded_passwords_show_none_of_their_userinfo(password):
+    from bkdsearch.search.storage import clean, url_secrets
+    from bkdsearch.urls import storage_url_problem
+
+    url = f"mysql+pymysql://USERNAME:{password}@127.0.0.1:3306/test"
+    for text in (url, f"cannot open storage {url}: refused", f"tried {url} and {url}"):
+        for out in (redact(text), clean(text, url_secrets(url))):
+            assert not _leaks(out) and "USERNAME" not in out, out
+            assert "mysql+pymysql://***@127.0.0.1:3306/test" in out
+    refusal = storage_url_problem(url)  # refused before a driver could quote a piece of it
+    assert refusal is not None and "percent-encoded" in refusal
+    assert not _leaks(refusal) and "USERNAME" not in refusal
+
+
+def test_a_short_password_is_masked_only_where_it_stands_alone():
+    from bkdsearch.search.storage import clean, url_secrets
+
+    url = "mysql+pymysql://root:p@127.0.0.1:3306/test"
+    text = f"mysql+pymysql cannot open {url}: access denied for root with password p"
+    assert clean(text, url_secrets(url)) == ("mysql+pymysql cannot open mysql+pymysql://root:***@127.0.0.1:3306/test:"
+                                             " access denied for root with password ***")
+
+
+def test_an_unencoded_password_is_refused_by_the_cli_without_a_piece_of_it(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", TINY_SPEC)
+    url = "mysql+pymysql://root:SECRETp@SECRETss w#SECRETrd/%@127.0.0.1:3306/test"
+    for args in (["run", spec, "--storage", url], ["status", "--storage", url]):
+        r = bkd(*args)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert not _leaks(r.stdout + r.stderr) and "percent-encoded" in r.stderr
 
 
 @pytest.mark.parametrize("text", [

@@ -106,6 +106,9 @@ def test_enqueue_is_a_list_of_mappings_to_scalars_in_the_schema():
 
 def test_enqueued_values_keep_their_type_and_non_scalars_are_refused():
     spec = copy.deepcopy(TINY_SPEC)
+    # Each enqueued parameter is searched (issue 25.4: a fixed one is refused).
+    spec["train"].update(lr={"float": [0.01, 0.2]}, epochs={"int": [1, 5]}, nesterov={"choice": [True, False]})
+    spec["blockkd"] = {"stones": {"choice": ["all", [1, 2]]}}
     spec["search"] = {"enqueue": [{"train.lr": 0.1, "train.epochs": 3, "train.nesterov": True,
                                    "blockkd.stones": "1,2"}]}
     [given] = parse_spec(yaml.safe_dump(spec)).search.enqueue

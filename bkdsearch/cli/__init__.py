@@ -16,8 +16,9 @@ from rich.markup import escape
 from .. import __version__
 from ..errors import BadInput, Terminated, interrupt_exit_code
 from ..progress import console_log, percent
+from ..spec.limits import MAX_TRIALS
 from ..urls import redact
-from .common import STUDIES, STUDY_HELP, device_option, err, load_spec_or_exit, out, study_name_of
+from .common import STUDIES, STUDY_HELP, check_storage_url, device_option, err, load_spec_or_exit, out, study_name_of
 from .workers import Workers, worker_options
 
 
@@ -103,13 +104,16 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
         SpecError: an unknown key or an invalid value (exit 2).
     """
     from ..spec import Defaults, parse_overrides, resolve
-    from ..spec.resolve import SPEC_KEYS, override_spec
+    from ..spec.loading import with_overrides
+    from ..spec.resolve import SPEC_KEYS
 
     spec = load_spec_or_exit(spec_path)
     overrides = parse_overrides(list(sets))
-    cfg = resolve(spec, Defaults(overrides), overrides=overrides)
     own = {k: v for k, v in overrides.items() if k in SPEC_KEYS}
-    return (override_spec(spec, own) if own else spec), cfg
+    if own:  # checked as the spec file is: an unknown student.arch is refused here, not in a run
+        spec = with_overrides(spec, own)
+    cfg = resolve(spec, Defaults(overrides), overrides={k: v for k, v in overrides.items() if k not in SPEC_KEYS})
+    return spec, cfg
 
 
 def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
@@ -138,8 +142,10 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
     from ..progress import make_progress
     from ..ranks import train_run
     from ..teacher import shared_teacher_weights
+    from .environment import check_environment
 
     spec, cfg = _run_config(spec_path, sets)
+    check_environment()
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
     preflight(cfg, devices={"--devices": device} if device else None,
               folders={"--out" if out_dir else "run folder": run_dir, **_teacher_cache_folders(cfg)},
@@ -156,6 +162,26 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
     out.print(f"val acc {percent(result.val_acc)}  test acc {percent(result.test_acc)}  "
               f"({result.images_per_s:.0f} img/s)")
     out.print(f"student weights: {result.student_path}")
+
+
+def _methods(option: str) -> list[str]:
+    """Return the methods of ``compare --methods``: known ones, each once, at least one.
+
+    Raises:
+        click.BadParameter: none given, an unknown one, or one given twice (exit 2).
+    """
+    from ..spec import METHODS
+
+    chosen = [m.strip() for m in option.split(",") if m.strip()]
+    if not chosen:
+        raise click.BadParameter(f"give at least one method of {', '.join(METHODS)}", param_hint="--methods")
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise click.BadParameter(f"unknown method {unknown[0]!r}; give some of {', '.join(METHODS)}",
+                                 param_hint="--methods")
+    if len(set(chosen)) != len(chosen):
+        raise click.BadParameter(f"{option!r} gives a method twice", param_hint="--methods")
+    return chosen
 
 
 @main.command(epilog=_example("bkdsearch compare specs/fashion_mnist.yaml --methods ce,kd,blockkd --seeds 3"))
@@ -177,7 +203,7 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
     from ..spec import parse_overrides
 
     spec = load_spec_or_exit(spec_path)
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    chosen = _methods(methods)
     overrides = parse_overrides(list(sets))
     seed_list = [spec.seed + i for i in range(seeds)]
     first = comparison_configs(spec, chosen, seed_list[:1], overrides)
@@ -196,17 +222,18 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
 @main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --devices cpu"))
 @click.argument("spec_path", metavar="SPEC")
 @device_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value of the spec (e.g. teacher.recipe.epochs=60, data.root=/data), as `run --set` "
+                   "does: the same values train (and find in the cache) the same teacher; repeatable.")
 @handle_errors
-def teacher(spec_path: str, device: str | None) -> None:
+def teacher(spec_path: str, device: str | None, sets: tuple[str, ...]) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
     from ..preflight import preflight
-    from ..spec import Defaults, resolve
     from ..teacher import teacher_test_accuracy, teacher_weights
 
-    spec = load_spec_or_exit(spec_path)
+    spec, cfg = _run_config(spec_path, sets)
     if spec.teacher is None:
         raise click.UsageError("the spec has no teacher")
-    cfg = resolve(spec, Defaults())
     if cfg.method == "ce":  # the teacher is the same whatever the student's method
         cfg = cfg.model_copy(update={"method": "kd"})
     # The student plays no part here: its checkpoint is not checked.
@@ -248,13 +275,13 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
         raise click.UsageError("give --storage URL (or a SPEC whose storage to use)")
     if need_study and name is None:
         raise click.UsageError("give --study NAME (or a SPEC whose study to use)")
-    return url, name
+    return check_storage_url(url), name
 
 
 @main.command(epilog=_example("bkdsearch run specs/quickstart.yaml --n-trials 4 --devices cpu"))
 @worker_options
-@click.option("--n-trials", type=click.IntRange(min=1), default=None,
-              help="Cap on the study's finished trials, across all workers.")
+@click.option("--n-trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=None,
+              help=f"Cap on the study's finished trials, across all workers (at most {MAX_TRIALS:,}).")
 @click.option("--confirm", "then_confirm", is_flag=True,
               help="Then confirm the top configurations with fresh seeds (see `bkdsearch confirm`).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -270,8 +297,6 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     Before the study is opened (no trial is written otherwise) it checks what every trial
     needs: the data, the teacher's and student's checkpoints, the folders, the devices. It
     ends with a summary: the trials, the best one, the cap, and the next commands."""
-    from ..summary import run_summary
-
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
                        gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     cap = n_trials or workers.spec.search.n_trials
@@ -285,6 +310,8 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     run_options += ["--allow-different-spec"] if allow_different_spec else []
     given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials,
              "run_options": run_options}
+    from ..summary import run_summary  # after the checks: it imports Optuna and torch
+
     for line in run_summary(workers.study, report, cap=cap, **given):
         out.print(line, markup=False, soft_wrap=True)
 
@@ -400,7 +427,7 @@ def export(spec_path: str | None, storage: str | None, study_name: str | None, t
 
     url, name = _target(spec_path, storage, study_name, need_study=True)
     assert name is not None
-    if trial_ref != "best" and not trial_ref.isdigit():
+    if trial_ref != "best" and not (trial_ref.isascii() and trial_ref.isdigit()):  # "²".isdigit() is true
         raise click.BadParameter("best or a trial number", param_hint="--trial")
     check_output(output, "-o", folder=False)
     path = _writing(output, "-o", lambda: export_trial(url, name, trial_ref, Path(output), allow_pruned=allow_pruned))

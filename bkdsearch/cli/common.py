@@ -33,6 +33,21 @@ def load_spec_or_exit(spec_path: str) -> Any:
         sys.exit(2)
 
 
+def check_storage_url(url: str) -> str:
+    """Return ``url`` when its form can hold a study (see :func:`bkdsearch.urls.storage_url_problem`).
+
+    Raises:
+        StorageError: it cannot (exit 2), e.g. a SQLite URL without a file.
+    """
+    from ..errors import StorageError
+    from ..urls import storage_url_problem
+
+    problem = storage_url_problem(url)
+    if problem is not None:
+        raise StorageError(problem)
+    return url
+
+
 def study_name_of(given: str | None, spec: Any | None) -> str | None:
     """The study a command works on: ``--study`` (checked against the naming rule), else
     the spec's name (checked too), else None.

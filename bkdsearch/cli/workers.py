@@ -11,8 +11,35 @@ import click
 from rich.markup import escape
 
 from ..progress import console_log
+from ..spec.limits import MAX_TIMEOUT_S
 from ..urls import redact
-from .common import STUDIES, STUDY_HELP, load_spec_or_exit, out, study_name_of
+from .common import STUDIES, STUDY_HELP, check_storage_url, load_spec_or_exit, out, study_name_of
+from .environment import check_environment
+
+
+class Seconds(click.ParamType):
+    """A timeout in seconds: a finite number in (0, :data:`~bkdsearch.spec.limits.MAX_TIMEOUT_S`]
+    (``nan`` and ``inf`` are refused, not taken as "no timeout")."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Return ``value`` as seconds.
+
+        Raises:
+            click.BadParameter: not a number, not finite, not > 0 or over the limit (exit 2).
+        """
+        import math
+
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a finite number of seconds > 0", param, ctx)
+        if seconds > MAX_TIMEOUT_S:
+            self.fail(f"{value!r} seconds is over the limit of {MAX_TIMEOUT_S:g} (a year)", param, ctx)
+        return seconds
 
 
 def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
@@ -23,7 +50,7 @@ def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
         SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
     """
     from ..spec import SpecError, parse_overrides, searched
-    from ..spec.resolve import override_spec
+    from ..spec.loading import with_overrides
 
     overrides = parse_overrides(list(sets))
     if not overrides:
@@ -33,7 +60,7 @@ def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
                    "to fix it, give it a fixed value in the spec", None) for k in overrides if k in space]
     if refused:
         raise SpecError(refused)
-    return override_spec(spec, overrides)
+    return with_overrides(spec, overrides)
 
 
 def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,8 +70,8 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--storage", default=None,
                      help="SQLAlchemy URL (default: the spec's, else sqlite:///studies/<name>.db)."),
         click.option("--study", "study_name", default=None, help=f"{STUDY_HELP} (default: the spec's name)."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Stop starting trials after S seconds."),
+        click.option("--timeout", type=Seconds(), default=None,
+                     help=f"Stop starting trials after S seconds (finite, at most {MAX_TIMEOUT_S:g}: a year)."),
         click.option("--devices", default="auto", show_default=True,
                      help="auto (every GPU, else the CPU), cpu, cuda (every GPU), or GPU indices 0,1,... "
                           "and ranges 0-7 (also cuda:0,cuda:1); each must exist."),
@@ -75,14 +102,18 @@ class Workers:
                  devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
                  gpus_per_trial: int, sets: tuple[str, ...] = (), *, allow_different_spec: bool = False) -> None:
         from ..preflight import parse_devices, preflight
-        from ..search import open_study
 
         # --set values are fixed in the spec itself: every trial uses them and the study records them.
+        # The spec and the options are checked before torch and Optuna are imported (seconds of CPU):
+        # a bad one is refused as fast as `validate` refuses it.
         self.spec = fixed_spec(load_spec_or_exit(spec_path), sets)
         self.url = storage or self.spec.default_storage()
         name = study_name_of(study_name, self.spec)
         assert name is not None
+        check_storage_url(self.url)
         self.devices = parse_devices(devices)
+        check_environment()
+        from ..search import open_study
         from ..search.worker import artifact_folder, device_slots
 
         self.slots = device_slots(self.devices, gpus_per_trial, self.spec.data.batch_size)

@@ -310,7 +310,7 @@ def keep_checkpoints() -> int:
     raw = os.environ.get("BKDSEARCH_KEEP_CHECKPOINTS", "").strip()
     if not raw:
         return KEEP_CHECKPOINTS
-    if not raw.isdigit() or int(raw) > 10000:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 10000:  # "²".isdigit() is true
         raise BadInput(f"BKDSEARCH_KEEP_CHECKPOINTS={raw!r}: expected a whole number from 0 to 10000")
     return int(raw)
 

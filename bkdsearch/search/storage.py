@@ -16,7 +16,7 @@ from typing import Any
 from optuna.storages import RDBStorage
 
 from ..errors import StorageError
-from ..urls import redact
+from ..urls import redact, storage_url_problem
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings
 from .patient import PatientStorage, patience_setting
 
@@ -25,11 +25,22 @@ POOL_RECYCLE_S = 1800
 firewall's idle timeout cuts them); dead ones are caught by ``pool_pre_ping`` anyway."""
 
 
+SHORT_SECRET = 4
+"""A literal secret shorter than this is masked only as a whole word: a one-letter password
+"p" must not turn "mysql+pymysql" into "mysql+***ymysql"."""
+
+
 def clean(text: str, secrets: list[str]) -> str:
-    """``text`` with URL passwords (and the literal ``secrets``) replaced by ``***``."""
+    """``text`` with URL passwords (and the literal ``secrets``) replaced by ``***``; a short
+    secret (under :data:`SHORT_SECRET` characters) only where no letter or digit touches it."""
+    import re
+
     text = redact(text)
     for secret in secrets:
-        text = text.replace(secret, "***")
+        if len(secret) >= SHORT_SECRET:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 
@@ -51,7 +62,8 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
     read, e.g. ``status``).
 
     Raises:
-        StorageError: malformed URL, missing driver, missing SQLite file (``create=False``),
+        StorageError: malformed URL, a SQLite URL without a file, an unknown MySQL charset,
+            missing driver, missing SQLite file (``create=False``),
             a bad ``BKDSEARCH_STORAGE_PATIENCE_S``, or a server unreachable at the start;
             the message never contains the password.
     """
@@ -65,6 +77,9 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             "postgresql+psycopg://USER@HOST/DB or mysql+pymysql://USER@HOST/DB") from None
     secrets = url_secrets(url)
     shown = clean(url, secrets)
+    problem = storage_url_problem(url, in_memory=True)  # a program may keep a study in memory
+    if problem is not None:
+        raise StorageError(clean(problem, secrets))
     beat, grace = heartbeat_settings()
     patience = patience_setting()
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -72,7 +87,7 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
     server = backend in ("postgresql", "mysql")
     if backend == "sqlite":
         db = parsed.database or ""
-        if db and db != ":memory:" and not db.startswith("file:"):
+        if db != ":memory:" and not db.startswith("file:"):
             path = Path(db)
             if not create and not path.is_file():
                 raise StorageError(f"no SQLite database at {path} (storage {shown})")

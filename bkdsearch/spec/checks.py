@@ -17,6 +17,7 @@ from ..core.cuts import Atom, Cuts, Shape, cut_bounds
 from ..errors import PartitionError
 from .arch_names import ARCH_NAMES
 from .atom_table import arch_facts, atoms, model_input_size, synthetic_defaults
+from .limits import MAX_SYNTHETIC_VALUES, over
 from .resolve import candidate_partition, resolve_partition
 from .schema import Choice, IntRange, Spec
 
@@ -27,11 +28,18 @@ def _choices(value: Any) -> list[Any]:
 
 def check_spec(spec: Spec) -> list[tuple[str, str]]:
     """Return ``(path, message)`` for every semantic problem pydantic cannot see: unknown
-    architectures, and candidate partitions that cannot be built or connected for some order,
-    connector or stone set the spec allows."""
+    architectures, synthetic data too large or too small for the models, candidate partitions
+    that cannot be built or connected for some order, connector or stone set the spec allows,
+    and (when all that is fine) enqueued configurations outside the search space."""
+    from .enqueued import enqueue_problems
+
+    return _model_problems(spec) or enqueue_problems(spec)
+
+
+def _model_problems(spec: Spec) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if spec.data.dataset == "synthetic":
-        refused = synthetic_problem(spec.data.synthetic)
+        refused = synthetic_problem(spec.data.synthetic) or synthetic_size_problem(spec.data.synthetic)
         if refused is not None:
             problems.append(("data.synthetic", refused))
     elif spec.data.synthetic:
@@ -42,14 +50,17 @@ def check_spec(spec: Spec) -> list[tuple[str, str]]:
                        ("teacher.arch", spec.teacher.arch if spec.teacher else None)):
         if arch is not None and arch not in ARCH_NAMES:
             problems.append((path, f"unknown model {arch!r}; known: {', '.join(sorted(ARCH_NAMES))}"))
-    if problems or spec.teacher is None:
+    if problems:
         return problems
     size = model_input_size(spec.data)
-    for arch, path in ((spec.teacher.arch, "teacher.arch"), (spec.student.arch, "student.arch")):
-        family, defined = arch_facts(arch)
+    # The student is checked even without a teacher (method ce): a CIFAR model on 8x8 images
+    # would fail every trial at its first step.
+    for arch, path in ((spec.teacher.arch if spec.teacher else None, "teacher.arch"),
+                       (spec.student.arch, "student.arch")):
+        family, defined = arch_facts(arch) if arch is not None else (None, size)
         if defined[1:] != size[1:] and family == "cifar":
             problems.append((path, f"{arch} is a 32x32 CIFAR model but the data gives {size[1]}x{size[2]}"))
-    if problems or "blockkd" not in _choices(spec.method):
+    if problems or spec.teacher is None or "blockkd" not in _choices(spec.method):
         return problems
     teacher, student = atoms(spec.teacher.arch, size), atoms(spec.student.arch, size)
     for name in _choices(spec.blockkd.partition):
@@ -101,6 +112,17 @@ def synthetic_problem(options: Mapping[str, Any] | None) -> str | None:
         if not ok(merged):
             return f"SyntheticConfig: {message}"
     return None
+
+
+def synthetic_size_problem(options: Mapping[str, Any] | None) -> str | None:
+    """Return why the synthetic dataset of ``options`` is too large to generate (its pixel
+    values over :data:`~bkdsearch.spec.limits.MAX_SYNTHETIC_VALUES`), or None."""
+    merged = {**synthetic_defaults(), **(options or {})}
+    values = (merged["train_size"] + merged["test_size"]) * merged["channels"] * merged["image_size"] ** 2
+    if values <= MAX_SYNTHETIC_VALUES:
+        return None
+    return (f"(train_size + test_size) x channels x image_size^2 = {values:,} pixel values, "
+            f"{over(MAX_SYNTHETIC_VALUES)} (about 512 MiB of images); make the splits or the images smaller")
 
 
 def check_stones(teacher: Sequence[Atom], student: Sequence[Atom], cuts: Cuts, *, order: str,

@@ -26,14 +26,28 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from .arch_names import ARCH_NAMES
+from .limits import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_GPU_INDEX,
+    MAX_LOSS_WEIGHT,
+    MAX_LR,
+    MAX_NUM_WORKERS,
+    MAX_SYNTHETIC_CLASSES,
+    MAX_SYNTHETIC_IMAGE_SIZE,
+    MAX_SYNTHETIC_MODES,
+    MAX_SYNTHETIC_SPLIT,
+    MAX_TAU,
+    MAX_WEIGHT_DECAY,
+)
 
 SEED_LIMIT = 2**32
 """Seeds are in ``[0, SEED_LIMIT)``: what numpy's and torch's seeding accept."""
 
-DEVICE_FORMS = "auto, cpu, cuda, cuda:N or a bare GPU index N"
+DEVICE_FORMS = f"auto, cpu, cuda, cuda:N or a bare GPU index N (N <= {MAX_GPU_INDEX})"
 """The forms a device name may take, for error messages."""
 
-_DEVICE = re.compile(r"auto|cpu|cuda|(?:cuda:)?[0-9]{1,3}")
+_DEVICE = re.compile(r"auto|cpu|cuda|(?:cuda:)?[0-9]{1,4}")
 
 
 def check_device(name: str) -> str:
@@ -43,7 +57,8 @@ def check_device(name: str) -> str:
     Raises:
         ValueError: any other name, with a message listing the allowed forms.
     """
-    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name) or (
+            name[-1].isdigit() and int(name.removeprefix("cuda:")) > MAX_GPU_INDEX):
         raise ValueError(f"device {name!r} is not one of the allowed forms: {DEVICE_FORMS}")
     return name
 
@@ -63,12 +78,18 @@ class SyntheticOptions(TypedDict, total=False):
     """Options of the built-in synthetic dataset: the fields of
     :class:`bkdsearch.core.data.SyntheticConfig` (which checks their ranges), every one optional."""
 
-    num_classes: Annotated[StrictInt, Field(description="Number of classes, >= 2 (default 10).")]
-    image_size: Annotated[StrictInt, Field(description="Height and width in pixels, >= 8 (default 32).")]
+    num_classes: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_CLASSES, description=(
+        f"Number of classes, 2..{MAX_SYNTHETIC_CLASSES} (default 10)."))]
+    image_size: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_IMAGE_SIZE, description=(
+        f"Height and width in pixels, 8..{MAX_SYNTHETIC_IMAGE_SIZE} (default 32)."))]
     channels: Annotated[StrictInt, Field(description="1 (grey) or 3 (colour) (default 3).")]
-    train_size: Annotated[StrictInt, Field(description="Samples in the training split, >= 1 (default 5000).")]
-    test_size: Annotated[StrictInt, Field(description="Samples in the test split, >= 1 (default 1000).")]
-    modes_per_class: Annotated[StrictInt, Field(description="Motifs per class, >= 1 (default 4).")]
+    train_size: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_SPLIT, description=(
+        f"Samples in the training split, 1..{MAX_SYNTHETIC_SPLIT}; (train_size + test_size) x channels x "
+        "image_size^2 at most 2**29 pixel values (default 5000)."))]
+    test_size: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_SPLIT, description=(
+        f"Samples in the test split, 1..{MAX_SYNTHETIC_SPLIT} (default 1000)."))]
+    modes_per_class: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_MODES, description=(
+        f"Motifs per class, 1..{MAX_SYNTHETIC_MODES} (default 4)."))]
     group_size: Annotated[StrictInt, Field(description=(
         "Classes per sibling group, in 1..num_classes (1: no groups) (default 2)."))]
     sibling_gap: Annotated[_Number, Field(description=(
@@ -124,10 +145,13 @@ class DataConfig(_Strict):
     download: bool = Field(False, description="Let torchvision download CIFAR / Fashion-MNIST when absent.")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description=(
         "Share of the training set held out for validation, stratified by class (0: no validation split)."))
-    batch_size: int = Field(64, ge=1, description="Training batch size (every training batch is full).")
-    eval_batch_size: int = Field(512, ge=1, description="Batch size of the validation and test loaders.")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description=(
+        f"Training batch size, 1..{MAX_BATCH} (every training batch is full)."))
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH, description=(
+        f"Batch size of the validation and test loaders, 1..{MAX_BATCH}."))
     augment: bool = Field(True, description="Random crop and flip of training images (false: shuffling only).")
-    num_workers: int = Field(0, ge=0, description="Decoding processes of an imagefolder loader.")
+    num_workers: int = Field(0, ge=0, le=MAX_NUM_WORKERS, description=(
+        f"Decoding processes of an imagefolder loader, 0..{MAX_NUM_WORKERS}."))
     image_size: int | None = Field(None, ge=8, le=1024, description=(
         "Crop size of imagefolder images in pixels (null: 224, the ImageNet recipe); other datasets keep "
         "their own size."))
@@ -161,12 +185,14 @@ def check_milestones(milestones: list[int] | None, epochs: int | None) -> None:
 class Recipe(_Strict):
     """Optimiser and schedule of one run (every value fixed)."""
 
-    epochs: int = Field(ge=1, description="Training epochs, >= 1.")
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description=f"Training epochs, 1..{MAX_EPOCHS}.")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD (with momentum) or AdamW.")
-    lr: float = Field(0.05, gt=0, description="Peak learning rate, > 0 (reached after the warm-up).")
+    lr: float = Field(0.05, gt=0, le=MAX_LR, description=(
+        f"Peak learning rate, in (0, {MAX_LR:g}] (reached after the warm-up)."))
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1) (unused by AdamW).")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD with momentum > 0).")
-    weight_decay: float = Field(5e-4, ge=0, description="Weight decay, >= 0 (decoupled for AdamW).")
+    weight_decay: float = Field(5e-4, ge=0, le=MAX_WEIGHT_DECAY, description=(
+        f"Weight decay, in [0, {MAX_WEIGHT_DECAY:g}] (decoupled for AdamW)."))
     schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description=(
         "Learning-rate schedule after the warm-up: multistep (times lr_decay at each milestone), "
         "cosine (to 0 at the last epoch) or constant."))
@@ -174,12 +200,17 @@ class Recipe(_Strict):
         "Increasing epochs (>= 1, before the last) at which multistep lowers the learning rate "
         "(null: 5/8, 6/8 and 7/8 of the epochs, the published CIFAR schedule)."))
     lr_decay: float = Field(0.1, gt=0, le=1, description="Factor multistep applies at each milestone, in (0, 1].")
-    warmup_epochs: int = Field(0, ge=0, description="Epochs of linear learning-rate ramp-up to lr (0: none).")
+    warmup_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, description=(
+        f"Epochs of linear learning-rate ramp-up to lr, 0..{MAX_EPOCHS} (0: none)."))
 
     @model_validator(mode="after")
     def _milestones_inside(self) -> Recipe:
         check_milestones(self.milestones, self.epochs)
         return self
+
+
+DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
+"""The recipe of a teacher's CE training when the spec gives none (``teacher.recipe: null``)."""
 
 
 _DKD_WARMUP_DOC = (
@@ -194,18 +225,23 @@ _DKD_WARMUP_DOC = (
 class LossConfig(_Strict):
     """Loss weights and temperature; which terms apply depends on the method."""
 
-    tau: float = Field(4.0, gt=0, description="Distillation temperature, > 0.")
-    alpha: float = Field(1.0, ge=0, description="Weight of the cross-entropy terms (student and stones), >= 0.")
-    beta: float = Field(1.0, ge=0, description="Weight of the logit-distillation terms (KL or DKD), >= 0.")
-    gamma: float = Field(0.0, ge=0, description=(
-        "Weight of the ensemble term of Block-KD (KD towards the stones' mean logits), >= 0 (0: off)."))
+    tau: float = Field(4.0, gt=0, le=MAX_TAU, description=f"Distillation temperature, in (0, {MAX_TAU:g}].")
+    alpha: float = Field(1.0, ge=0, le=MAX_LOSS_WEIGHT, description=(
+        f"Weight of the cross-entropy terms (student and stones), in [0, {MAX_LOSS_WEIGHT:g}]."))
+    beta: float = Field(1.0, ge=0, le=MAX_LOSS_WEIGHT, description=(
+        f"Weight of the logit-distillation terms (KL or DKD), in [0, {MAX_LOSS_WEIGHT:g}]."))
+    gamma: float = Field(0.0, ge=0, le=MAX_LOSS_WEIGHT, description=(
+        "Weight of the ensemble term of Block-KD (KD towards the stones' mean logits), in "
+        f"[0, {MAX_LOSS_WEIGHT:g}] (0: off)."))
     decay: float = Field(0.5, gt=0, le=1, description=(
         "Block-KD stone weight base, in (0, 1]: a stone holding k teacher blocks weighs decay**k."))
     logit_loss: Literal["kl", "dkd"] = Field("kl", description=(
         "Logit loss of Block-KD: kl (Hinton KD) or dkd (decoupled KD); method dkd always uses dkd."))
-    dkd_alpha: float = Field(1.0, ge=0, description="DKD's weight of the target-class term (TCKD), >= 0.")
-    dkd_beta: float = Field(8.0, ge=0, description="DKD's weight of the non-target-class term (NCKD), >= 0.")
-    dkd_warmup: int = Field(0, ge=0, description=_DKD_WARMUP_DOC)
+    dkd_alpha: float = Field(1.0, ge=0, le=MAX_LOSS_WEIGHT, description=(
+        f"DKD's weight of the target-class term (TCKD), in [0, {MAX_LOSS_WEIGHT:g}]."))
+    dkd_beta: float = Field(8.0, ge=0, le=MAX_LOSS_WEIGHT, description=(
+        f"DKD's weight of the non-target-class term (NCKD), in [0, {MAX_LOSS_WEIGHT:g}]."))
+    dkd_warmup: int = Field(0, ge=0, le=MAX_EPOCHS, description=_DKD_WARMUP_DOC)
 
 
 class PartitionConfig(_Strict):

@@ -208,7 +208,9 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     return spec
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """Return what a path of ``st_mode`` ``mode`` that is not a regular file is ("a directory",
+    "a FIFO (named pipe)", ...), for messages."""
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):
@@ -223,7 +225,7 @@ def _refuse(path: Path, why: str) -> SpecError:
 
 def _check_file(path: Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, f"it is {_kind(st.st_mode)}, not a regular file")
+        raise _refuse(path, f"it is {file_kind(st.st_mode)}, not a regular file")
     if st.st_size > MAX_SPEC_BYTES:
         raise _refuse(path, f"it has {st.st_size} bytes, over the limit of {MAX_SPEC_BYTES} bytes for a spec")
 
@@ -263,6 +265,23 @@ def load_spec(path: str | Path) -> Spec:
             unreadable file, malformed YAML, duplicate keys or invalid fields.
     """
     return parse_spec(read_spec_text(path), str(path))
+
+
+def with_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
+    """Return ``spec`` with the ``--set`` values ``overrides`` fixed in it, checked exactly as
+    the spec file is (schema, then the semantic checks: an unknown architecture, a partition
+    that cannot be built, enqueued values outside the search space).
+
+    Raises:
+        SpecError: an unknown name, or an invalid value (naming it).
+    """
+    from .resolve import override_spec
+
+    fixed = override_spec(spec, overrides)
+    problems = check_spec(fixed)
+    if problems:
+        raise SpecError([(path, message, None) for path, message in problems])
+    return fixed
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -9,13 +9,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..core.cuts import Cuts, build_cuts
 from ..errors import PartitionError, SpecError
 from .atom_table import atoms, model_input_size
-from .config import BlockKDConfig, DataConfig, LossConfig, ModelConfig, PartitionConfig, Recipe, RunConfig
+from .config import (
+    DEFAULT_TEACHER_RECIPE,
+    SYNTHETIC_OPTIONS,
+    BlockKDConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    PartitionConfig,
+    Recipe,
+    RunConfig,
+)
 from .errors import validation_error
+from .limits import MAX_EPOCHS
 from .schema import Distribution, PartitionSpec, SearchBlockKD, Spec, _is_dist
 
 
@@ -215,7 +226,9 @@ def at_fidelity(cfg: RunConfig, epochs: int | None, train_fraction: float = 1.0)
 
 SPEC_KEYS = (
     *(f"data.{k}" for k in DataConfig.model_fields if k != "synthetic"),
-    "teacher.arch", "teacher.checkpoint", "student.arch", "student.checkpoint",
+    *(f"data.synthetic.{k}" for k in SYNTHETIC_OPTIONS),
+    "teacher.arch", "teacher.checkpoint", *(f"teacher.recipe.{k}" for k in Recipe.model_fields),
+    "student.arch", "student.checkpoint",
 )
 """The ``--set`` names that change the spec itself before resolution (never searched)."""
 
@@ -224,7 +237,8 @@ _TRAIN_KEYS = ("epochs", "optimizer", "lr", "momentum", "nesterov", "weight_deca
 
 
 def parameter_names(spec: Spec) -> list[str]:
-    """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``, ``data.root``."""
+    """Return every name ``--set`` accepts (searched or fixed), e.g. ``train.lr``, ``data.root``,
+    ``teacher.recipe.epochs``."""
     names = ["seed", "method"]
     names += [f"train.{k}" for k in _TRAIN_KEYS]
     names += [f"blockkd.{k}" for k in SearchBlockKD.model_fields]
@@ -232,11 +246,31 @@ def parameter_names(spec: Spec) -> list[str]:
     return names
 
 
+def _as_fields(value: Any) -> dict[str, Any]:
+    """The fields ``value`` (a section of a spec, a mapping or None) was given, as they are
+    (a distribution stays a distribution): what validating the spec again needs."""
+    if isinstance(value, BaseModel):
+        return {k: getattr(value, k) for k in value.model_fields_set}
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _scaled_train(spec: Spec, train: dict[str, Any]) -> None:
+    """Add to the ``--set`` values of ``train`` the spec's milestones scaled to a new fixed
+    ``epochs`` (when it gives epochs and no milestones)."""
+    if ("epochs" in train and "milestones" not in train and spec.train.milestones
+            and isinstance(spec.train.epochs, int) and isinstance(train["epochs"], int)
+            and not isinstance(train["epochs"], bool) and 0 < train["epochs"] <= MAX_EPOCHS
+            and train["epochs"] != spec.train.epochs):
+        train["milestones"] = scale_milestones(spec.train.milestones, spec.train.epochs, train["epochs"])
+
+
 def override_spec(spec: Spec, overrides: Mapping[str, Any]) -> Spec:
     """Return ``spec`` with ``overrides`` (``--set`` names, see :func:`parameter_names`) as
-    fixed values, validated as the spec file would be. The other fields keep whether the
-    spec set them (published defaults still apply to what it left unset). A fixed
-    ``train.epochs`` without ``train.milestones`` scales the spec's milestones to it.
+    fixed values, validated by the schema as the spec file would be (the semantic checks:
+    :func:`bkdsearch.spec.loading.with_overrides`). The other fields keep whether the spec
+    set them (published defaults still apply to what it left unset). A fixed ``train.epochs``
+    without ``train.milestones`` scales the spec's milestones to it; a ``teacher.recipe.*``
+    value of a spec without a teacher recipe starts from the default recipe.
 
     Raises:
         SpecError: an unknown name (listing the known ones), or an invalid value (naming it).
@@ -245,26 +279,22 @@ def override_spec(spec: Spec, overrides: Mapping[str, Any]) -> Spec:
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise SpecError([(k, f"unknown parameter; known: {', '.join(sorted(known))}", None) for k in unknown])
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {}
-    for name, value in overrides.items():
-        section, _, key = name.partition(".")
-        if key:
-            sections.setdefault(section, {})[key] = value
-        else:
-            top[section] = value
-    train = sections.get("train", {})
-    if ("epochs" in train and "milestones" not in train and spec.train.milestones
-            and isinstance(spec.train.epochs, int) and isinstance(train["epochs"], int)
-            and train["epochs"] != spec.train.epochs and train["epochs"] > 0):
-        train["milestones"] = scale_milestones(spec.train.milestones, spec.train.epochs, train["epochs"])
+    train = {name.removeprefix("train."): v for name, v in overrides.items() if name.startswith("train.")}
+    _scaled_train(spec, train)
+    given = {**{k: v for k, v in overrides.items() if not k.startswith("train.")},
+             **{f"train.{k}": v for k, v in train.items()}}
     data: dict[str, Any] = {field: getattr(spec, field) for field in spec.model_fields_set}
-    data.update(top)
-    for section, values in sections.items():
-        current = getattr(spec, section)
-        # The set fields as they are (a distribution stays a distribution), not a dump.
-        base = {k: getattr(current, k) for k in current.model_fields_set} if current is not None else {}
-        data[section] = {**base, **values}
+    for name, value in given.items():
+        *parents, last = name.split(".")
+        node, source = data, spec
+        for part in parents:
+            source = getattr(source, part, None) if not isinstance(source, dict) else source.get(part)
+            if source is None and parents == ["teacher", "recipe"] and part == "recipe":
+                source = DEFAULT_TEACHER_RECIPE.model_dump()
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else _as_fields(source)  # never the spec's own
+            node = node[part]
+        node[last] = value
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:

@@ -45,6 +45,7 @@ from .config import (
     _Strict,
     check_milestones,
 )
+from .limits import MAX_CUTS, MAX_ENQUEUED, MAX_EPOCHS, MAX_GFLOPS, MAX_PARTITIONS, MAX_TIMEOUT_S, MAX_TRIALS
 
 METHODS = ("ce", "kd", "dkd", "blockkd")
 
@@ -295,8 +296,10 @@ class SearchBlockKD(_Strict):
 class ExplicitPartition(_Strict):
     """``{teacher: [cut, ...], student: [cut, ...]}``: explicit cut atoms."""
 
-    teacher: list[str] = Field(description="The teacher's cut atoms, in order (`bkdsearch validate` prints them).")
-    student: list[str] = Field(description="The student's cut atoms, in order: as many as the teacher's.")
+    teacher: list[str] = Field(max_length=MAX_CUTS, description=(
+        f"The teacher's cut atoms, in order, at most {MAX_CUTS} (`bkdsearch validate` prints them)."))
+    student: list[str] = Field(max_length=MAX_CUTS, description=(
+        "The student's cut atoms, in order: as many as the teacher's."))
 
     @model_validator(mode="after")
     def _same_length(self) -> ExplicitPartition:
@@ -339,7 +342,8 @@ class Fidelity(_Strict):
     """A cheaper recipe for the search: fewer epochs (milestones, lr warm-up and DKD warm-up
     scaled to them) and/or a share of the training split; ``confirm`` runs the full recipe."""
 
-    epochs: int | None = Field(None, ge=1, description="Epochs of a search trial (None: the recipe's).")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description=(
+        f"Epochs of a search trial, 1..{MAX_EPOCHS} (None: the recipe's)."))
     train_fraction: float = Field(1.0, gt=0.0, le=1.0,
                                   description="Share of the training split a search trial trains on.")
 
@@ -351,20 +355,23 @@ Enqueued = bool | int | float | str
 class SearchSettings(_Strict):
     """Optuna study settings."""
 
-    n_trials: int = Field(20, ge=1, description="Cap on the study's finished trials, all workers together.")
-    timeout: float | None = Field(None, gt=0, description=(
-        "Seconds after which workers start no new trial (null: no limit; `run --timeout` overrides)."))
+    n_trials: int = Field(20, ge=1, le=MAX_TRIALS, description=(
+        f"Cap on the study's finished trials, all workers together, 1..{MAX_TRIALS}."))
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description=(
+        f"Seconds after which workers start no new trial, at most {MAX_TIMEOUT_S:g} (a year) (null: no limit; "
+        "`run --timeout` overrides)."))
     sampler: Literal["tpe", "random", "gp", "nsga2"] = Field("tpe", description=(
         "Optuna sampler: tpe (multivariate), random, gp (Gaussian process) or nsga2."))
     pruner: Literal["median", "hyperband", "none"] = Field("median", description=(
         "Optuna pruner stopping poor trials early on validation accuracy, or none."))
     objectives: list[Literal["val_acc", "train_gflops", "student_mflops"]] = Field(["val_acc"], description=(
         "What the study optimises: val_acc (maximised) first, then optionally one FLOP count (minimised)."))
-    max_train_gflops: float | None = Field(None, gt=0, description=(
+    max_train_gflops: float | None = Field(None, gt=0, le=MAX_GFLOPS, description=(
         "Constraint on a training step's GFLOPs: trials above it count as infeasible (null: none)."))
-    enqueue: list[dict[str, Enqueued]] = Field([], description=(
+    enqueue: list[dict[str, Enqueued]] = Field([], max_length=MAX_ENQUEUED, description=(
         "Configurations tried first (a published one, say): each maps parameter names (train.lr, "
-        "blockkd.tau...) to a value; a list choice is given as its \"1,2\"-style string."))
+        "blockkd.tau...) to a value; a list choice is given as its \"1,2\"-style string. Each names searched "
+        f"parameters only, each within its range or choices (the others are sampled); at most {MAX_ENQUEUED}."))
     baseline: dict[str, Enqueued] | None = Field(None, description=(
         "The configuration `confirm` measures the winner against, always confirmed with the same seeds "
         "(null: the first enqueued one, else every searched parameter at its default); names as in enqueue."))
@@ -411,7 +418,7 @@ class Spec(_Strict):
     train: SearchRecipe = Field(description="The student's optimiser and schedule; any value fixed or searched.")
     blockkd: SearchBlockKD = Field(SearchBlockKD(), description=(
         "Block-KD's stepping-stones and the loss weights of kd, dkd and blockkd; any value fixed or searched."))
-    partitions: dict[str, PartitionSpec] = Field({"stage": "stage_aligned"}, description=(
+    partitions: dict[str, PartitionSpec] = Field({"stage": "stage_aligned"}, max_length=MAX_PARTITIONS, description=(
         "Candidate partitions by name, for blockkd.partition: stage_aligned (cut where both networks "
         "change resolution), explicit cut atoms, {per_stage: k} or {uniform: n}."))
     search: SearchSettings = Field(SearchSettings(), description="The Optuna study's settings.")
@@ -429,6 +436,21 @@ class Spec(_Strict):
             ValueError: naming the first unknown one.
         """
         return check_values(v, RunConfig, "method")
+
+    @field_validator("storage")
+    @classmethod
+    def _usable_storage(cls, v: str | None) -> str | None:
+        """Return ``v`` unless its form cannot hold a study (a SQLite URL without a file, say).
+
+        Raises:
+            ValueError: saying why, the password hidden.
+        """
+        from ..urls import storage_url_problem
+
+        problem = storage_url_problem(v) if v else None
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("partitions")
     @classmethod
