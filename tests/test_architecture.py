@@ -25,7 +25,7 @@ LAYERS = [
     ("spec",),
     ("flops", "teacher", "ranks"),
     ("search",),
-    ("report", "export", "preflight", "dashboard", "summary", "compare"),
+    ("report", "plots", "export", "preflight", "dashboard", "summary", "compare"),
     ("cli",),
     ("__main__",),
 ]
