@@ -23,9 +23,9 @@ LAYERS = [
     ("core",),
     ("errors", "urls", "zoo", "data", "progress"),
     ("spec",),
-    ("flops", "teacher", "ranks"),
+    ("flops", "teacher", "ranks", "plots"),
     ("search",),
-    ("report", "plots", "export", "preflight", "dashboard", "summary", "compare"),
+    ("report", "export", "preflight", "dashboard", "summary", "compare"),
     ("cli",),
     ("__main__",),
 ]
