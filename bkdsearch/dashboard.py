@@ -18,11 +18,14 @@ What this adds to a plain ``optuna-dashboard URL``:
 - **readable user attrs.** optuna-dashboard shows a user attr that is not a string as its
   compact JSON cut at 1024 characters (``run_config`` and the study's ``spec`` are longer),
   and in a single line whatever its size. In read-only mode the view shows such an attr as
-  its whole JSON text instead (``", "`` separators, so the browser can wrap it), and each
-  number at its top level also as an attr of its own, ``attr.key`` (``flops.train_step``,
-  ``checkpoint.epoch``), which the trials table can sort and filter by. With ``writable``
+  its whole JSON text instead (``", "`` separators, so the browser can wrap it), and every
+  value inside it also as an attr of its own, ``attr.key.leaf`` (``run_config.train.lr``,
+  ``checkpoint.epoch``), short enough to read and a column the trials table can sort and
+  filter by; FLOP counts carry their unit (``flops.train_step_mflops``). With ``writable``
   the user attrs are shown as stored (what the dashboard copies back, e.g. when it renames
   a study, must be what is stored).
+- **read-only, said on the page** (``dashboard_read_only.html``): a banner, write controls
+  dimmed with the reason as tooltip, and a refusal's own text instead of "Failed to ...".
 - a port already in use (or a host that cannot be listened on) is bad input before anything
   is printed, and the URL of the study (or of the dashboard) is printed before serving.
 """
@@ -79,8 +82,10 @@ class ReadOnlyRefused(HTTPError):
 
 def readable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """Return ``attrs`` as the read-only dashboard shows them: a dict or list as its whole JSON
-    text (optuna-dashboard cuts other values at 1024 characters), followed by each number at
-    the top level of a dict as ``key.sub`` (a sortable column); other values unchanged."""
+    text (optuna-dashboard cuts other values at 1024 characters), followed by every value
+    inside a dict as an attr of its own, ``key.sub.leaf`` (short, readable, a sortable
+    column); counts in ``flops`` carry their unit (``flops.student_mflops``,
+    ``flops.student_params_m``). Other values unchanged."""
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         if not isinstance(value, dict | list):
@@ -88,10 +93,28 @@ def readable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
             continue
         out[key] = json.dumps(value, separators=(", ", ": "))
         if isinstance(value, dict):
-            for sub, item in value.items():
-                if isinstance(item, int | float) and not isinstance(item, bool) and f"{key}.{sub}" not in attrs:
-                    out[f"{key}.{sub}"] = item
+            for path, leaf in _leaves(value, key):
+                if path not in attrs:
+                    out[path] = leaf
     return out
+
+
+def _leaves(value: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """(dotted path, value) of every value inside ``value``, lists as JSON text; under
+    ``flops``, numbers as millions with the unit in the name."""
+    leaves: list[tuple[str, Any]] = []
+    for sub, item in value.items():
+        path = f"{prefix}.{sub}"
+        if isinstance(item, dict):
+            leaves += _leaves(item, path)
+        elif isinstance(item, list):
+            leaves.append((path, json.dumps(item, separators=(", ", ": "))))
+        elif prefix.split(".")[0] == "flops" and isinstance(item, int | float) and not isinstance(item, bool):
+            unit = "_m" if sub.endswith("params") else "_mflops"  # fvcore counts; parameters
+            leaves.append((path + unit, float(f"{item / 1e6:.6g}")))
+        elif item is not None:
+            leaves.append((path, item))
+    return leaves
 
 
 class CheckpointStore:
@@ -427,6 +450,38 @@ def _refuse_changes() -> None:
         raise HTTPResponse(json.dumps({"reason": reason}), status=403, headers={"Content-Type": "application/json"})
 
 
+READ_ONLY_NOTICE = "Read-only dashboard: changes are refused. Restart it with `bkdsearch dashboard --writable`."
+
+
+
+def read_only_page(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the WSGI app ``app`` whose HTML pages carry ``dashboard_read_only.html`` (a
+    banner with :data:`READ_ONLY_NOTICE`, write controls dimmed with it as their tooltip,
+    refusals shown with their text); other responses pass unchanged."""
+    snippet = (Path(__file__).with_name("dashboard_read_only.html").read_text(encoding="utf-8")
+               .replace("__NOTICE__", json.dumps(READ_ONLY_NOTICE)).encode())
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        held: dict[str, Any] = {}  # start_response's arguments, until the page is changed
+
+        def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
+            held.update(status=status, headers=headers, exc_info=exc_info)
+            return lambda data: None  # bottle returns its body; nothing writes through this
+
+        body = app(environ, hold)
+        headers = {k.lower(): (k, v) for k, v in held["headers"]}
+        if not (held["status"].startswith("200") and headers.get("content-type", ("", ""))[1].startswith("text/html")):
+            start_response(held["status"], held["headers"], held["exc_info"])
+            return body
+        page = b"".join(body).replace(b"</head>", snippet + b"</head>", 1)
+        getattr(body, "close", lambda: None)()
+        kept = [kv for k, kv in headers.items() if k not in ("content-length", "etag", "last-modified")]
+        start_response(held["status"], [*kept, ("Content-Length", str(len(page)))], held["exc_info"])
+        return [page]
+
+    return wrapped
+
+
 def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     """Return the browser URL of the dashboard (of study ``study_id``) served on
     ``host``:``port``; a wildcard host (``0.0.0.0``, ``::``) is shown as this machine's name."""
@@ -479,7 +534,7 @@ def serve(storage_url: str, *, host: str, port: int, study_name: str | None = No
         app = wsgi(storage, artifact_store=checkpoints)
         if not writable:
             app.add_hook("before_request", _refuse_changes)
-        server.set_app(app)
+        server.set_app(app if writable else read_only_page(app))
         log(f"dashboard of {shown}")
         log("writable: changes allowed" if writable else "read-only (--writable to allow changes)")
         folder = (str(checkpoints.folder(study_name)) if study_name is not None

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -100,7 +101,10 @@ class TrialObjective:
         run_dir = self.run_root / f"trial-{trial.number}"
         _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
         saved = self._resume_from_failed(trial, run_dir, cfg)
+        started = time.monotonic()
         weights = self._teacher(cfg)
+        if time.monotonic() - started >= 1:  # trained or waited for: not the trial's own time
+            trial.set_user_attr("teacher_s", round(time.monotonic() - started, 1))
         last_artifact = [saved]
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
