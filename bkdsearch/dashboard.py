@@ -8,23 +8,18 @@ What this adds to a plain ``optuna-dashboard URL``:
   refuses to write or remove files; on top of that, every request but GET, HEAD and
   OPTIONS is answered 403 (with the reason, which the page shows) before a route runs.
   Nothing changes. ``writable=True`` (``--writable``) lets them through.
-- **checkpoints.** Workers keep the epoch checkpoint of a trial in the artifact folder of
-  its study (``--artifact-dir DIR/<study>``, else ``$BKDSEARCH_ARTIFACT_DIR/<study>``, else
-  ``studies/<study>/artifacts``, as :class:`bkdsearch.search.Worker` picks it) and name it
-  in the trial's ``checkpoint`` user attr; the dashboard lists a trial's artifacts from its
-  ``artifacts:<id>`` system attrs only, so the storage view adds one for each checkpoint
-  file that exists (``trial-N-epoch-E.pt``), and the artifact store reads it from that
-  folder. Nothing is written to the study for this.
-- **readable user attrs.** optuna-dashboard shows a user attr that is not a string as its
-  compact JSON cut at 1024 characters (``run_config`` and the study's ``spec`` are longer),
-  and in a single line whatever its size. In read-only mode the view shows such an attr as
-  its whole JSON text instead (``", "`` separators, so the browser can wrap it), and every
-  value inside it also as an attr of its own, ``attr.key.leaf`` (``run_config.train.lr``,
-  ``checkpoint.epoch``), short enough to read and a column the trials table can sort and
-  filter by; FLOP counts carry their unit (``flops.train_step_mflops``). With ``writable``
-  the user attrs are shown as stored (what the dashboard copies back, e.g. when it renames
-  a study, must be what is stored).
-- **read-only, said on the page** (``dashboard_read_only.html``): a banner, write controls
+- **checkpoints.** A trial's epoch checkpoint (in its study's artifact folder, see
+  :func:`bkdsearch.search.worker.artifact_folder`, named by its ``checkpoint`` user attr)
+  is listed among its artifacts (``trial-N-epoch-E.pt``): the storage view adds the
+  ``artifacts:<id>`` system attr the dashboard lists, and the artifact store reads the file.
+  Nothing is written to the study for this.
+- **readable user attrs.** optuna-dashboard shows a JSON user attr in one line cut at 1024
+  characters. Read-only, the view shows it whole (``", "`` separators: the browser wraps
+  it), and every value inside it as an attr of its own, ``attr.key.leaf``
+  (``run_config.train.lr``; FLOP counts with their unit, ``flops.train_step_mflops``): short,
+  sortable columns. With ``writable`` the user attrs are shown as stored (what the
+  dashboard copies back, e.g. when it renames a study, must be what is stored).
+- **read-only, said on the page** (``dashboard_read_only.js``): a banner, write controls
   dimmed with the reason as tooltip, and a refusal's own text instead of "Failed to ...".
 - a port already in use (or a host that cannot be listened on) is bad input before anything
   is printed, and the URL of the study (or of the dashboard) is printed before serving.
@@ -454,29 +449,33 @@ READ_ONLY_NOTICE = "Read-only dashboard: changes are refused. Restart it with `b
 
 
 
+# Not inline: the page's content security policy admits scripts of its own origin only.
+READ_ONLY_SCRIPT = "/bkdsearch/read-only.js"
+
+
 def read_only_page(app: Callable[..., Any]) -> Callable[..., Any]:
-    """Return the WSGI app ``app`` whose HTML pages carry ``dashboard_read_only.html`` (a
-    banner with :data:`READ_ONLY_NOTICE`, write controls dimmed with it as their tooltip,
-    refusals shown with their text); other responses pass unchanged."""
-    snippet = (Path(__file__).with_name("dashboard_read_only.html").read_text(encoding="utf-8")
-               .replace("__NOTICE__", json.dumps(READ_ONLY_NOTICE)).encode())
+    """Return the WSGI app ``app`` whose HTML pages load :data:`READ_ONLY_SCRIPT` (a banner
+    with :data:`READ_ONLY_NOTICE`, write controls dimmed with it as tooltip, refusals shown
+    with their text), served from here; other responses pass unchanged."""
+    script = (Path(__file__).with_name("dashboard_read_only.js").read_text(encoding="utf-8")
+              .replace("__NOTICE__", json.dumps(READ_ONLY_NOTICE)).encode())
+    tag = f'<script defer src="{READ_ONLY_SCRIPT}"></script>'.encode()
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        held: dict[str, Any] = {}  # start_response's arguments, until the page is changed
-
-        def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
-            held.update(status=status, headers=headers, exc_info=exc_info)
-            return lambda data: None  # bottle returns its body; nothing writes through this
-
-        body = app(environ, hold)
-        headers = {k.lower(): (k, v) for k, v in held["headers"]}
-        if not (held["status"].startswith("200") and headers.get("content-type", ("", ""))[1].startswith("text/html")):
-            start_response(held["status"], held["headers"], held["exc_info"])
+        if environ.get("PATH_INFO") == READ_ONLY_SCRIPT:
+            start_response("200 OK", [("Content-Type", "text/javascript"), ("Content-Length", str(len(script)))])
+            return [script]
+        held: list[Any] = []  # start_response's arguments, until the page is changed
+        body = app(environ, lambda *args: held.extend(args) or (lambda data: None))  # bottle returns its body
+        status, headers, *exc_info = held
+        named = {k.lower(): (k, v) for k, v in headers}
+        if not (status.startswith("200") and named.get("content-type", ("", ""))[1].startswith("text/html")):
+            start_response(status, headers, *exc_info)
             return body
-        page = b"".join(body).replace(b"</head>", snippet + b"</head>", 1)
+        page = b"".join(body).replace(b"</head>", tag + b"</head>", 1)
         getattr(body, "close", lambda: None)()
-        kept = [kv for k, kv in headers.items() if k not in ("content-length", "etag", "last-modified")]
-        start_response(held["status"], [*kept, ("Content-Length", str(len(page)))], held["exc_info"])
+        kept = [kv for k, kv in named.items() if k not in ("content-length", "etag", "last-modified")]
+        start_response(status, [*kept, ("Content-Length", str(len(page)))], *exc_info)
         return [page]
 
     return wrapped

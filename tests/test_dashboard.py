@@ -22,7 +22,7 @@ import optuna
 from conftest import TINY_SPEC
 from optuna.trial import TrialState
 
-from bkdsearch.dashboard import READ_ONLY_NOTICE, DashboardStorage, ReadOnlyRefused, readable_attrs
+from bkdsearch.dashboard import READ_ONLY_NOTICE, READ_ONLY_SCRIPT, DashboardStorage, ReadOnlyRefused, readable_attrs
 from bkdsearch.search import make_storage
 from bkdsearch.spec import Defaults, Spec, resolve
 
@@ -147,9 +147,12 @@ def test_read_only_dashboard_prints_the_study_url_shows_checkpoints_and_refuses_
         assert all(len(line) <= 80 for line in printed if "/" not in line), printed
         status, page = request("GET", url)
         assert status == 200 and b"<html" in page.lower()
-        # The page itself says it is read-only, and greys out (with the reason) what would write.
-        assert READ_ONLY_NOTICE.encode() in page and b'id = "bkd-read-only"' in page
-        assert page.index(b"bkd-read-only") < page.index(b"</head>")
+        # The page itself says it is read-only, and dims (with the reason) what would write:
+        # a script of the page's own origin (its content security policy refuses inline ones).
+        assert f'<script defer src="{READ_ONLY_SCRIPT}"></script></head>'.encode() in page
+        status, script = request("GET", base + READ_ONLY_SCRIPT)
+        assert status == 200 and json.dumps(READ_ONLY_NOTICE).encode() in script and b"__NOTICE__" not in script
+        assert b"MutationObserver" in script and b"status === 403" in script
 
         detail = get_json(f"{base}/api/studies/{s['id']}")
         trials = {t["number"]: t for t in detail["trials"]}
@@ -260,7 +263,7 @@ def test_writable_dashboard_deletes_the_study_and_its_checkpoints(tmp_path):
         assert printed[:3] == [f"dashboard of {s['storage']}", "writable: changes allowed",
                                f"checkpoints from {Path('studies') / '<study>' / 'artifacts'}"], printed
         status, page = request("GET", f"{base}/dashboard")
-        assert status == 200 and READ_ONLY_NOTICE.encode() not in page and b"bkd-read-only" not in page
+        assert status == 200 and READ_ONLY_SCRIPT.encode() not in page
         detail = get_json(f"{base}/api/studies/{s['id']}")
         assert [a["artifact_id"] for a in detail["trials"][0]["artifacts"]] == [s["kept"].name]
         assert attrs(detail["trials"][0]["user_attrs"])["run_config"].startswith("{")  # as stored

@@ -1,18 +1,13 @@
-<!-- bkdsearch: injected into the pages of a read-only dashboard (bkdsearch/dashboard.py). -->
-<style>
-#bkd-read-only{position:fixed;top:0;left:0;right:0;z-index:2000;padding:4px 12px;font:14px sans-serif;
-  background:#fff4ce;color:#4d3800;border-bottom:1px solid #e0c060;text-align:center}
-body{padding-top:30px}
-[data-bkd-refused]{opacity:.45;cursor:not-allowed!important}
-</style>
-<script>
+// bkdsearch: loaded by the pages of a read-only dashboard (bkdsearch/dashboard.py, read_only_page):
+// a banner saying so, write controls dimmed with the reason as tooltip, refusals shown with their text.
 (function () {
   var NOTICE = __NOTICE__;
+  var STYLE = "#bkd-read-only{position:fixed;bottom:0;left:0;right:0;z-index:2000;padding:4px 12px;font:14px sans-serif; background:#fff4ce;color:#4d3800;border-top:1px solid #e0c060;text-align:center} body{padding-bottom:30px} [data-bkd-refused]{opacity:.45;cursor:not-allowed!important}";
   // The labels of optuna-dashboard's controls that change the storage or the artifacts.
   var WRITE = new RegExp("^(" + [
     "create( study)?", "delete( study)?", "delete (artifact|trial)s?", "rename( study)?", "edit( note)?", "save",
     "upload( artifact)?", "add", "remove", "copy study", "tell", "mark as (complete|pruned|failed|fail)",
-    "complete", "prune", "fail( trial)?"
+    "complete", "prune", "fail( trial)?", "DriveFileRenameOutline", "FileUpload", "DeleteOutline"
   ].join("|") + ")$", "i");
   function show(text) {
     var bar = document.getElementById("bkd-read-only");
@@ -25,7 +20,9 @@ body{padding-top:30px}
     bar.textContent = text;
   }
   function label(el) {
-    return (el.getAttribute("aria-label") || el.getAttribute("title") || el.textContent || "").trim();
+    var text = (el.getAttribute("aria-label") || el.getAttribute("title") || el.textContent || "").trim();
+    var icon = el.querySelector("svg[data-testid]");  // an icon button: MUI names its icon (EditIcon)
+    return text || (icon ? icon.getAttribute("data-testid").replace(/(Outlined)?Icon$/, "") : "");
   }
   function mark() {
     var els = document.querySelectorAll("button, [role=button], [role=menuitem], a[download]");
@@ -51,10 +48,12 @@ body{padding-top:30px}
     });
   };
   function start() {
+    var style = document.createElement("style");
+    style.textContent = STYLE;
+    document.head.appendChild(style);
     show(NOTICE);
     mark();
     new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});
   }
   if (document.body) { start(); } else { document.addEventListener("DOMContentLoaded", start); }
 })();
-</script>
