@@ -64,7 +64,7 @@ def test_study_trials_and_user_attrs(study_dir):
     assert states[2] == optuna.trial.TrialState.PRUNED, [(t.state, t.intermediate_values) for t in study.trials]
     assert study.metric_names == ["val_acc"]
     attrs = study.trials[0].user_attrs
-    for key in ("run_config", "flops", "versions", "device", "test_acc", "wall_time_s", "images_per_s"):
+    for key in ("run_config", "flops", "versions", "device", "test_acc", "wall_time_s", "images_per_s", "teacher_s"):
         assert key in attrs, key
     assert attrs["run_config"]["train"]["lr"] == 0.1
     assert attrs["flops"]["train_step"] > attrs["flops"]["teacher"] > attrs["flops"]["student"] > 0

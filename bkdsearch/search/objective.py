@@ -103,8 +103,9 @@ class TrialObjective:
         saved = self._resume_from_failed(trial, run_dir, cfg)
         started = time.monotonic()
         weights = self._teacher(cfg)
-        if time.monotonic() - started >= 1:  # trained or waited for: not the trial's own time
-            trial.set_user_attr("teacher_s", round(time.monotonic() - started, 1))
+        # Training (or waiting for) the teacher is not the trial's own time; set on every trial,
+        # so a retry does not keep the value it inherits from the trial it resumes.
+        trial.set_user_attr("teacher_s", round(time.monotonic() - started, 1))
         last_artifact = [saved]
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
