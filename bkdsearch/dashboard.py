@@ -8,21 +8,19 @@ What this adds to a plain ``optuna-dashboard URL``:
   refuses to write or remove files; on top of that, every request but GET, HEAD and
   OPTIONS is answered 403 (with the reason, which the page shows) before a route runs.
   Nothing changes. ``writable=True`` (``--writable``) lets them through.
-- **checkpoints.** Workers keep the epoch checkpoint of a trial in the artifact folder of
-  its study (``--artifact-dir DIR/<study>``, else ``$BKDSEARCH_ARTIFACT_DIR/<study>``, else
-  ``studies/<study>/artifacts``, as :class:`bkdsearch.search.Worker` picks it) and name it
-  in the trial's ``checkpoint`` user attr; the dashboard lists a trial's artifacts from its
-  ``artifacts:<id>`` system attrs only, so the storage view adds one for each checkpoint
-  file that exists (``trial-N-epoch-E.pt``), and the artifact store reads it from that
-  folder. Nothing is written to the study for this.
-- **readable user attrs.** optuna-dashboard shows a user attr that is not a string as its
-  compact JSON cut at 1024 characters (``run_config`` and the study's ``spec`` are longer),
-  and in a single line whatever its size. In read-only mode the view shows such an attr as
-  its whole JSON text instead (``", "`` separators, so the browser can wrap it), and each
-  number at its top level also as an attr of its own, ``attr.key`` (``flops.train_step``,
-  ``checkpoint.epoch``), which the trials table can sort and filter by. With ``writable``
-  the user attrs are shown as stored (what the dashboard copies back, e.g. when it renames
-  a study, must be what is stored).
+- **checkpoints.** A trial's epoch checkpoint (in its study's artifact folder, see
+  :func:`bkdsearch.search.worker.artifact_folder`, named by its ``checkpoint`` user attr)
+  is listed among its artifacts (``trial-N-epoch-E.pt``): the storage view adds the
+  ``artifacts:<id>`` system attr the dashboard lists, and the artifact store reads the file.
+  Nothing is written to the study for this.
+- **readable user attrs.** optuna-dashboard shows a JSON user attr in one line cut at 1024
+  characters. Read-only, the view shows it whole (``", "`` separators: the browser wraps
+  it), and every value inside it as an attr of its own, ``attr.key.leaf``
+  (``run_config.train.lr``; FLOP counts with their unit, ``flops.train_step_mflops``): short,
+  sortable columns. With ``writable`` the user attrs are shown as stored (what the
+  dashboard copies back, e.g. when it renames a study, must be what is stored).
+- **read-only, said on the page** (``dashboard_read_only.js``): a banner, write controls
+  dimmed with the reason as tooltip, and a refusal's own text instead of "Failed to ...".
 - a port already in use (or a host that cannot be listened on) is bad input before anything
   is printed, and the URL of the study (or of the dashboard) is printed before serving.
 """
@@ -79,8 +77,10 @@ class ReadOnlyRefused(HTTPError):
 
 def readable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """Return ``attrs`` as the read-only dashboard shows them: a dict or list as its whole JSON
-    text (optuna-dashboard cuts other values at 1024 characters), followed by each number at
-    the top level of a dict as ``key.sub`` (a sortable column); other values unchanged."""
+    text (optuna-dashboard cuts other values at 1024 characters), followed by every value
+    inside a dict as an attr of its own, ``key.sub.leaf`` (short, readable, a sortable
+    column); counts in ``flops`` carry their unit (``flops.student_mflops``,
+    ``flops.student_params_m``). Other values unchanged."""
     out: dict[str, Any] = {}
     for key, value in attrs.items():
         if not isinstance(value, dict | list):
@@ -88,10 +88,28 @@ def readable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
             continue
         out[key] = json.dumps(value, separators=(", ", ": "))
         if isinstance(value, dict):
-            for sub, item in value.items():
-                if isinstance(item, int | float) and not isinstance(item, bool) and f"{key}.{sub}" not in attrs:
-                    out[f"{key}.{sub}"] = item
+            for path, leaf in _leaves(value, key):
+                if path not in attrs:
+                    out[path] = leaf
     return out
+
+
+def _leaves(value: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """(dotted path, value) of every value inside ``value``, lists as JSON text; under
+    ``flops``, numbers as millions with the unit in the name."""
+    leaves: list[tuple[str, Any]] = []
+    for sub, item in value.items():
+        path = f"{prefix}.{sub}"
+        if isinstance(item, dict):
+            leaves += _leaves(item, path)
+        elif isinstance(item, list):
+            leaves.append((path, json.dumps(item, separators=(", ", ": "))))
+        elif prefix.split(".")[0] == "flops" and isinstance(item, int | float) and not isinstance(item, bool):
+            unit = "_m" if sub.endswith("params") else "_mflops"  # fvcore counts; parameters
+            leaves.append((path + unit, float(f"{item / 1e6:.6g}")))
+        elif item is not None:
+            leaves.append((path, item))
+    return leaves
 
 
 class CheckpointStore:
@@ -427,6 +445,42 @@ def _refuse_changes() -> None:
         raise HTTPResponse(json.dumps({"reason": reason}), status=403, headers={"Content-Type": "application/json"})
 
 
+READ_ONLY_NOTICE = "Read-only dashboard: changes are refused. Restart it with `bkdsearch dashboard --writable`."
+
+
+
+# Not inline: the page's content security policy admits scripts of its own origin only.
+READ_ONLY_SCRIPT = "/bkdsearch/read-only.js"
+
+
+def read_only_page(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Return the WSGI app ``app`` whose HTML pages load :data:`READ_ONLY_SCRIPT` (a banner
+    with :data:`READ_ONLY_NOTICE`, write controls dimmed with it as tooltip, refusals shown
+    with their text), served from here; other responses pass unchanged."""
+    script = (Path(__file__).with_name("dashboard_read_only.js").read_text(encoding="utf-8")
+              .replace("__NOTICE__", json.dumps(READ_ONLY_NOTICE)).encode())
+    tag = f'<script defer src="{READ_ONLY_SCRIPT}"></script>'.encode()
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == READ_ONLY_SCRIPT:
+            start_response("200 OK", [("Content-Type", "text/javascript"), ("Content-Length", str(len(script)))])
+            return [script]
+        held: list[Any] = []  # start_response's arguments, until the page is changed
+        body = app(environ, lambda *args: held.extend(args) or (lambda data: None))  # bottle returns its body
+        status, headers, *exc_info = held
+        named = {k.lower(): (k, v) for k, v in headers}
+        if not (status.startswith("200") and named.get("content-type", ("", ""))[1].startswith("text/html")):
+            start_response(status, headers, *exc_info)
+            return body
+        page = b"".join(body).replace(b"</head>", tag + b"</head>", 1)
+        getattr(body, "close", lambda: None)()
+        kept = [kv for k, kv in named.items() if k not in ("content-length", "etag", "last-modified")]
+        start_response(status, [*kept, ("Content-Length", str(len(page)))], *exc_info)
+        return [page]
+
+    return wrapped
+
+
 def dashboard_url(host: str, port: int, study_id: int | None = None) -> str:
     """Return the browser URL of the dashboard (of study ``study_id``) served on
     ``host``:``port``; a wildcard host (``0.0.0.0``, ``::``) is shown as this machine's name."""
@@ -479,7 +533,7 @@ def serve(storage_url: str, *, host: str, port: int, study_name: str | None = No
         app = wsgi(storage, artifact_store=checkpoints)
         if not writable:
             app.add_hook("before_request", _refuse_changes)
-        server.set_app(app)
+        server.set_app(app if writable else read_only_page(app))
         log(f"dashboard of {shown}")
         log("writable: changes allowed" if writable else "read-only (--writable to allow changes)")
         folder = (str(checkpoints.folder(study_name)) if study_name is not None

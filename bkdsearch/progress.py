@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -68,14 +67,18 @@ def wrap_line(text: str, width: int, indent: str = "  ") -> list[str]:
         if len(joined) <= room:
             line = joined
             continue
-        if line:
-            lines.append(line)
-            room = width - len(indent)
-        line = item
-        if len(item) > room:  # one long item: between its words
-            parts = textwrap.wrap(item, width=room, break_long_words=False, break_on_hyphens=False) or [item]
-            lines += parts[:-1]
-            line = parts[-1]
+        if len(item) <= width - len(indent):  # the item fits a line of its own: start one
+            if line:
+                lines.append(line)
+            line = item
+            continue
+        for word in item.split():  # longer than any line: between its words, from here on
+            room = width - (len(indent) if lines else 0)
+            if line and len(line) + 1 + len(word) > room:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
     if line or not lines:
         lines.append(line)
     return [lines[0], *(indent + rest for rest in lines[1:])]

@@ -77,11 +77,11 @@ def train_run(cfg: Any, run_dir: Path, *, teacher_weights: str | None, processes
         target = cfg.runtime.device
         if target not in ("auto", "cpu", "cuda"):
             raise BadInput(f"--gpus {processes} takes GPUs 0..{processes - 1} (choose them with "
-                           f"CUDA_VISIBLE_DEVICES), not --device {target}; give --device cuda, cpu or auto")
+                           f"CUDA_VISIBLE_DEVICES), not --devices {target}; give --devices cuda, cpu or auto")
         on_cuda = target == "cuda" or (target == "auto" and torch.cuda.is_available())
         if on_cuda and torch.cuda.device_count() < processes:
             raise BadInput(f"--gpus {processes}: only {torch.cuda.device_count()} GPU(s) visible; "
-                           "use --device cpu for CPU processes")
+                           "use --devices cpu for CPU processes")
         return train_on_ranks(cfg, run_dir, world_size=processes, teacher_weights=teacher_weights, resume=resume,
                               progress=progress)
     where = rank_device(ranks, cfg.runtime.device) if ranks.active else None

@@ -3,12 +3,9 @@ titled PNG plots plus a summary.md that links them and ends with the export comm
 
 from __future__ import annotations
 
-import math
 import shlex
 import statistics
 import textwrap
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import NotFound
-from .gain import CONFIDENCE, mean_interval
 from .progress import percent
 from .search import format_value, load_study, make_storage, trial_config
 from .search.confirm import confirmed_configurations, gain_of
@@ -26,10 +22,6 @@ from .urls import redact
 RECENT_FAILURES = 5
 """How many of the latest failed trials ``status`` lists (not the surplus trials of a race on
 the cap: they were queued again and never trained)."""
-
-MIN_TRIALS_FOR_IMPORTANCE = 10
-"""Parameter importances from fewer finished trials are noise; the report says so instead."""
-
 
 # --------------------------------------------------------------------------- facts
 
@@ -236,21 +228,18 @@ def _confirmed_cells(conf: dict[str, Any]) -> list[str]:
 
 
 def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]:
-    """Write titled PNG plots and ``summary.md`` into ``out_dir``; return the files written.
-
-    Plots: history (complete and pruned trials, best so far), validation curves per epoch,
-    loss terms of the best trial when recorded, accuracy against FLOPs, parallel coordinates,
-    the Pareto front (two objectives) and parameter importances (from
-    :data:`MIN_TRIALS_FOR_IMPORTANCE` finished trials). A plot without data is skipped with a
-    line in summary.md saying why. A study with no complete trial gets a failure report.
+    """Write titled PNG plots (:func:`bkdsearch.plots.draw_plots`) and ``summary.md`` into
+    ``out_dir``; return the files written. A plot without data is not drawn, with a line in
+    summary.md saying why. A study with no complete trial gets a failure report.
 
     Raises:
         NotFound: no such study.
         StorageError: the storage cannot be opened (or is a missing SQLite file).
     """
-    import matplotlib
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
+    from .plots import draw_plots
+
     study = load_study(storage_url, study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
@@ -258,154 +247,18 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
     names = study.metric_names or ["val_acc"]
     files: list[Path] = []
     skipped: list[str] = []
-    plots: list[tuple[str, str, Callable[[Any], str | None]]] = [
-        ("history.png", "optimisation history", lambda ax: _history(ax, trials, names[0])),
-        ("curves.png", "validation accuracy per epoch", lambda ax: _curves(ax, trials)),
-        ("loss_terms.png", "loss terms of the best trial", lambda ax: _loss_terms(ax, complete)),
-        ("acc_vs_flops.png", f"{names[0]} against student MFLOPs", lambda ax: _acc_flops(ax, complete)),
-        ("confirmed.png", "confirmed configurations over seeds", lambda ax: _confirmed_seeds(ax, study)),
-    ]
     if complete:
-        for filename, title, draw in plots:
-            _save(out_dir, filename, f"{study.study_name}: {title}", draw, files, skipped)
-        files += _optuna_plots(study, complete, names, out_dir, skipped)
+        figures, skipped = draw_plots(study, trials)
+        for filename, fig in figures:
+            try:
+                fig.savefig(out_dir / filename, dpi=100)
+                files.append(out_dir / filename)
+            finally:
+                plt.close(fig)
     summary = out_dir / "summary.md"
     summary.write_text(_summary(study, trials, names, files, skipped, storage_url) if complete
                        else _failures(study, trials))
     return [*files, summary]
-
-
-def _save(out_dir: Path, filename: str, title: str, draw: Callable[[Any], str | None], files: list[Path],
-          skipped: list[str]) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    try:
-        why_not = draw(ax)
-        if why_not:
-            skipped.append(f"`{filename}` not drawn: {why_not}.")
-            return
-        ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(out_dir / filename, dpi=100)
-        files.append(out_dir / filename)
-    finally:
-        plt.close(fig)
-
-
-def _integer_x(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _percent_y(ax: Any, label: str) -> None:
-    from matplotlib.ticker import PercentFormatter
-
-    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-    ax.set_ylabel(label)
-
-
-def _history(ax: Any, trials: list[FrozenTrial], name: str) -> str | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    ax.scatter([t.number for t in done], [t.values[0] for t in done], label="complete", color="tab:blue")
-    if pruned:
-        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
-        ax.scatter([t.number for t in pruned], last, marker="x", color="tab:gray", label="pruned (last epoch)")
-    ordered = sorted(done, key=lambda t: t.number)
-    best, xs, ys = -math.inf, [], []
-    for t in ordered:
-        best = max(best, t.values[0])
-        xs.append(t.number)
-        ys.append(best)
-    ax.step(xs, ys, where="post", color="tab:red", label="best so far")
-    ax.set_xlabel("trial")
-    _integer_x(ax)
-    _percent_y(ax, name.replace("_", " ") + " (%)" if name.endswith("acc") else name)
-    ax.legend()
-    return None
-
-
-def _curves(ax: Any, trials: list[FrozenTrial]) -> str | None:
-    shown = [t for t in trials if t.intermediate_values and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    if not shown:
-        return "no trial reported per-epoch values (multi-objective studies do not report them to Optuna)"
-    for t in shown:
-        steps = sorted(t.intermediate_values)
-        style = "-" if t.state == TrialState.COMPLETE else ":"
-        ax.plot(steps, [t.intermediate_values[s] for s in steps], style, alpha=0.7)
-    ax.set_xlabel("epoch (dotted: pruned)")
-    _integer_x(ax)
-    _percent_y(ax, "validation accuracy (%)")
-    return None
-
-
-def _loss_terms(ax: Any, complete: list[FrozenTrial]) -> str | None:
-    best = max(complete, key=lambda t: t.values[0])
-    curves = best.user_attrs.get("loss_terms")
-    if not curves:
-        return f"trial {best.number} recorded no per-epoch loss terms"
-    for term, values in sorted(curves.items()):
-        ax.plot(range(1, len(values) + 1), values, label=term)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean loss term per step")
-    _integer_x(ax)
-    ax.legend()
-    return None
-
-
-def _acc_flops(ax: Any, complete: list[FrozenTrial]) -> str | None:
-    points = [(f["student_mflops"], f["values"][0], f["number"]) for f in map(_flat, complete)
-              if f["student_mflops"] is not None]
-    if not points:
-        return "no trial recorded FLOPs"
-    ax.scatter([p[0] for p in points], [p[1] for p in points])
-    for x, y, n in points:
-        ax.annotate(str(n), (x, y), fontsize=8)
-    ax.set_xlabel("student MFLOPs per image")
-    _percent_y(ax, "validation accuracy (%)")
-    return None
-
-
-def _optuna_plots(study: optuna.Study, complete: list[FrozenTrial], names: list[str], out_dir: Path,
-                  skipped: list[str]) -> list[Path]:
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    multi = len(study.directions) > 1
-    target = (lambda t: t.values[0]) if multi else None
-    plots: list[tuple[str, str, Callable[[], Any]]] = []
-    if complete[0].params:
-        plots.append(("parallel.png", f"parameters against {names[0]}",
-                      lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=names[0])))
-        if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
-            plots.append(("importances.png", f"parameter importances for {names[0]}",
-                          lambda: ovm.plot_param_importances(study, target=target, target_name=names[0])))
-        else:
-            skipped.append(f"`importances.png` not drawn: {len(complete)} complete trials; importances need "
-                           f"at least {MIN_TRIALS_FOR_IMPORTANCE} to mean anything.")
-    if multi:
-        plots.append(("pareto.png", "Pareto front", lambda: ovm.plot_pareto_front(study, target_names=names)))
-    files = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for filename, title, make in plots:
-            try:
-                ax = make()
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                skipped.append(f"`{filename}` not drawn: {exc}.")
-                continue
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            for each in fig.axes:  # Optuna's generic titles give way to ours
-                each.set_title("")
-            fig.suptitle(f"{study.study_name}: {title}")
-            fig.set_size_inches(9, 5)
-            fig.tight_layout()
-            fig.savefig(out_dir / filename, dpi=100)
-            plt.close(fig)
-            files.append(out_dir / filename)
-    return files
 
 
 def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], files: list[Path],
@@ -463,26 +316,6 @@ def _confirmed_section(study: optuna.Study) -> list[str]:
     if gain is not None:
         lines += ["", f"## Gain over {gain['name']}", "", *(f"- {line}" for line in gain["lines"])]
     return lines
-
-
-def _confirmed_seeds(ax: Any, study: optuna.Study) -> str | None:
-    """Each confirmed configuration's runs (validation accuracy by seed) as points, their mean
-    and 95% t-interval; the baseline in its own colour."""
-    configs = confirmed_configurations(study)
-    if not configs:
-        return "no configuration was confirmed (run `bkdsearch confirm`)"
-    for x, c in enumerate(configs):
-        colour = "tab:orange" if c.baseline else "tab:blue"
-        values = list(c.val.values())
-        ax.scatter([x] * len(values), values, color=colour, alpha=0.5, s=18)
-        interval = mean_interval(values)
-        low, high = (interval.low, interval.high) if interval is not None else (c.mean, c.mean)
-        ax.errorbar([x + 0.15], [c.mean], yerr=[[c.mean - low], [high - c.mean]], fmt="o", color=colour,
-                    capsize=4)
-    ax.set_xticks(range(len(configs)), [c.label.replace(" (baseline)", "\n(baseline)") for c in configs])
-    ax.set_xlabel(f"confirmed configuration (points: seeds; bars: mean and {CONFIDENCE:.0%} interval)")
-    _percent_y(ax, "validation accuracy (%)")
-    return None
 
 
 def _against_enqueued(study: optuna.Study, complete: list[FrozenTrial]) -> list[str]:

@@ -23,7 +23,7 @@ LAYERS = [
     ("core",),
     ("errors", "urls", "zoo", "data", "progress", "gain"),
     ("spec",),
-    ("flops", "teacher", "ranks"),
+    ("flops", "teacher", "ranks", "plots"),
     ("search",),
     ("report", "export", "preflight", "dashboard", "summary", "compare"),
     ("cli",),

@@ -98,3 +98,6 @@ def test_confirm_two_by_two_with_a_killed_confirmation_that_resumes(tmp_path: Pa
     # Running confirm again queues nothing new.
     again = _cli("confirm", spec, "--top", "2", "--seeds", "2", "--quiet", "--devices", "cpu", cwd=tmp_path)
     assert again.returncode == 0 and "0 queued now, 0 to train" in again.stdout
+    # confirm ends with the next commands, on the same SPEC, starting bkdsearch as it was started.
+    assert "\nnext:\n" in again.stdout and again.stdout.rstrip().endswith(
+        f"bkdsearch export {spec} --trial best -o train_best.py"), again.stdout

@@ -22,7 +22,7 @@ import optuna
 from conftest import TINY_SPEC
 from optuna.trial import TrialState
 
-from bkdsearch.dashboard import DashboardStorage, ReadOnlyRefused, readable_attrs
+from bkdsearch.dashboard import READ_ONLY_NOTICE, READ_ONLY_SCRIPT, DashboardStorage, ReadOnlyRefused, readable_attrs
 from bkdsearch.search import make_storage
 from bkdsearch.spec import Defaults, Spec, resolve
 
@@ -147,6 +147,12 @@ def test_read_only_dashboard_prints_the_study_url_shows_checkpoints_and_refuses_
         assert all(len(line) <= 80 for line in printed if "/" not in line), printed
         status, page = request("GET", url)
         assert status == 200 and b"<html" in page.lower()
+        # The page itself says it is read-only, and dims (with the reason) what would write:
+        # a script of the page's own origin (its content security policy refuses inline ones).
+        assert f'<script defer src="{READ_ONLY_SCRIPT}"></script></head>'.encode() in page
+        status, script = request("GET", base + READ_ONLY_SCRIPT)
+        assert status == 200 and json.dumps(READ_ONLY_NOTICE).encode() in script and b"__NOTICE__" not in script
+        assert b"MutationObserver" in script and b"status === 403" in script
 
         detail = get_json(f"{base}/api/studies/{s['id']}")
         trials = {t["number"]: t for t in detail["trials"]}
@@ -160,7 +166,8 @@ def test_read_only_dashboard_prints_the_study_url_shows_checkpoints_and_refuses_
         shown = attrs(trials[0]["user_attrs"])
         assert json.loads(shown["run_config"]) == s["cfg"]  # whole, not cut at 1024 characters
         assert json.loads(shown["flops"]) == s["flops"]
-        assert shown["flops.train_step"] == "38038272" and shown["checkpoint.epoch"] == "2"
+        assert shown["flops.train_step_mflops"] == "38.0383" and shown["checkpoint.epoch"] == "2"
+        assert shown["run_config.train.epochs"] == str(s["cfg"]["train"]["epochs"])  # short, flat keys
         assert shown["test_acc"] == "60.0"
         summary = get_json(f"{base}/api/studies")["study_summaries"][0]
         assert json.loads(attrs(summary["user_attrs"])["spec"])["name"] == "tiny"
@@ -228,10 +235,17 @@ def test_every_write_of_the_read_only_storage_is_refused(tmp_path):
 
 
 def test_readable_attrs_keeps_scalars_and_spells_out_json():
-    shown = readable_attrs({"flops": {"student": 5, "teacher": None, "ok": True, "stones": {"a": 1}},
-                            "stones": [1, 2], "test_acc": 61.5, "worker": "w"})
-    assert json.loads(shown["flops"]) == {"student": 5, "teacher": None, "ok": True, "stones": {"a": 1}}
-    assert shown["flops.student"] == 5 and "flops.ok" not in shown and "flops.stones" not in shown
+    flops = {"student": 12_680_000, "teacher": None, "student_params": 470_000, "stones": {"a": 1_500_000},
+             "counter": "fvcore"}
+    shown = readable_attrs({"flops": flops, "stones": [1, 2], "test_acc": 61.5, "worker": "w",
+                            "run_config": {"train": {"lr": 0.05, "milestones": [150, 180]}, "data": {"root": "/d"}}})
+    assert json.loads(shown["flops"]) == flops  # whole
+    # FLOP counts with their unit, parameters in millions, nested values flat, None left out.
+    assert shown["flops.student_mflops"] == 12.68 and shown["flops.student_params_m"] == 0.47
+    assert shown["flops.stones.a_mflops"] == 1.5 and shown["flops.counter"] == "fvcore"
+    assert "flops.student" not in shown and "flops.teacher_mflops" not in shown
+    assert shown["run_config.train.lr"] == 0.05 and shown["run_config.data.root"] == "/d"
+    assert json.loads(shown["run_config.train.milestones"]) == [150, 180]
     assert json.loads(shown["stones"]) == [1, 2]
     assert shown["test_acc"] == 61.5 and shown["worker"] == "w"
 
@@ -248,6 +262,8 @@ def test_writable_dashboard_deletes_the_study_and_its_checkpoints(tmp_path):
         assert f"open {base}/dashboard" in printed, printed
         assert printed[:3] == [f"dashboard of {s['storage']}", "writable: changes allowed",
                                f"checkpoints from {Path('studies') / '<study>' / 'artifacts'}"], printed
+        status, page = request("GET", f"{base}/dashboard")
+        assert status == 200 and READ_ONLY_SCRIPT.encode() not in page
         detail = get_json(f"{base}/api/studies/{s['id']}")
         assert [a["artifact_id"] for a in detail["trials"][0]["artifacts"]] == [s["kept"].name]
         assert attrs(detail["trials"][0]["user_attrs"])["run_config"].startswith("{")  # as stored

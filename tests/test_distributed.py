@@ -317,7 +317,7 @@ def test_train_run_refuses_what_cannot_be_shared(tmp_path: Path, monkeypatch: py
     cfg = _cfg(method="ce")
     with pytest.raises(BadInput, match="multiple of the 3 processes"):
         train_run(cfg, tmp_path, teacher_weights=None, processes=3, device="cpu")
-    with pytest.raises(BadInput, match="not --device cuda:1"):
+    with pytest.raises(BadInput, match="not --devices cuda:1"):
         train_run(cfg, tmp_path, teacher_weights=None, processes=2, device="cuda:1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -141,10 +141,11 @@ def test_cuda_device_on_a_machine_without_one_exits_2_before_the_study(tmp_path,
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert "runtime.device: CUDA is not available" in result.stderr and "use cpu or auto" in result.stderr
     assert not (tmp_path / "studies").exists()  # the probed folders went again
-    # --devices and train's --device are refused the same way.
+    # run's and train's --devices (and train's old --device) are refused the same way.
     for args, needle in ((["run", spec_file, "--devices", "cuda"], "--devices: cuda: CUDA is not available"),
                          (["run", spec_file, "--devices", "0"], "--devices: '0': CUDA is not available"),
-                         (["train", spec_file, "--device", "cuda:0"], "--device: 'cuda:0': CUDA is not available")):
+                         (["train", spec_file, "--devices", "cuda:0"], "--devices: 'cuda:0': CUDA is not available"),
+                         (["train", spec_file, "--device", "cuda:0"], "--devices: 'cuda:0': CUDA is not available")):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
         assert needle in result.stderr

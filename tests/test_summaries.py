@@ -27,3 +27,14 @@ def test_an_interrupted_and_requeued_trial_is_not_counted_as_failed(monkeypatch)
     assert [was_interrupted(t) for t in study.trials] == [False, True, False, False]
     assert lines[-5:] == next_steps("s", spec_path="s.yaml", storage=None, study_name=None)
     assert lines[-1] == "  /nowhere/bin/bkdsearch export s.yaml --trial best -o train_best.py"
+
+
+def test_the_study_line_after_each_trial_counts_interrupted_trials_apart():
+    from bkdsearch.search.worker import study_line
+
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=50.0, user_attrs={"wall_time_s": 10.0}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL,
+                                              user_attrs={"fail_reason": "interrupted (Ctrl-C); queued again"}))
+    line = study_line(study, 2)
+    assert line.startswith("study s: 1/2 done (0 pruned), 0 running, 0 failed, 1 interrupted; best 50.00% (#0)")

@@ -69,6 +69,7 @@ def test_the_old_device_flag_still_works_with_a_notice(tmp_path, teacher_ckpt):
     assert "--device " not in _bkd("compare", "--help", cwd=tmp_path).stdout.replace("--devices", "")
 
 
+@pytest.mark.slow  # a teacher and two runs, each a process (about 45 s on a loaded 2-core machine)
 def test_compare_shows_the_teacher_each_run_and_a_running_table_and_one_seed_without_spread(tmp_path):
     r = _bkd("compare", _spec(tmp_path), "--methods", "ce,kd", "--seeds", "1", "--devices", "cpu",
              "-o", str(tmp_path / "cmp"), cwd=tmp_path)

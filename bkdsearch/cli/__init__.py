@@ -132,7 +132,7 @@ def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
 @device_option
 @click.option("--no-resume", is_flag=True, help="Start from epoch 0 even if a checkpoint exists.")
 @click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu. Under "
+              help="Processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --devices cpu. Under "
                    "torchrun, leave it out: torchrun starts the processes.")
 @handle_errors
 def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: str | None,

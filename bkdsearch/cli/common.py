@@ -64,7 +64,6 @@ def study_name_of(given: str | None, spec: Any | None) -> str | None:
     return None
 
 
-
 def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--devices`` (one device: auto, cpu, cuda, cuda:N), the name ``run`` and ``confirm``
     use, passed as ``device``; the old ``--device`` still works for a release, with a notice."""

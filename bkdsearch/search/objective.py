@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -107,7 +108,11 @@ class TrialObjective:
         run_dir = self.run_root / f"trial-{trial.number}"
         _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
         saved = self._resume_from_failed(trial, run_dir, cfg)
+        started = time.monotonic()
         weights = self._teacher(cfg)
+        # Training (or waiting for) the teacher is not the trial's own time; set on every trial,
+        # so a retry does not keep the value it inherits from the trial it resumes.
+        trial.set_user_attr("teacher_s", round(time.monotonic() - started, 1))
         last_artifact = [saved]
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:

@@ -350,8 +350,12 @@ def study_line(study: optuna.Study, cap: int) -> str:
     left = max(cap - done, 0)
     eta = "-" if not times or not left else clock(
         sum(times) / len(times) * left / max(count[TrialState.RUNNING], 1))
+    # A trial stopped by Ctrl-C and queued again is no failure of its configuration.
+    stopped = sum(1 for t in trials if t.state == TrialState.FAIL
+                  and str(t.user_attrs.get("fail_reason", "")).startswith("interrupted"))
     return (f"study {study.study_name}: {done}/{cap} done ({count[TrialState.PRUNED]} pruned), "
-            f"{count[TrialState.RUNNING]} running, {count[TrialState.FAIL]} failed; best {best_text}; ETA {eta}")
+            f"{count[TrialState.RUNNING]} running, {count[TrialState.FAIL] - stopped} failed"
+            + (f", {stopped} interrupted" if stopped else "") + f"; best {best_text}; ETA {eta}")
 
 
 @contextlib.contextmanager
