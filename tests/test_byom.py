@@ -271,3 +271,26 @@ def test_traced_stones_train_student_and_connectors_while_the_teacher_never_chan
         opt.step()
     assert teacher.training is False
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # LN weights, everything
+
+
+# -- traced cuts vs the zoo's tables ----------------------------------------------------------
+
+@pytest.mark.parametrize(("arch", "size", "stem"), [("resnet32", (3, 32, 32), "relu"),
+                                                    ("wrn_16_2", (3, 32, 32), "conv1"),
+                                                    ("resnet18", (3, 64, 64), "maxpool")])
+def test_every_zoo_atom_is_a_traced_cut_with_the_same_features(arch, size, stem) -> None:
+    from bkdsearch.zoo import decompose
+
+    torch.manual_seed(0)
+    model = create_model(arch, 10).eval()
+    net = trace(model, size, arch)
+    atoms = decompose(model).atoms
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        for i, (name, _) in enumerate(atoms[:-1]):
+            cut = stem if name == "stem" else name  # the zoo's stem is no module; tracing names its end
+            (prefix, _rest), _head = net.split([cut])
+            want = x
+            for _, atom in atoms[: i + 1]:
+                want = atom(want)
+            assert torch.equal(prefix(x), want), name
