@@ -130,6 +130,11 @@ def test_traced_cuts_are_named_by_module_path_and_an_illegal_cut_lists_legal_one
                                              r".*legal cuts near it: .*layer1\.1.*layer2\.0") as info:
         net.split(["layer2.0.conv1"])
     assert isinstance(info.value, BadInput)
+    with pytest.raises(PartitionError, match=r"'global_pool' is not a legal cut.*in the head, after the body's end"):
+        net.cut("global_pool")
+    with pytest.raises(PartitionError, match=r"'layer2\.0\.downsample' is not a legal cut.*skip connection.*"
+                                             r"near it: .*layer2\.0\.add"):  # a module path, not a node's
+        net.cut("layer2.0.downsample")
     with pytest.raises(PartitionError, match="has no cut named 'layer9'"):
         net.cut("layer9")
     with pytest.raises(PartitionError, match="distinct and in network order"):
