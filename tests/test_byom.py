@@ -299,3 +299,17 @@ def test_every_zoo_atom_is_a_traced_cut_with_the_same_features(arch, size, stem)
             for _, atom in atoms[: i + 1]:
                 want = atom(want)
             assert torch.equal(prefix(x), want), name
+
+
+def test_stones_for_keeps_the_zoo_path_for_zoo_pairs_and_traces_any_other_pair() -> None:
+    from bkdsearch.core.stones import SteppingStones
+    from bkdsearch.core.traced_stones import stones_for
+
+    zoo_pair = stones_for(create_model("resnet14", 10), create_model("resnet8", 10),
+                          Partition(("layer1.1",), ("layer1.0",)))
+    assert type(zoo_pair) is SteppingStones
+    mixed = stones_for(create_model("resnet14", 10), create_model("timm:resnet10t", 10),
+                       Partition(("layer2.1",), ("layer1",)), input_size=(3, 32, 32))
+    assert isinstance(mixed, TracedStones)
+    out = mixed.train()(torch.randn(2, 3, 32, 32))
+    assert out.teacher.shape == out.student.shape == out.stones[0].shape == (2, 10)
