@@ -313,3 +313,21 @@ def test_stones_for_keeps_the_zoo_path_for_zoo_pairs_and_traces_any_other_pair()
     assert isinstance(mixed, TracedStones)
     out = mixed.train()(torch.randn(2, 3, 32, 32))
     assert out.teacher.shape == out.student.shape == out.stones[0].shape == (2, 10)
+
+
+def test_deep_first_student_norm_statistics_come_from_its_own_forward_only() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=10)
+    student = timm.create_model("resnet10t", num_classes=10)
+    twin = copy.deepcopy(student).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    t_net, s_net = trace(teacher, (3, 32, 32), "vit"), trace(student, (3, 32, 32), "r10t")
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # tracing moved nothing
+    stones = TracedStones(t_net, s_net, Partition(("blocks.0",), ("layer1",)), order="deep_first").train()
+    x = torch.randn(4, 3, 32, 32)
+    out = stones(x)
+    assert len(out.stones) == 1 and out.stones[0].shape == (4, 10)
+    twin(x)  # the student's own forward alone
+    assert all(torch.equal(twin.state_dict()[k], v) for k, v in student.state_dict().items())
