@@ -331,3 +331,24 @@ def test_deep_first_student_norm_statistics_come_from_its_own_forward_only() -> 
     assert len(out.stones) == 1 and out.stones[0].shape == (4, 10)
     twin(x)  # the student's own forward alone
     assert all(torch.equal(twin.state_dict()[k], v) for k, v in student.state_dict().items())
+
+
+def test_partition_generators_work_on_traced_cuts() -> None:
+    t_net = trace(timm.create_model("resnet18", num_classes=10), (3, 32, 32), "r18")
+    s_net = trace(timm.create_model("resnet10t", num_classes=10), (3, 32, 32), "r10t")
+    base = traced_partition(t_net, s_net, "stage_aligned")
+    assert base == Partition(("act1", "layer1.1", "layer2.1", "layer3.1"), ("act1", "layer1.0", "layer2.0", "layer3.0"))
+    per_stage = traced_partition(t_net, s_net, {"per_stage": 2})
+    assert len(per_stage.teacher) == len(per_stage.student) == 2 * len(base.teacher) + 1
+    assert set(base.teacher) <= set(per_stage.teacher) and set(base.student) <= set(per_stage.student)
+    uniform = traced_partition(t_net, s_net, {"uniform": 3})
+    assert len(uniform.teacher) == len(uniform.student) == 2
+    explicit = traced_partition(t_net, s_net, {"teacher": ["layer2"], "student": ["layer2"]})
+    assert explicit == Partition(("layer2.1",), ("layer2.0",))  # stage names select their last block
+    with pytest.raises(PartitionError, match="cannot be cut into 9 blocks"):
+        traced_partition(t_net, s_net, {"per_stage": 9})
+    vit = trace(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4, num_classes=10),
+                (3, 32, 32), "vit")
+    with pytest.raises(PartitionError, match="share no stage end at a common feature grid"):
+        traced_partition(vit, trace(timm.create_model("resnet10t", num_classes=10), (3, 48, 48), "r"),
+                         "stage_aligned")
