@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -20,9 +21,6 @@ from bkdsearch.core.partitions import Partition
 from bkdsearch.core.traced import TraceFailure, trace
 from bkdsearch.core.traced_stones import TracedStones, traced_partition
 from bkdsearch.zoo import create_model
-
-timm = pytest.importorskip("timm")  # the dev extra installs it; CI fails on a skip (conftest.require)
-
 
 # -- naming models ---------------------------------------------------------------------------
 

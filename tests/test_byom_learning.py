@@ -5,14 +5,13 @@ synthetic task, reach well above chance on held-out images; the teacher never ch
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
 from bkdsearch.core.losses import blockkd_loss, kd_loss, stone_weights
 from bkdsearch.core.traced import trace
 from bkdsearch.core.traced_stones import TracedStones, traced_partition
-
-timm = pytest.importorskip("timm")
 
 CLASSES = 4
 SIZE = (3, 32, 32)
