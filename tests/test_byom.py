@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -20,9 +21,6 @@ from bkdsearch.core.partitions import Partition
 from bkdsearch.core.traced import TraceFailure, trace
 from bkdsearch.core.traced_stones import TracedStones, traced_partition
 from bkdsearch.zoo import create_model
-
-timm = pytest.importorskip("timm")  # the dev extra installs it; CI fails on a skip (conftest.require)
-
 
 # -- naming models ---------------------------------------------------------------------------
 
@@ -130,6 +128,11 @@ def test_traced_cuts_are_named_by_module_path_and_an_illegal_cut_lists_legal_one
                                              r".*legal cuts near it: .*layer1\.1.*layer2\.0") as info:
         net.split(["layer2.0.conv1"])
     assert isinstance(info.value, BadInput)
+    with pytest.raises(PartitionError, match=r"'global_pool' is not a legal cut.*in the head, after the body's end"):
+        net.cut("global_pool")
+    with pytest.raises(PartitionError, match=r"'layer2\.0\.downsample' is not a legal cut.*skip connection.*"
+                                             r"near it: .*layer2\.0\.add"):  # a module path, not a node's
+        net.cut("layer2.0.downsample")
     with pytest.raises(PartitionError, match="has no cut named 'layer9'"):
         net.cut("layer9")
     with pytest.raises(PartitionError, match="distinct and in network order"):
@@ -271,3 +274,79 @@ def test_traced_stones_train_student_and_connectors_while_the_teacher_never_chan
         opt.step()
     assert teacher.training is False
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # LN weights, everything
+
+
+# -- traced cuts vs the zoo's tables ----------------------------------------------------------
+
+@pytest.mark.parametrize(("arch", "size", "stem"), [("resnet32", (3, 32, 32), "relu"),
+                                                    ("wrn_16_2", (3, 32, 32), "conv1"),
+                                                    ("resnet18", (3, 64, 64), "maxpool")])
+def test_every_zoo_atom_is_a_traced_cut_with_the_same_features(arch, size, stem) -> None:
+    from bkdsearch.zoo import decompose
+
+    torch.manual_seed(0)
+    model = create_model(arch, 10).eval()
+    net = trace(model, size, arch)
+    atoms = decompose(model).atoms
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        for i, (name, _) in enumerate(atoms[:-1]):
+            cut = stem if name == "stem" else name  # the zoo's stem is no module; tracing names its end
+            (prefix, _rest), _head = net.split([cut])
+            want = x
+            for _, atom in atoms[: i + 1]:
+                want = atom(want)
+            assert torch.equal(prefix(x), want), name
+
+
+def test_stones_for_keeps_the_zoo_path_for_zoo_pairs_and_traces_any_other_pair() -> None:
+    from bkdsearch.core.stones import SteppingStones
+    from bkdsearch.core.traced_stones import stones_for
+
+    zoo_pair = stones_for(create_model("resnet14", 10), create_model("resnet8", 10),
+                          Partition(("layer1.1",), ("layer1.0",)))
+    assert type(zoo_pair) is SteppingStones
+    mixed = stones_for(create_model("resnet14", 10), create_model("timm:resnet10t", 10),
+                       Partition(("layer2.1",), ("layer1",)), input_size=(3, 32, 32))
+    assert isinstance(mixed, TracedStones)
+    out = mixed.train()(torch.randn(2, 3, 32, 32))
+    assert out.teacher.shape == out.student.shape == out.stones[0].shape == (2, 10)
+
+
+def test_deep_first_student_norm_statistics_come_from_its_own_forward_only() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2, num_classes=10)
+    student = timm.create_model("resnet10t", num_classes=10)
+    twin = copy.deepcopy(student).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    t_net, s_net = trace(teacher, (3, 32, 32), "vit"), trace(student, (3, 32, 32), "r10t")
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # tracing moved nothing
+    stones = TracedStones(t_net, s_net, Partition(("blocks.0",), ("layer1",)), order="deep_first").train()
+    x = torch.randn(4, 3, 32, 32)
+    out = stones(x)
+    assert len(out.stones) == 1 and out.stones[0].shape == (4, 10)
+    twin(x)  # the student's own forward alone
+    assert all(torch.equal(twin.state_dict()[k], v) for k, v in student.state_dict().items())
+
+
+def test_partition_generators_work_on_traced_cuts() -> None:
+    t_net = trace(timm.create_model("resnet18", num_classes=10), (3, 32, 32), "r18")
+    s_net = trace(timm.create_model("resnet10t", num_classes=10), (3, 32, 32), "r10t")
+    base = traced_partition(t_net, s_net, "stage_aligned")
+    assert base == Partition(("act1", "layer1.1", "layer2.1", "layer3.1"), ("act1", "layer1.0", "layer2.0", "layer3.0"))
+    per_stage = traced_partition(t_net, s_net, {"per_stage": 2})
+    assert len(per_stage.teacher) == len(per_stage.student) == 2 * len(base.teacher) + 1
+    assert set(base.teacher) <= set(per_stage.teacher) and set(base.student) <= set(per_stage.student)
+    uniform = traced_partition(t_net, s_net, {"uniform": 3})
+    assert len(uniform.teacher) == len(uniform.student) == 2
+    explicit = traced_partition(t_net, s_net, {"teacher": ["layer2"], "student": ["layer2"]})
+    assert explicit == Partition(("layer2.1",), ("layer2.0",))  # stage names select their last block
+    with pytest.raises(PartitionError, match="cannot be cut into 9 blocks"):
+        traced_partition(t_net, s_net, {"per_stage": 9})
+    vit = trace(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=4, num_classes=10),
+                (3, 32, 32), "vit")
+    with pytest.raises(PartitionError, match="share no stage end at a common feature grid"):
+        traced_partition(vit, trace(timm.create_model("resnet10t", num_classes=10), (3, 48, 48), "r"),
+                         "stage_aligned")

@@ -9,14 +9,13 @@ with two prefix tokens, tokens without) run in the fast suite, the rest are mark
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
 from bkdsearch.core.losses import blockkd_loss, kd_loss, stone_weights
 from bkdsearch.core.partitions import Partition
 from bkdsearch.core.traced import TracedNet, trace
 from bkdsearch.core.traced_stones import TracedStones
-
-timm = pytest.importorskip("timm")
 
 VIT = {"img_size": 32, "patch_size": 4, "depth": 2}
 FAST = {

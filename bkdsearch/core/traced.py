@@ -15,6 +15,7 @@ checks that once per set of cuts (``torch.equal`` in eval mode on a probe batch)
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 import traceback
@@ -22,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torchvision
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
-from torchvision.models.feature_extraction import NodePathTracer, _set_default_tracer_kwargs
+from torchvision.models.feature_extraction import NodePathTracer
 
 from .errors import BadInput, PartitionError
 from .layouts import Layout, infer_layout
@@ -110,13 +112,15 @@ class Segment(nn.Module):
 
 
 def _tracer_kwargs() -> dict[str, object]:
-    """torchvision's default tracer settings plus timm's leaves when timm is in use."""
-    kwargs: dict[str, object] = {}
-    timm_fx = sys.modules.get("timm.layers")
-    if timm_fx is not None:
-        kwargs = {"leaf_modules": list(timm_fx.get_notrace_modules()),
-                  "autowrap_functions": tuple(timm_fx.get_notrace_functions())}
-    return _set_default_tracer_kwargs(kwargs)
+    """torchvision's feature-extraction settings (its ops as leaves, ``math`` wrapped) plus
+    timm's non-traceable modules and functions when timm is in use."""
+    leaves = [m for m in vars(torchvision.ops).values() if isinstance(m, type) and issubclass(m, nn.Module)]
+    functions: tuple[object, ...] = ()
+    timm_layers = sys.modules.get("timm.layers")
+    if timm_layers is not None:
+        leaves += list(timm_layers.get_notrace_modules())
+        functions = tuple(timm_layers.get_notrace_functions())
+    return {"autowrap_modules": (math, torchvision.ops), "leaf_modules": leaves, "autowrap_functions": functions}
 
 
 def _failing_operation(exc: BaseException) -> str:
@@ -345,6 +349,16 @@ class TracedNet:
             ends.append(self.body_end)
         return ends
 
+    def _position(self, name: str) -> int | None:
+        """Where ``name`` (a node path, or a module path: its last node) runs in the eval graph."""
+        order = self._eval.order
+        if name in self._eval.names:
+            return order.index(self._eval.qualname[self._eval.names[name]])
+        if name in order:
+            return order.index(name)
+        inside = [i for i, path in enumerate(order) if path.startswith(name + ".")]
+        return inside[-1] if inside else None
+
     def cut(self, name: str) -> Cut:
         """Return the legal cut ``name`` (any of its aliases).
 
@@ -356,14 +370,16 @@ class TracedNet:
         if found is not None:
             return found
         legal = [c.name for c in self.cuts]
-        if name in self._eval.order:
-            at = self._eval.order.index(name)
-            before = [c for c in legal if self._eval.order.index(self._eval.qualname[self._eval.names[c]]) < at]
+        at = self._position(name)
+        if at is not None:
+            position = {c: self._position(c) for c in legal}
+            before = [c for c in legal if (position[c] or 0) < at]
             after = [c for c in legal if c not in before]
             near = before[-_NEAR:] + after[:_NEAR]
             why = "more than one tensor is live there (a skip connection or a second branch)"
-            if name in self._train.order and name not in self._eval.order:
-                why = "it exists in train mode only"
+            if name in self._eval.names:
+                why = f"it is in the head, after the body's end {self.body_end!r}" if not after else \
+                    "in train mode more than one tensor is live there"
             raise PartitionError(f"{name!r} is not a legal cut of {self.label}: {why}; legal cuts near it: "
                                  f"{', '.join(near)}")
         close = difflib.get_close_matches(name, legal, n=2 * _NEAR, cutoff=0.4) or legal[: 2 * _NEAR]

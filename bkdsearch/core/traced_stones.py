@@ -23,9 +23,10 @@ from .errors import PartitionError
 from .layouts import make_layout_connector
 from .partitions import Partition
 from .stones import ORDERS, SteppingStones, _View
-from .traced import TracedNet
+from .traced import TracedNet, trace
+from .zoo.atoms import decompose
 
-__all__ = ["CutNet", "TracedStones", "traced_partition"]
+__all__ = ["CutNet", "TracedStones", "stones_for", "traced_partition"]
 
 CutNet = TracedNet | ChainedNet
 """A model with found cuts: traced, or given as a ``blocks:`` chain of its modules."""
@@ -159,3 +160,23 @@ class TracedStones(SteppingStones):
             except PartitionError as exc:
                 raise PartitionError(f"stone {i} ({order}): cut {src[i - 1].name!r} {src[i - 1].shape} cannot be "
                                      f"connected to cut {dst[i - 1].name!r} {dst[i - 1].shape}: {exc}") from None
+
+
+def stones_for(teacher: nn.Module, student: nn.Module, partition: Partition, *, order: str = "shallow_first",
+               connector: str = "conv1x1", active: Sequence[int] | None = None,
+               input_size: tuple[int, int, int] = (3, 32, 32)) -> SteppingStones:
+    """Return the stepping-stones of a pair: the zoo's :class:`SteppingStones` when both models
+    have atom tables, else :class:`TracedStones` over both models traced for ``input_size``
+    (a zoo model beside an outside one is traced too; its cuts are its atoms' module paths,
+    the zoo's ``stem`` being the stem's last module, e.g. ``relu``).
+
+    Raises:
+        TraceFailure: a model that cannot be traced. PartitionError: as the stones' constructors.
+    """
+    try:
+        decompose(teacher), decompose(student)
+    except TypeError:  # a model without an atom table: cut both by tracing
+        return TracedStones(trace(teacher, input_size, "teacher"), trace(student, input_size, "student"), partition,
+                            order=order, connector=connector, active=active)
+    return SteppingStones(teacher, student, partition, order=order, connector=connector, active=active,
+                          input_size=input_size)
