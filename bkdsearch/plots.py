@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -50,9 +50,12 @@ Figure = Any
 """A matplotlib figure."""
 
 
-def draw_plots(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[list[tuple[str, Figure]], list[str]]:
+def draw_plots(study: optuna.Study, trials: list[FrozenTrial], confirmed: Sequence[Any] = ()
+               ) -> tuple[list[tuple[str, Figure]], list[str]]:
     """Return the report's figures as (file name, figure), and for each plot not drawn a line
     saying why (``\\`loss_terms.png\\` not drawn: ...``). The caller saves and closes them.
+    ``confirmed``: the study's confirmed configurations
+    (:func:`bkdsearch.search.confirm.confirmed_configurations`), drawn over their seeds.
 
     Plots: history (complete and pruned trials, best so far), validation curves per epoch,
     loss terms of the best trial, accuracy against cost, parallel coordinates, the Pareto
@@ -72,7 +75,7 @@ def draw_plots(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[list[tup
         ("loss_terms.png", "loss terms of the best trial", lambda ax: _loss_terms(ax, complete)),
         ("acc_vs_flops.png", f"{names[0]} against {cost_name.split(' (')[0]}",
          lambda ax: _acc_cost(ax, complete, names)),
-        ("confirmed.png", "confirmed configurations over seeds", lambda ax: _confirmed_seeds(ax, study)),
+        ("confirmed.png", "confirmed configurations over seeds", lambda ax: _confirmed_seeds(ax, confirmed)),
     ]
     # Optuna's plots switch pyplot to its ggplot style for good: ours keep the default.
     with matplotlib.style.context("default"):
@@ -258,13 +261,11 @@ def _acc_cost(ax: Any, complete: list[FrozenTrial], names: list[str]) -> str | N
 # --------------------------------------------------------------------------- Optuna's plots
 
 
-def _confirmed_seeds(ax: Any, study: optuna.Study) -> str | None:
+def _confirmed_seeds(ax: Any, configs: Sequence[Any]) -> str | None:
     """Each confirmed configuration's runs (validation accuracy by seed) as points, their mean
     and 95% t-interval; the baseline in its own colour."""
     from .gain import CONFIDENCE, mean_interval
-    from .search.confirm import confirmed_configurations
 
-    configs = confirmed_configurations(study)
     if not configs:
         return "no configuration was confirmed (run `bkdsearch confirm`)"
     for x, c in enumerate(configs):

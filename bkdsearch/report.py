@@ -248,7 +248,7 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
     files: list[Path] = []
     skipped: list[str] = []
     if complete:
-        figures, skipped = draw_plots(study, trials)
+        figures, skipped = draw_plots(study, trials, confirmed_configurations(study))
         for filename, fig in figures:
             try:
                 fig.savefig(out_dir / filename, dpi=100)
