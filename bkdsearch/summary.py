@@ -3,10 +3,16 @@ columns."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .progress import percent
 from .search import format_value
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from .search.worker import WorkerReport
 
 WIDTH = 80
 """Summaries are written to fit this many columns (but a path or URL, never broken)."""
@@ -40,7 +46,7 @@ def _objective(name: str, value: float) -> str:
     return f"{name} {value:.4g}"
 
 
-def _best_trial(study: Any) -> Any | None:
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The trial ``export --trial best`` takes: the complete trial with the highest first
     objective (of several objectives, on the Pareto front); None without a complete trial."""
     from optuna.trial import TrialState
@@ -70,7 +76,7 @@ def next_command(command: str, *args: str, spec_path: str | None, storage: str |
     return shlex.join([*words, *args])
 
 
-def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
+def run_summary(study: optuna.Study, report: WorkerReport, *, cap: int, spec_path: str, storage: str | None = None,
                 study_name: str | None = None, n_trials: int | None = None,
                 run_options: list[str] | None = None) -> list[str]:
     """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and

@@ -103,7 +103,7 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
         SpecError: an unknown key or an invalid value (exit 2).
     """
     from ..spec import Defaults, parse_overrides, resolve
-    from ..spec.resolve import SPEC_KEYS, override_spec
+    from ..spec.resolution import SPEC_KEYS, override_spec
 
     spec = load_spec_or_exit(spec_path)
     overrides = parse_overrides(list(sets))

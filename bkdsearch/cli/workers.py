@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -13,8 +13,12 @@ from rich.markup import escape
 from ..urls import redact
 from .common import STUDIES, STUDY_HELP, load_spec_or_exit, out, study_name_of
 
+if TYPE_CHECKING:  # imported when a command runs (the CLI starts fast)
+    from ..search.worker import WorkerReport
+    from ..spec import Spec
 
-def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
+
+def fixed_spec(spec: Spec, sets: tuple[str, ...]) -> Spec:
     """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
     records).
 
@@ -22,7 +26,7 @@ def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
         SpecError: an unknown key, an invalid value, or a key the spec searches (exit 2).
     """
     from ..spec import SpecError, parse_overrides, searched
-    from ..spec.resolve import override_spec
+    from ..spec.resolution import override_spec
 
     overrides = parse_overrides(list(sets))
     if not overrides:
@@ -102,7 +106,8 @@ class Workers:
                   + (f", {len(self.slots[0])} per trial" if len(self.slots[0]) > 1 else ""),
                   soft_wrap=True)
 
-    def run(self, cap: int) -> Any:
+    def run(self, cap: int) -> WorkerReport:
+        """Train up to the study's cap of ``cap`` finished trials; return the workers' report."""
         from ..search import run_workers
 
         return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
@@ -110,7 +115,7 @@ class Workers:
                            timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
                            progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
 
-    def confirm(self, top: int | None, seeds: int | None) -> Any:
+    def confirm(self, top: int | None, seeds: int | None) -> WorkerReport | None:
         """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
         from ..search.confirm import run_confirmations
 
