@@ -172,10 +172,11 @@ def teacher_test_accuracy(cfg: RunConfig, path: str | Path, device: str | None =
     return evaluate(teacher, data.test, autocast)
 
 
-def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path) -> str | None:
+def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, progress: bool = False,
+                           log: Callable[[str], None] | None = None) -> str | None:
     """Return :func:`teacher_weights` under the cache's lock: of several processes of one
-    machine (torchrun's ranks of one ``train``) one trains a missing teacher while the others
-    wait, then read it from the cache.
+    machine (torchrun's ranks of one ``train``) one trains a missing teacher (showing its
+    ``progress`` to ``log``) while the others wait, then read it from the cache.
 
     Raises:
         WeightsError: as :func:`teacher_weights`.
@@ -186,4 +187,4 @@ def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path) -> str | None:
         return teacher_weights(cfg, cache_dir)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(cache_dir) / ".train.lock")):
-        return teacher_weights(cfg, cache_dir)
+        return teacher_weights(cfg, cache_dir, progress=progress, log=log)

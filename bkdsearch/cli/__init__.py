@@ -15,9 +15,9 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import BadInput, Terminated, interrupt_exit_code
-from ..progress import percent
+from ..progress import console_log, percent
 from ..urls import redact
-from .common import STUDIES, STUDY_HELP, err, load_spec_or_exit, out, study_name_of
+from .common import STUDIES, STUDY_HELP, device_option, err, load_spec_or_exit, out, study_name_of
 from .workers import Workers, worker_options
 
 
@@ -125,7 +125,7 @@ def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
               help="Fix a parameter (e.g. train.lr=0.1, blockkd.tau=4); repeatable.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (default studies/runs/<name>-<hash>).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @click.option("--no-resume", is_flag=True, help="Start from epoch 0 even if a checkpoint exists.")
 @click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu. Under "
@@ -135,18 +135,22 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
           no_resume: bool, gpus: int) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
     from ..preflight import preflight
+    from ..progress import make_progress
     from ..ranks import train_run
     from ..teacher import shared_teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
-    preflight(cfg, devices={"--device": device} if device else None,
+    preflight(cfg, devices={"--devices": device} if device else None,
               folders={"--out" if out_dir else "run folder": run_dir, **_teacher_cache_folders(cfg)},
               teacher_cache=STUDIES / "teachers")
-    weights = shared_teacher_weights(cfg, STUDIES / "teachers")  # torchrun's ranks: one trains it
+    log = console_log(out)
+    # torchrun's ranks: one trains it
+    weights = shared_teacher_weights(cfg, STUDIES / "teachers", progress=True, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    result = train_run(cfg, run_dir, teacher_weights=weights, processes=gpus, device=device, resume=not no_resume)
+    result = train_run(cfg, run_dir, teacher_weights=weights, processes=gpus, device=device, resume=not no_resume,
+                       progress=make_progress(f"train {cfg.student.arch}", log))
     if result is None:
         return  # another rank of a torchrun group reports
     out.print(f"val acc {percent(result.val_acc)}  test acc {percent(result.test_acc)}  "
@@ -160,7 +164,7 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
 @click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Seeds per method (the spec's seed, then the next ones).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a parameter for every run; repeatable.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Folder for comparison.md and comparison.json (default: studies/compare/<name>).")
 @handle_errors
@@ -168,7 +172,7 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
             output: str | None) -> None:
     """Train each method at its default (published) configuration with several seeds on one
     teacher and print the mean ± std table of validation and test accuracy."""
-    from ..compare import comparison_configs, comparison_markdown, run_comparison, write_comparison
+    from ..compare import comparison_configs, comparison_markdown, comparison_title, run_comparison, write_comparison
     from ..preflight import preflight
     from ..spec import parse_overrides
 
@@ -179,19 +183,19 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
     first = comparison_configs(spec, chosen, seed_list[:1], overrides)
     out_dir = Path(output) if output else STUDIES / "compare" / spec.name
     for cfg in first:
-        preflight(cfg, devices={"--device": device} if device else None,
+        preflight(cfg, devices={"--devices": device} if device else None,
                   folders={"-o": out_dir, **_teacher_cache_folders(cfg)}, teacher_cache=STUDIES / "teachers")
     results = run_comparison(spec, chosen, seed_list, studies_dir=STUDIES, device=device, overrides=overrides,
-                             log=lambda m: out.print(m, markup=False, soft_wrap=True))
-    title = f"{spec.name}: {', '.join(chosen)} x {seeds} seeds"
+                             log=console_log(out))
+    title = comparison_title(spec.name, chosen, seeds)
     out.print(comparison_markdown(results, title), markup=False)
     for path in write_comparison(results, out_dir, title):
         out.print(f"wrote {path}", soft_wrap=True)
 
 
-@main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --device cpu"))
+@main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --devices cpu"))
 @click.argument("spec_path", metavar="SPEC")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
@@ -207,9 +211,9 @@ def teacher(spec_path: str, device: str | None) -> None:
         cfg = cfg.model_copy(update={"method": "kd"})
     # The student plays no part here: its checkpoint is not checked.
     checked = cfg.model_copy(update={"student": cfg.student.model_copy(update={"checkpoint": None})})
-    preflight(checked, devices={"--device": device} if device else None, folders=_teacher_cache_folders(cfg),
+    preflight(checked, devices={"--devices": device} if device else None, folders=_teacher_cache_folders(cfg),
               teacher_cache=STUDIES / "teachers")
-    path = teacher_weights(cfg, STUDIES / "teachers")
+    path = teacher_weights(cfg, STUDIES / "teachers", progress=True, log=console_log(out))
     acc = teacher_test_accuracy(cfg, path, device)
     out.print(f"teacher {cfg.teacher.arch}: {path}")
     out.print(f"test accuracy {acc:.2f}%")
@@ -301,9 +305,13 @@ def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout
     """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
     trials of the same study (resumed, retried and shared by workers like any other); then
     status, report and export use their mean ± std and the confirmed winner."""
+    from ..summary import next_steps
+
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
                        gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     workers.confirm(top, seeds)
+    for line in next_steps(workers.study.study_name, spec_path=spec_path, storage=storage, study_name=study_name):
+        out.print(line, markup=False, soft_wrap=True)
 
 
 @main.command(epilog=_example("bkdsearch status specs/quickstart.yaml --json"))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.markup import escape
 
+from ..progress import console_log
 from ..urls import redact
 from .common import STUDIES, STUDY_HELP, load_spec_or_exit, out, study_name_of
 
@@ -113,7 +114,7 @@ class Workers:
         return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
                            trials_per_device=self.trials_per_device, studies_dir=STUDIES,
                            timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
-                           progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
+                           progress=not self.quiet, log=console_log(out))
 
     def confirm(self, top: int | None, seeds: int | None) -> WorkerReport | None:
         """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""

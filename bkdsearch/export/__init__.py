@@ -181,6 +181,7 @@ def export_trial(storage_url: str, study_name: str, trial_ref: str, output: Path
 
     from ..errors import DataError
     from ..search import load_study, trial_config
+    from ..search.confirm import gain_header
     from ..teacher import cached_teacher_path
 
     study = load_study(storage_url, study_name)
@@ -203,6 +204,8 @@ def export_trial(storage_url: str, study_name: str, trial_ref: str, output: Path
               "params": trial.params, "values": trial.values,
               "test_acc": trial.user_attrs.get("test_acc"), "teacher": teacher or "-",
               "storage": redact(storage_url)}
+    if trial_ref == "best":  # the confirmed winner's gain over the baseline, with its interval and cost
+        header.update(gain_header(study))
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(render_script(cfg, header, teacher))

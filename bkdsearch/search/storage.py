@@ -16,7 +16,6 @@ from typing import Any
 from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..core.zoo.weights import first_line
 from ..errors import StorageError
 from ..urls import redact
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings
@@ -101,6 +100,8 @@ def make_storage(url: str, *, create: bool = True) -> BaseStorage:
             if attempt < attempts - 1 and _creation_race(exc):
                 time.sleep(0.2 + random.random())
                 continue
+            from ..core.zoo.weights import first_line  # here: reading commands open storages without torch
+
             raise StorageError(f"cannot open storage {shown}: {clean(first_line(exc), secrets)}") from None
     if isinstance(storage, RDBStorage):  # SQLite
         with contextlib.suppress(SQLAlchemyError), storage.engine.connect() as conn:  # WAL is an optimisation
