@@ -32,10 +32,12 @@ DEPRECATED = {"get_failed_trial_callback"}
 
 
 def private_optuna_names() -> set[str]:
-    """The private attribute names of Optuna's study, trial and storage objects and classes."""
+    """The private attribute names of Optuna's study, trial, storage and artifact store
+    objects and classes."""
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     trial = study.ask()
-    objects = [study, trial, study.trials[0], optuna.Study, optuna.Trial, optuna.trial.FrozenTrial,
+    store = optuna.artifacts.FileSystemArtifactStore(".")
+    objects = [study, trial, study.trials[0], store, optuna.Study, optuna.Trial, optuna.trial.FrozenTrial,
                optuna.trial.FixedTrial, optuna_seam.FrozenStudy, BaseStorage, BaseHeartbeat, RDBStorage,
                _CachedStorage, optuna.artifacts.FileSystemArtifactStore]
     names = {n for o in objects for n in (*dir(o), *getattr(o, "__dict__", {}))}
@@ -65,7 +67,7 @@ def private_uses(path: Path, private: set[str]) -> list[str]:
 
 def test_no_module_but_the_seam_touches_a_private_optuna_name():
     private = private_optuna_names()
-    assert {"_storage", "_trial_id", "_study_id", "_backend", "_get_stale_trial_ids"} <= private
+    assert {"_storage", "_trial_id", "_study_id", "_backend", "_get_stale_trial_ids", "_base_path"} <= private
     uses = [use for path in sorted(PACKAGE.rglob("*.py")) if path != SEAM for use in private_uses(path, private)]
     assert uses == [], "private Optuna API outside search/optuna_seam.py:\n" + "\n".join(uses)
 

@@ -33,7 +33,7 @@ from ..spec.fixed import config_digest, fixed_configuration
 from ..teacher import needs_training, teacher_test_accuracy, teacher_weights
 from ..urls import redact
 from .carry_on import carry_on
-from .optuna_seam import stored_trial
+from .optuna_seam import artifact_file, stored_trial
 from .study import TrialSuggest, format_value
 
 TRAIN_GFLOPS_CONSTRAINT = "train_gflops"
@@ -237,7 +237,7 @@ class TrialObjective:
             size = None
             with contextlib.suppress(OSError):
                 size = source.stat().st_size
-            raise DiskFull.writing(Path(getattr(self.artifacts, "_base_path", ".")) / artifact_id, exc,
+            raise DiskFull.writing(artifact_file(self.artifacts, artifact_id), exc,
                                    size) from None
         trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
         if previous:  # a leftover costs disk space only: the trial goes on

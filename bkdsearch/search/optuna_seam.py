@@ -9,7 +9,7 @@ the package touches a private Optuna name, and that :class:`WrappedStorage` wrap
 method the installed Optuna has).
 
 - a study and its trials: :func:`storage_of`, :func:`study_id_of`, :func:`trial_id_of`,
-  :func:`stored_trial`;
+  :func:`stored_trial`, :func:`artifact_file`;
 - heartbeats: :func:`heartbeat_interval`, :func:`grace_period`, :func:`stale_trial_ids`,
   :func:`running_without_heartbeat`, :func:`fail_if_running`;
 - layers of a storage: :func:`with_cache`, :func:`unwrap_cache`, :func:`rdb_of`;
@@ -26,9 +26,11 @@ import copy
 import json
 from collections.abc import Callable, Container, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -38,7 +40,7 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["FrozenStudy", "WrappedStorage", "all_trials", "create_trial_with_token", "fail_if_running",
+__all__ = ["FrozenStudy", "WrappedStorage", "all_trials", "artifact_file", "create_trial_with_token", "fail_if_running",
            "grace_period", "heartbeat_interval", "rdb_of", "running_without_heartbeat", "set_state_with_token",
            "stale_trial_ids", "storage_of", "stored_trial", "study_id_of", "trial_id_of", "trial_with_token",
            "unwrap_cache", "with_cache"]
@@ -71,6 +73,11 @@ def stored_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> Froz
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Return every trial of ``study``, not copied (read only)."""
     return storage_of(study).get_all_trials(study_id_of(study), deepcopy=False)
+
+
+def artifact_file(store: FileSystemArtifactStore, artifact_id: str) -> Path:
+    """Return the file an artifact of ``store`` is (or would be) written to."""
+    return Path(store._base_path) / artifact_id
 
 
 # ------------------------------------------------------------------ layers of a storage
@@ -210,6 +217,11 @@ class WrappedStorage(BaseStorage, BaseHeartbeat):
     there); trial creation, state changes and the stale-trial check go through
     :meth:`create_trial`, :meth:`set_trial_state_values` and :meth:`stale_trial_ids`, which a
     subclass may replace. Put it under Optuna's cache with :func:`with_cache`.
+
+    The storage methods below do, return and raise what ``BaseStorage``'s, ``BaseHeartbeat``'s
+    and ``RDBStorage``'s of the same name document (the underscored ones are those Optuna's
+    cache calls on its backend); ``tests/test_optuna_seam.py`` fails when the installed Optuna
+    has one that is not wrapped here.
 
     Args:
         backend: the RDB storage wrapped.
