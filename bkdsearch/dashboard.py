@@ -45,10 +45,10 @@ from bottle import HTTPError
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import BadInput, NotFound
+from .search.optuna_seam import FrozenStudy, study_id_of
 from .search.storage import clean, make_storage, url_secrets
 from .search.worker import artifact_folder
 
@@ -238,9 +238,9 @@ class DashboardStorage(BaseStorage):
         if not extra and self.writable:
             return trial
         view = copy.copy(trial)
-        view._system_attrs = {**trial.system_attrs, **extra}
+        view.system_attrs = {**trial.system_attrs, **extra}
         if not self.writable:
-            view._user_attrs = readable_attrs(trial.user_attrs)
+            view.user_attrs = readable_attrs(trial.user_attrs)
         return view
 
     def _folder(self, study_id: int) -> Path | None:
@@ -256,7 +256,7 @@ class DashboardStorage(BaseStorage):
 
     def get_all_studies(self) -> list[FrozenStudy]:
         """Return every study (by id, as optuna-dashboard orders those of an RDB storage)."""
-        return [self._study_view(s) for s in sorted(self.inner.get_all_studies(), key=lambda s: s._study_id)]
+        return [self._study_view(s) for s in sorted(self.inner.get_all_studies(), key=study_id_of)]
 
     def get_study_id_from_name(self, study_name: str) -> int:
         """Return the id of ``study_name``. Raises: KeyError: no such study."""

@@ -27,12 +27,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .core import errors as core_errors
 from .core.distributed import end_group, rank_device, ranks_from_env, start_group
 from .core.trainer import EpochCallback, Progress, RunResult, Stopped, Trainer
 from .errors import BadInput, RunFailure
+
+if TYPE_CHECKING:  # the spec package is imported only when a rank runs (main)
+    from .spec import RunConfig
 
 STOPPED_EXIT = 3
 """Exit status of a rank that stopped because it was asked to (by the launcher, or rank 0)."""
@@ -47,7 +50,7 @@ class RankLost(RunFailure):
     last epoch checkpoint, unlike an error the configuration would raise again."""
 
 
-def train_run(cfg: Any, run_dir: Path, *, teacher_weights: str | None, processes: int = 1,
+def train_run(cfg: RunConfig, run_dir: Path, *, teacher_weights: str | None, processes: int = 1,
               device: str | None = None, resume: bool = True, progress: Progress | None = None) -> RunResult | None:
     """Train ``cfg`` the way ``bkdsearch train`` does: in this process; as this process's
     rank when torchrun started it (its variables are set); or as ``processes`` ranks launched
@@ -99,7 +102,7 @@ def _error_file(run_dir: Path, rank: int) -> Path:
     return run_dir / "ranks" / f"rank-{rank}.error.json"
 
 
-def train_on_ranks(cfg: Any, run_dir: Path, *, world_size: int, teacher_weights: str | None = None,
+def train_on_ranks(cfg: RunConfig, run_dir: Path, *, world_size: int, teacher_weights: str | None = None,
                    gpus: Sequence[int] | None = None, on_epoch: EpochCallback | None = None,
                    should_stop: Callable[[], bool] | None = None, progress: Progress | None = None,
                    resume: bool = True, poll_s: float = 0.2) -> RunResult:
@@ -163,7 +166,7 @@ def train_on_ranks(cfg: Any, run_dir: Path, *, world_size: int, teacher_weights:
 class _Relay:
     """The launcher's side of rank 0's pipes, while the ranks run."""
 
-    def __init__(self, procs: list[subprocess.Popen], events: Any, answers: Any,
+    def __init__(self, procs: list[subprocess.Popen], events: IO[bytes], answers: IO[bytes],
                  on_epoch: EpochCallback | None, progress: Progress | None) -> None:
         self.procs, self.events, self.answers = procs, events, answers
         self.on_epoch, self.progress = on_epoch, progress
@@ -290,7 +293,7 @@ class _PipeProgress:
             self._send(kind="steps", n=self._steps)
         self._steps, self._sent = 0, time.monotonic()
 
-    def end_epoch(self, row: Any) -> None:
+    def end_epoch(self, row: Mapping[str, float]) -> None:
         self._flush()
         self._send(kind="end_epoch", row=dict(row))
 
@@ -354,10 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error_file(args.run_dir, ranks.rank).write_text(
                 json.dumps({"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else ""}))
     finally:
-        with contextlib.suppress(Exception):
+        try:
             end_group()
+        except Exception as exc:  # noqa: BLE001 - the rank's outcome is already decided: say so, exit as planned
+            print(f"rank {ranks.rank}: leaving the process group failed ({type(exc).__name__}: {exc})",
+                  file=sys.stderr, flush=True)
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to flush
             stream.flush()
     return code
 

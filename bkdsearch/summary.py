@@ -4,10 +4,16 @@ columns."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .progress import percent
 from .search import format_value
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from .search.worker import WorkerReport
 
 WIDTH = 80
 """Summaries are written to fit this many columns (but a path or URL, never broken)."""
@@ -41,7 +47,7 @@ def _objective(name: str, value: float) -> str:
     return f"{name} {value:.4g}"
 
 
-def _best_trial(study: Any) -> Any | None:
+def _best_trial(study: optuna.Study) -> FrozenTrial | None:
     """The trial ``export --trial best`` takes: the complete trial with the highest first
     objective (of several objectives, on the Pareto front); None without a complete trial."""
     from optuna.trial import TrialState
@@ -84,7 +90,7 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def was_interrupted(trial: Any) -> bool:
+def was_interrupted(trial: FrozenTrial) -> bool:
     """True for a trial that failed only because its worker was stopped (Ctrl-C) and was
     queued again to resume: not a failure of its configuration."""
     from optuna.trial import TrialState
@@ -93,7 +99,7 @@ def was_interrupted(trial: Any) -> bool:
     return trial.state == TrialState.FAIL and reason.startswith("interrupted")
 
 
-def confirmed_lines(study: Any) -> list[str]:
+def confirmed_lines(study: optuna.Study) -> list[str]:
     """Return the confirmed configurations (val and test mean ± std over n seeds, training
     GFLOPs per image, s/epoch) and the winner's gain over the baseline with its interval,
     wrapped to :data:`WIDTH` columns; empty without confirmations."""
@@ -145,7 +151,7 @@ def next_command(command: str, *args: str, spec_path: str | None, storage: str |
     return shlex.join([*words, *args])
 
 
-def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
+def run_summary(study: optuna.Study, report: WorkerReport, *, cap: int, spec_path: str, storage: str | None = None,
                 study_name: str | None = None, n_trials: int | None = None,
                 run_options: list[str] | None = None) -> list[str]:
     """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed, and

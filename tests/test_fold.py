@@ -12,7 +12,7 @@ from bkdsearch.export import fixed_config, render_script
 from bkdsearch.export.fold import fixed_values, folds
 from bkdsearch.export.script import FLAG_KEYS
 from bkdsearch.spec import load_spec, resolve
-from bkdsearch.spec.resolve import Defaults
+from bkdsearch.spec.resolution import Defaults
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

@@ -20,7 +20,7 @@ from bkdsearch.cli import main
 from bkdsearch.cli.workers import fixed_spec
 from bkdsearch.preflight import PreflightError, parse_devices, preflight
 from bkdsearch.spec import Spec, SpecError, load_spec, parse_spec, spec_json_schema
-from bkdsearch.spec.resolve import override_spec
+from bkdsearch.spec.resolution import override_spec
 from bkdsearch.zoo import create_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

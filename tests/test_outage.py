@@ -34,7 +34,7 @@ from workerkit import finish, quick_spec, run_cmd, start, study_name
 
 from bkdsearch.cli import main
 from bkdsearch.errors import StorageError
-from bkdsearch.search import make_storage, patient
+from bkdsearch.search import make_storage, optuna_seam
 from bkdsearch.search.patient import (
     BACKOFF_CAP_S,
     MAX_CONFLICT_RETRIES,
@@ -243,9 +243,26 @@ def test_nested_calls_are_retried_once_by_the_outer_call():
 
 # --------------------------------------------------------------------------- the storage
 
-def test_every_storage_method_goes_through_the_patience():
-    assert patient.unwrapped_methods() == []
-    assert issubclass(PatientStorage, RDBStorage) and issubclass(PatientStorage, BaseHeartbeat)
+def test_every_storage_call_under_optunas_cache_goes_through_the_patience(tmp_path):
+    """Whichever call Optuna's cache makes (its private ones too), the patience sees it
+    (that every storage method is wrapped at all: tests/test_optuna_seam.py)."""
+    storage = PatientStorage(f"sqlite:///{tmp_path}/s.db", patience_s=30, heartbeat_interval=1, grace_period=2)
+    seen: list[str] = []
+    real = storage.patience.call
+
+    def counting(what, attempt, landed=None):
+        seen.append(what)
+        return real(what, attempt, landed)
+
+    storage.patience.call = counting
+    study = optuna.create_study(storage=optuna_seam.with_cache(storage), study_name="cached")
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, 0.5)
+    assert study.best_trial.number == 0 and len(study.get_trials()) == 1
+    assert {"create_new_study", "create_new_trial", "set_trial_param", "set_trial_state_values",
+            "get_all_trials"} <= set(seen)
+    assert issubclass(PatientStorage, optuna_seam.WrappedStorage) and issubclass(PatientStorage, BaseHeartbeat)
 
 
 def test_sqlite_storage_stays_plain(tmp_path):
@@ -255,7 +272,7 @@ def test_sqlite_storage_stays_plain(tmp_path):
 def _lose_acks(monkeypatch, n):
     """The next ``n`` transactions of PatientStorage's own writes commit, but their
     acknowledgement is lost (the connection drops right after the COMMIT)."""
-    real = patient._create_scoped_session
+    real = optuna_seam._create_scoped_session
     left = [n]
 
     @contextlib.contextmanager
@@ -266,7 +283,7 @@ def _lose_acks(monkeypatch, n):
             left[0] -= 1
             raise StorageInternalError("An exception is raised during the commit.") from _dropped()
 
-    monkeypatch.setattr(patient, "_create_scoped_session", lossy)
+    monkeypatch.setattr(optuna_seam, "_create_scoped_session", lossy)
     return left
 
 
@@ -399,9 +416,10 @@ def test_patience_past_the_limit_raises_on_a_real_server(outage, monkeypatch, ki
     server = outage(kind)
     monkeypatch.setenv("BKDSEARCH_STORAGE_PATIENCE_S", "2")
     storage = make_storage(server.url)
-    assert isinstance(storage, PatientStorage) and isinstance(storage, BaseHeartbeat)
+    patient_storage = optuna_seam.unwrap_cache(storage)
+    assert isinstance(patient_storage, PatientStorage) and isinstance(storage, BaseHeartbeat)
     logs = []
-    storage.patience.log = logs.append
+    patient_storage.patience.log = logs.append
     study = optuna.create_study(storage=storage)
     assert isinstance(study._storage, BaseHeartbeat) and study._storage.get_heartbeat_interval()
     server.cut()
@@ -416,7 +434,7 @@ def test_patience_past_the_limit_raises_on_a_real_server(outage, monkeypatch, ki
     assert [t.number for t in study.get_trials()] == [0]
     assert [START in logs[0], "giving up" in logs[1], BACK in logs[2]] == [True] * 3, logs
     assert server.password not in "\n".join(logs)
-    storage.engine.dispose()
+    patient_storage.backend.engine.dispose()
 
 
 def _running(engine, name):

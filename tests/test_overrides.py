@@ -16,7 +16,7 @@ from workerkit import ENV, by_state, finish, quick_spec, run_cmd, start, study_n
 
 from bkdsearch.errors import SpecError
 from bkdsearch.spec import Defaults, Spec, parameter_names, resolve
-from bkdsearch.spec.resolve import override_spec
+from bkdsearch.spec.resolution import override_spec
 from bkdsearch.teacher import cached_teacher_path, teacher_weights
 from bkdsearch.zoo import create_model
 

@@ -223,12 +223,16 @@ def test_the_lazy_package_resolves_every_public_name_to_its_module_s_object():
         spec_package.nope  # noqa: B018
 
 
-def test_importing_the_resolve_module_first_does_not_shadow_the_resolve_function():
-    # The checks import the submodule bkdsearch.spec.resolve; Python then sets the package's
-    # attribute "resolve" to that module, unless the package keeps its public function.
+def test_importing_the_resolution_module_first_does_not_shadow_the_resolve_function():
+    # The checks import the submodule bkdsearch.spec.resolution; Python sets the package's
+    # attribute of that name to it, which must never be a public name of the package.
     code = ("import sys, types, bkdsearch.spec.checks\nfrom bkdsearch.spec import resolve\n"
+            "import bkdsearch.spec as package\n"
             "assert callable(resolve) and not isinstance(resolve, types.ModuleType), resolve\n"
-            "assert resolve is sys.modules['bkdsearch.spec.resolve'].resolve")
+            "assert resolve is sys.modules['bkdsearch.spec.resolution'].resolve\n"
+            "assert type(package) is types.ModuleType\n"
+            "assert not set(package.__all__) & {m.rsplit('.', 1)[1] for m in sys.modules\n"
+            "                                    if m.startswith('bkdsearch.spec.')}")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120,
                        cwd=ROOT, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr

@@ -40,7 +40,7 @@ from bkdsearch.spec.atom_table import (
 )
 from bkdsearch.spec.checks import _connector_problem, check_stones, synthetic_problem
 from bkdsearch.spec.config import DataConfig
-from bkdsearch.spec.resolve import candidate_partition
+from bkdsearch.spec.resolution import candidate_partition
 from bkdsearch.spec.schema import PartitionSpec
 
 ROOT = Path(__file__).resolve().parent.parent

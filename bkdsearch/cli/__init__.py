@@ -105,7 +105,7 @@ def _run_config(spec_path: str, sets: tuple[str, ...]) -> Any:
     """
     from ..spec import Defaults, parse_overrides, resolve
     from ..spec.loading import with_overrides
-    from ..spec.resolve import SPEC_KEYS
+    from ..spec.resolution import SPEC_KEYS
 
     spec = load_spec_or_exit(spec_path)
     overrides = parse_overrides(list(sets))

@@ -7,12 +7,15 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from ..urls import redact
+
+if TYPE_CHECKING:  # loaded on first use: `bkdsearch schema` never imports the spec's models
+    from ..spec import Spec
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -21,7 +24,7 @@ STUDIES = Path("studies")
 STUDY_HELP = "Study name: letters, digits, '-', '_', '.'; 1 to 64 characters"
 
 
-def load_spec_or_exit(spec_path: str) -> Any:
+def load_spec_or_exit(spec_path: str) -> Spec:
     """Return the spec at ``spec_path``; on a bad spec, print its errors and exit with 2."""
     from ..spec import SpecError, load_spec
 
@@ -48,7 +51,7 @@ def check_storage_url(url: str) -> str:
     return url
 
 
-def study_name_of(given: str | None, spec: Any | None) -> str | None:
+def study_name_of(given: str | None, spec: Spec | None) -> str | None:
     """The study a command works on: ``--study`` (checked against the naming rule), else
     the spec's name (checked too), else None.
 

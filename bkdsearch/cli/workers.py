@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -41,8 +41,12 @@ class Seconds(click.ParamType):
             self.fail(f"{value!r} seconds is over the limit of {MAX_TIMEOUT_S:g} (a year)", param, ctx)
         return seconds
 
+if TYPE_CHECKING:  # imported when a command runs (the CLI starts fast)
+    from ..search.worker import WorkerReport
+    from ..spec import Spec
 
-def fixed_spec(spec: Any, sets: tuple[str, ...]) -> Any:
+
+def fixed_spec(spec: Spec, sets: tuple[str, ...]) -> Spec:
     """``spec`` with the ``run --set`` values fixed in it (what every trial uses and the study
     records).
 
@@ -134,7 +138,8 @@ class Workers:
                   + (f", {len(self.slots[0])} per trial" if len(self.slots[0]) > 1 else ""),
                   soft_wrap=True)
 
-    def run(self, cap: int) -> Any:
+    def run(self, cap: int) -> WorkerReport:
+        """Train up to the study's cap of ``cap`` finished trials; return the workers' report."""
         from ..search import run_workers
 
         return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
@@ -142,7 +147,7 @@ class Workers:
                            timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
                            progress=not self.quiet, log=console_log(out))
 
-    def confirm(self, top: int | None, seeds: int | None) -> Any:
+    def confirm(self, top: int | None, seeds: int | None) -> WorkerReport | None:
         """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""
         from ..search.confirm import run_confirmations
 

@@ -16,21 +16,33 @@ moment by two workers the higher-numbered one is withdrawn (``fail_reason`` ``su
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
 import time
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import StorageError
+from .carry_on import carry_on, failure_line, stderr
+from .optuna_seam import (
+    all_trials,
+    fail_if_running,
+    grace_period,
+    heartbeat_interval,
+    rdb_of,
+    running_without_heartbeat,
+    stale_trial_ids,
+    storage_of,
+    study_id_of,
+    unwrap_cache,
+)
 
 HEARTBEAT_S = 10
 """Default seconds between heartbeats of a running trial (``BKDSEARCH_HEARTBEAT_S``)."""
@@ -57,11 +69,16 @@ RETRY_OF = "retry_of"
 """System attr of a queued retry: the number of the trial it replaces (at most one live
 retry per number)."""
 
+CONSTRAINTS_PREFIX = "constraints"
+"""Optuna's system attrs of a trial's constraints (``constraints:<name>``; a list in ``constraints``)."""
+
 LOST = "lost_retries"
 """System attr of a retry: how many times its chain lost its worker."""
 
 _ATTEMPT_ATTRS = ("fail_reason", "pruned_reason", "resumed_from", "resume_note", "test_acc",
                   "wall_time_s", "images_per_s", "worker")
+
+T = TypeVar("T")
 
 _LOCK = threading.RLock()
 """The threads of one process check for stale trials, and queue retries, one at a time."""
@@ -112,19 +129,15 @@ def max_retry() -> int:
     return _env_number("BKDSEARCH_MAX_RETRY", MAX_RETRY, 0, MAX_RETRY_LIMIT, "a whole number")
 
 
-def _trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study._storage.get_all_trials(study._study_id, deepcopy=False)
-
-
 def retries_of(study: optuna.Study, number: int) -> list[FrozenTrial]:
     """The trials queued to replace trial ``number`` (normally one), lowest number first."""
-    return sorted((t for t in _trials(study) if t.system_attrs.get(RETRY_OF) == number), key=lambda t: t.number)
+    return sorted((t for t in all_trials(study) if t.system_attrs.get(RETRY_OF) == number), key=lambda t: t.number)
 
 
 def duplicate_of(study: optuna.Study, trial_id: int) -> int | None:
     """For a retry that two workers queued at the same moment, the number of the retry that
     is kept (the lowest): this one must not train. None for every other trial."""
-    frozen = study._storage.get_trial(trial_id)
+    frozen = storage_of(study).get_trial(trial_id)
     key = frozen.system_attrs.get(RETRY_OF)
     if key is None:
         return None
@@ -148,7 +161,9 @@ def queue_again(study: optuna.Study, trial: FrozenTrial, *, lost: bool = False, 
 
     ``retry`` False (a trial dropped before it trained) keeps its retry history as it is.
     """
-    system_attrs: dict[str, Any] = {k: v for k, v in trial.system_attrs.items() if k != RETRY_OF}
+    # A retry sets its own constraint (Trial.set_constraint keeps the first value it sees).
+    system_attrs: dict[str, Any] = {k: v for k, v in trial.system_attrs.items()
+                                    if k != RETRY_OF and not k.startswith(CONSTRAINTS_PREFIX)}
     if retry:  # Optuna's retry attrs: the original trial and every attempt so far
         system_attrs.setdefault("failed_trial", trial.number)
         system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
@@ -161,15 +176,15 @@ def queue_again(study: optuna.Study, trial: FrozenTrial, *, lost: bool = False, 
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs={k: v for k, v in trial.user_attrs.items() if k not in _ATTEMPT_ATTRS},
         system_attrs=system_attrs)
-    storage = study._storage
+    storage = storage_of(study)
     with _LOCK:
         if retries_of(study, trial.number):
             return True  # queued before (its worker died before failing the trial), or by another
-        mine = storage.create_new_trial(study._study_id, template_trial=template)
+        mine = storage.create_new_trial(study_id_of(study), template_trial=template)
     # Another worker may have queued one at the same moment: the lowest-numbered one stays.
     kept = duplicate_of(study, mine)
     if kept is not None:
-        with contextlib.suppress(Exception):
+        with carry_on(f"withdrawing its duplicate retry (trial {kept} is kept)", trial.number):
             if storage.get_trial(mine).state == TrialState.WAITING:
                 storage.set_trial_user_attr(mine, "fail_reason", f"surplus: a duplicate of trial {kept}, "
                                             f"the retry of trial {trial.number} another worker queued at once")
@@ -188,32 +203,30 @@ class RetryDeadTrial(RetryHeartbeatStaleTrialCallback):
         queue_again(study, trial, lost=True, limit=MAX_RETRY_LIMIT if limit is None else limit)
 
 
+def _patience(storage: BaseStorage) -> Any:
+    """The :class:`~.patient.Patience` of a storage that waits out a server's outage, or None."""
+    return getattr(unwrap_cache(storage), "patience", None)
+
+
+def _guarded(storage: BaseStorage, what: str, attempt: Callable[[], T]) -> T:
+    """``attempt()``, tried again through an outage when the storage is a patient one."""
+    patience = _patience(storage)
+    return attempt() if patience is None else patience.call(what, attempt)
+
+
 def _stale_trial_ids(study: optuna.Study, grace: float) -> list[tuple[int, bool]]:
     """(trial id, had a heartbeat) of the running trials of ``study`` that belong to a dead
     worker: their heartbeat is older than ``grace`` seconds, or they never recorded one and
     started over ``grace`` seconds ago (and this process saw them without one at least an
     interval ago, or for longer than ``grace``, whatever the clocks of the machines say)."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
-    found = [(trial_id, True) for trial_id in storage._get_stale_trial_ids(study._study_id)]
-    patience = getattr(backend, "patience", None)  # a storage that waits out a server's outage...
-    if not hasattr(backend, "scoped_session") or (patience is not None and patience.quiet(grace)):
-        return found  # ...reports no stale trial during one and for a grace period after it
-    import sqlalchemy.orm
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    def silent_trials() -> dict[int, datetime | None]:
-        with _create_scoped_session(backend.scoped_session) as session:
-            running = (session.query(models.TrialModel)
-                       .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
-                       .filter(models.TrialModel.state == TrialState.RUNNING)
-                       .filter(models.TrialModel.study_id == study._study_id).all())
-            return {t.trial_id: t.datetime_start for t in running if not t.heartbeats}
-
-    silent = patience.call("running trials without a heartbeat", silent_trials) if patience else silent_trials()
-    beat = float(storage.get_heartbeat_interval() or 1)
-    where, now, clock = str(backend.engine.url), time.monotonic(), datetime.now()
+    storage, study_id = storage_of(study), study_id_of(study)
+    found = [(trial_id, True) for trial_id in stale_trial_ids(storage, study_id)]
+    rdb, patience = rdb_of(storage), _patience(storage)
+    if rdb is None or (patience is not None and patience.quiet(grace)):
+        return found  # a patient storage reports no stale trial during an outage and a grace period after
+    silent = _guarded(storage, "running trials without a heartbeat", lambda: running_without_heartbeat(rdb, study_id))
+    beat = float(heartbeat_interval(storage) or 1)
+    where, now, clock = str(rdb.engine.url), time.monotonic(), datetime.now()
     with _LOCK:
         for key in [k for k in _FIRST_SEEN if k[0] == where and k[1] not in silent]:
             del _FIRST_SEEN[key]
@@ -234,11 +247,11 @@ def fail_stale_trials(study: optuna.Study, *, limit: int | None = None) -> list[
     retry limit (default ``BKDSEARCH_MAX_RETRY``); a chain that reached it gives up and says
     so in ``fail_reason``.
     """
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+    storage = storage_of(study)
+    beat = heartbeat_interval(storage)
+    if beat is None:
         return []
-    backend = getattr(storage, "_backend", storage)
-    grace = getattr(backend, "grace_period", None) or 2 * storage.get_heartbeat_interval()
+    grace = grace_period(storage) or 2 * beat
     limit = max_retry() if limit is None else limit
     numbers = []
     with _LOCK:
@@ -250,7 +263,7 @@ def fail_stale_trials(study: optuna.Study, *, limit: int | None = None) -> list[
 
 
 def _fail_dead(study: optuna.Study, trial_id: int, grace: float, limit: int, had_beat: bool) -> int | None:
-    storage = study._storage
+    storage = storage_of(study)
     frozen = storage.get_trial(trial_id)
     if frozen.state != TrialState.RUNNING:
         return None  # another worker failed it first
@@ -259,7 +272,7 @@ def _fail_dead(study: optuna.Study, trial_id: int, grace: float, limit: int, had
             else f"no heartbeat since it started over {grace} s ago")
     outcome = ("queued again with the same parameters" if queued
                else f"retried {lost_count(frozen)} times; giving up")
-    with contextlib.suppress(Exception):
+    with carry_on("recording its fail_reason (worker lost)", frozen.number):
         storage.set_trial_user_attr(trial_id, "fail_reason",
                                     f"worker lost: {lost} (killed, or its machine went away); {outcome}")
     try:
@@ -268,47 +281,52 @@ def _fail_dead(study: optuna.Study, trial_id: int, grace: float, limit: int, had
         return None  # another worker failed it first
 
 
-def _fail_if_running(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
-    """Set a running trial FAIL in one conditional UPDATE; False when it was not running any
-    more (another worker failed it first). Optuna's ``set_trial_state_values`` reads, then
-    writes: on SQLite two workers may both see it running and both 'fail' it."""
-    backend = getattr(storage, "_backend", storage)
-    if not hasattr(backend, "scoped_session"):
+def _fail_if_running(storage: BaseStorage, trial_id: int) -> bool:
+    """Set a running trial FAIL in one conditional UPDATE (:func:`~.optuna_seam.fail_if_running`);
+    False when it was not running any more (another worker failed it first)."""
+    rdb = rdb_of(storage)
+    if rdb is None:
         return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    def update() -> bool:
-        with _create_scoped_session(backend.scoped_session) as session:
-            changed = (session.query(models.TrialModel)
-                       .filter(models.TrialModel.trial_id == trial_id,
-                               models.TrialModel.state == TrialState.RUNNING)
-                       .update({models.TrialModel.state: TrialState.FAIL,
-                                models.TrialModel._datetime_complete_utc:
-                                    datetime.now(UTC).replace(tzinfo=None)},
-                               synchronize_session=False))
-        return changed == 1
-
-    patience = getattr(backend, "patience", None)
-    return patience.call("fail a stale trial", update) if patience is not None else update()
+    return _guarded(storage, "fail a stale trial", lambda: fail_if_running(rdb, trial_id))
 
 
 class HeartbeatThread:
-    """Records a heartbeat for a running trial every ``interval`` seconds in a thread."""
+    """Records a heartbeat for a running trial every ``interval`` seconds in a thread. A beat
+    that fails is logged (the first of a run of failures; the next beat that lands says so)
+    and tried again at the next interval: the trial goes on.
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> None:
+    Args:
+        storage, trial_id: where and for which trial. interval: seconds between beats.
+        number: the trial's number, for log lines. log: where they go (default stderr).
+    """
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: float, *, number: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.number, self.log = number, log
+        self._failing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial_id}")
 
+    def _beat(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as exc:  # noqa: BLE001 - logged; the next beat tries again
+            if not self._failing:
+                self._failing = True
+                (self.log or stderr)(failure_line(f"a heartbeat (tried again every {self.interval:g} s)", exc,
+                                                   self.number))
+            return
+        if self._failing:
+            self._failing = False
+            (self.log or stderr)(f"trial {self.number}: heartbeats recorded again")
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            with contextlib.suppress(Exception):
-                self.storage.record_heartbeat(self.trial_id)
+            self._beat()
 
     def __enter__(self) -> HeartbeatThread:
-        with contextlib.suppress(Exception):
-            self.storage.record_heartbeat(self.trial_id)
+        self._beat()
         self._thread.start()
         return self
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -32,7 +33,13 @@ from ..spec import RunConfig, Spec, resolve
 from ..spec.fixed import config_digest, fixed_configuration
 from ..teacher import needs_training, teacher_test_accuracy, teacher_weights
 from ..urls import redact
+from .carry_on import carry_on
+from .optuna_seam import artifact_file, stored_trial
 from .study import TrialSuggest, format_value
+
+TRAIN_GFLOPS_CONSTRAINT = "train_gflops"
+"""The trial's constraint (``Trial.set_constraint``) under ``search.max_train_gflops``: its
+training GFLOPs per step minus that cap."""
 
 
 class Interrupted(Stopped):
@@ -103,8 +110,8 @@ class TrialObjective:
         trial.set_user_attr("student_mflops", report.student / 1e6)
         trial.set_user_attr("train_gflops", train_gflops)
         trial.set_user_attr("params_m", report.student_params / 1e6)
-        if self.spec.search.max_train_gflops is not None:
-            trial.set_user_attr("constraint", [train_gflops - self.spec.search.max_train_gflops])
+        if self.spec.search.max_train_gflops is not None:  # feasible when <= 0; the samplers read it
+            trial.set_constraint(TRAIN_GFLOPS_CONSTRAINT, train_gflops - self.spec.search.max_train_gflops)
         run_dir = self.run_root / f"trial-{trial.number}"
         _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
         saved = self._resume_from_failed(trial, run_dir, cfg)
@@ -219,7 +226,7 @@ class TrialObjective:
                 retry with the previous checkpoint, which therefore stays as it is).
         """
         with self.checkpoint_lock:
-            if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            if stored_trial(self.study, trial).state.is_finished():
                 raise Interrupted()
             return self._replace_artifact(trial, run_dir, epoch, previous)
 
@@ -230,16 +237,16 @@ class TrialObjective:
             with source.open("rb") as f:
                 self.artifacts.write(artifact_id, f)
         except OSError as exc:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ArtifactNotFound, OSError):  # the partial file: never written, or gone
                 self.artifacts.remove(artifact_id)
             size = None
             with contextlib.suppress(OSError):
                 size = source.stat().st_size
-            raise DiskFull.writing(Path(getattr(self.artifacts, "_base_path", ".")) / artifact_id, exc,
+            raise DiskFull.writing(artifact_file(self.artifacts, artifact_id), exc,
                                    size) from None
         trial.set_user_attr("checkpoint", {"artifact_id": artifact_id, "epoch": epoch})
-        if previous:
-            with contextlib.suppress(Exception):
+        if previous:  # a leftover costs disk space only: the trial goes on
+            with carry_on(f"removing the checkpoint {previous} of the previous epoch", trial.number, self.log):
                 self.artifacts.remove(previous)
         return artifact_id
 
@@ -254,7 +261,7 @@ class TrialObjective:
         does not count: see :meth:`RunConfig.digest`) means starting from epoch 0, with
         ``resume_note`` saying why.
         """
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(self.study, trial)
         chain = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
         if not chain:
             return None
@@ -342,7 +349,7 @@ def prune_checkpoints(study: optuna.Study, artifacts: FileSystemArtifactStore, k
     for t in trials:
         name = artifact(t)
         if t.state.is_finished() and name and name not in kept and name not in removed:
-            with contextlib.suppress(Exception):  # ArtifactNotFound: removed before
+            with contextlib.suppress(ArtifactNotFound):  # removed before (by another worker)
                 artifacts.remove(name)
                 removed.append(name)
     return removed

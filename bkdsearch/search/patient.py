@@ -35,8 +35,6 @@ grace period, so give ``BKDSEARCH_GRACE_S`` more than the cuts the study should 
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import math
 import os
 import random
@@ -49,14 +47,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from optuna.exceptions import StorageInternalError
-from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import RunFailure, StorageError
 from ..urls import redact
+from .optuna_seam import WrappedStorage, create_trial_with_token, set_state_with_token, trial_with_token
 
 PATIENCE_S = 300
 """Default seconds a storage call waits for an unreachable server (``BKDSEARCH_STORAGE_PATIENCE_S``)."""
@@ -340,39 +336,11 @@ def _stderr(message: str) -> None:
 
 # ------------------------------------------------------------------ the storage
 
-_RETRIED = (
-    # BaseStorage
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
-    "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
-    "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
-    # BaseHeartbeat
-    "record_heartbeat",
-    # RDBStorage internals that optuna's cache (_CachedStorage) calls on its backend
-    "_set_trial_param", "_get_trials", "_get_best_trial_id",
-    # schema versions
-    "get_current_version", "get_head_version", "get_all_versions",
-)
-"""Methods retried as they are (reads, and writes that are upserts)."""
-
-_OWN = ("create_new_trial", "_create_new_trial", "set_trial_state_values", "_get_stale_trial_ids")
-"""Methods :class:`PatientStorage` implements itself (non-idempotent writes, the stale check)."""
-
-_NO_DATABASE = ("check_trial_is_updatable", "remove_session", "get_heartbeat_interval",
-                "get_heartbeat_stale_trial_callback", "get_failed_trial_callback", "upgrade")
-"""Methods that do not reach the database (or must not be retried: migrations)."""
-
-_CACHE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id")
-"""The RDBStorage internals that optuna's cache (``_CachedStorage``) calls on its backend."""
-
-
-class PatientStorage(RDBStorage):
-    """An :class:`optuna.storages.RDBStorage` whose calls wait for an unreachable server (see
-    the module). It is an ``RDBStorage`` and a ``BaseHeartbeat``: Optuna wraps it in its cache
-    like any RDB storage, and the heartbeat interval, grace period and stale-trial callback
-    work as there.
+class PatientStorage(WrappedStorage):
+    """An RDB storage whose calls wait for an unreachable server (see the module): it wraps an
+    :class:`optuna.storages.RDBStorage` method by method (:class:`~.optuna_seam.WrappedStorage`)
+    and is a ``BaseHeartbeat``, so the heartbeat interval, grace period and stale-trial callback
+    work as there. Put it under Optuna's cache with :func:`~.optuna_seam.with_cache`.
 
     Args:
         url, **kwargs: as for ``RDBStorage`` (opening it is not retried: a server that is not
@@ -386,18 +354,18 @@ class PatientStorage(RDBStorage):
                  log: Callable[[str], None] | None = None, **kwargs: Any) -> None:
         self.patience = Patience(patience_setting() if patience_s is None else patience_s,
                                  where=where or redact(url), log=log, reachable=self._reachable)
-        super().__init__(url, **kwargs)
+        super().__init__(RDBStorage(url, **kwargs))
 
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
         patience = state.pop("patience")
         state["_patience_args"] = (patience.patience_s, patience.where)
         return state
 
-    def __setstate__(self, state: dict[Any, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         patience_s, where = state.pop("_patience_args")
+        self.__dict__.update(state)
         self.patience = Patience(patience_s, where=where, reachable=self._reachable)
-        super().__setstate__(state)
 
     @property
     def outage_ended_at(self) -> float | None:
@@ -409,23 +377,27 @@ class PatientStorage(RDBStorage):
         """True while the server is unreachable (some call is waiting for it)."""
         return self.patience.in_outage
 
+    def guard(self, what: str, attempt: Callable[[], T]) -> T:
+        """Return ``attempt()``, tried again through an outage (:meth:`Patience.call`).
+
+        Raises:
+            StorageUnreachable: the outage outlasted the patience.
+        """
+        return self.patience.call(what, attempt)
+
     def _reachable(self) -> bool:
         try:
-            with self.engine.connect() as conn:
+            with self.backend.engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception:  # noqa: BLE001 - any failure means no
             return False
         return True
 
     # -------------------------------------------------------------- trial creation
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        """Create a trial (see :meth:`_create_new_trial`) and return its id."""
-        return self._create_new_trial(study_id, template_trial)._trial_id
-
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def create_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Create a trial like ``RDBStorage._create_new_trial`` (a fresh RUNNING one, or one
-        from a template); its token, written in the same transaction, lets a retry find the
-        trial that a failed try did create."""
+        from a template) and return it; its token, written in the same transaction, lets a
+        retry find the trial that a failed try did create (no second trial)."""
         token = uuid.uuid4().hex
 
         def template() -> FrozenTrial:
@@ -437,103 +409,40 @@ class PatientStorage(RDBStorage):
             made.system_attrs = {**template_trial.system_attrs, WRITE_TOKEN: token}
             return made
 
-        def attempt() -> FrozenTrial:
-            made = template()
-            with _create_scoped_session(self.scoped_session) as session:
-                # Locks the study: trial numbers are counted in this transaction.
-                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-                trial = self._get_prepared_new_trial(study_id, made, session)
-                frozen = copy.deepcopy(made)
-                frozen.number, frozen.datetime_start = trial.number, trial.datetime_start
-                frozen._trial_id = trial.trial_id
-            return frozen
-
         def landed() -> Any:
-            with _create_scoped_session(self.scoped_session) as session:
-                row = (session.query(models.TrialSystemAttributeModel.trial_id)
-                       .join(models.TrialModel)
-                       .filter(models.TrialModel.study_id == study_id,
-                               models.TrialSystemAttributeModel.key == WRITE_TOKEN,
-                               models.TrialSystemAttributeModel.value_json == json.dumps(token))
-                       .order_by(models.TrialSystemAttributeModel.trial_id)
-                       .first())
-            return _NOT_LANDED if row is None else self.get_trial(row[0])
+            found = trial_with_token(self.backend, study_id, WRITE_TOKEN, token)
+            return _NOT_LANDED if found is None else self.backend.get_trial(found)
 
-        return self.patience.call("create_new_trial", attempt, landed)
+        return self.patience.call(
+            "create_new_trial", lambda: create_trial_with_token(self.backend, study_id, template(), WRITE_TOKEN),
+            landed)
 
     # -------------------------------------------------------------- state changes
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         """Like ``RDBStorage.set_trial_state_values`` (False: a RUNNING request for a trial
         that is not WAITING any more, i.e. another worker took it); its token, written in the
-        same transaction, lets a retry tell a change that did land (True) from one to make."""
+        same transaction, lets a retry tell a change that did land (True) from one to make.
+
+        Raises:
+            UpdateFinishedTrialError: the trial had finished.
+            StorageUnreachable: the outage outlasted the patience.
+        """
         token = uuid.uuid4().hex
 
-        def attempt() -> bool:
-            from sqlalchemy.exc import IntegrityError
-
-            try:
-                with _create_scoped_session(self.scoped_session) as session:
-                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-                    self.check_trial_is_updatable(trial_id, trial.state)
-                    if state == TrialState.RUNNING and trial.state != TrialState.WAITING:
-                        return False
-                    for objective, value in enumerate(values or ()):
-                        self._set_trial_value_without_commit(session, trial, objective, value)
-                    self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id,
-                                                        WRITE_TOKEN, token)
-                    trial.state = state
-                    if state == TrialState.RUNNING:
-                        trial.datetime_start = datetime.now()
-                    if state.is_finished():
-                        trial.datetime_complete = datetime.now()
-            except IntegrityError:
-                return False
-            return True
-
         def landed() -> Any:
-            return True if self.get_trial_system_attrs(trial_id).get(WRITE_TOKEN) == token else _NOT_LANDED
+            return True if self.backend.get_trial_system_attrs(trial_id).get(WRITE_TOKEN) == token else _NOT_LANDED
 
-        return self.patience.call("set_trial_state_values", attempt, landed)
+        return self.patience.call(
+            "set_trial_state_values",
+            lambda: set_state_with_token(self.backend, trial_id, state, values, WRITE_TOKEN, token), landed)
 
     # -------------------------------------------------------------- heartbeats
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         """The running trials whose heartbeat is older than the grace period, except during
         an outage and for one grace period after it (when every heartbeat is old: the live
         workers have not beaten again yet)."""
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 1)
+        grace = self.backend.grace_period or 2 * (self.backend.heartbeat_interval or 1)
         if self.patience.quiet(grace):
             return []
-        stale = self.patience.call("the stale-trial check", lambda: RDBStorage._get_stale_trial_ids(self, study_id))
+        stale = super().stale_trial_ids(study_id)
         return [] if self.patience.quiet(grace) else stale
-
-
-_SHOWN = {"_get_trials": "get_all_trials", "_set_trial_param": "set_trial_param",
-          "_get_best_trial_id": "get_best_trial"}
-"""How log lines name the internals that optuna's cache calls."""
-
-
-def _patient(name: str) -> Callable[..., Any]:
-    method = getattr(RDBStorage, name)
-    shown = _SHOWN.get(name, name)
-
-    @functools.wraps(method)
-    def wrapper(self: PatientStorage, *args: Any, **kwargs: Any) -> Any:
-        return self.patience.call(shown, lambda: method(self, *args, **kwargs))
-
-    wrapper.__patient__ = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-for _name in _RETRIED:
-    setattr(PatientStorage, _name, _patient(_name))
-del _name
-
-
-def unwrapped_methods() -> list[str]:
-    """Storage and heartbeat methods that :class:`PatientStorage` neither retries nor
-    implements nor knows to stay away from the database (for a test: should be empty)."""
-    names = {n for n in dir(BaseStorage) if not n.startswith("_")}
-    names |= {n for n in dir(BaseHeartbeat) if not n.startswith("__") and callable(getattr(BaseHeartbeat, n))}
-    names |= set(_CACHE_CALLS)
-    known = set(_RETRIED) | set(_OWN) | set(_NO_DATABASE)
-    return sorted(n for n in names if n not in known)

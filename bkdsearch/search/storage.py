@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StorageError
 from ..urls import redact, storage_url_problem
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings
+from .optuna_seam import with_cache
 from .patient import PatientStorage, patience_setting
 
 POOL_RECYCLE_S = 1800
@@ -50,7 +52,7 @@ def _creation_race(exc: BaseException) -> bool:
     return any(s in text for s in ("already exists", "duplicate", "unique", "deadlock", "lock wait"))
 
 
-def make_storage(url: str, *, create: bool = True) -> RDBStorage:
+def make_storage(url: str, *, create: bool = True) -> BaseStorage:
     """Return an RDB storage for ``url`` with heartbeats and retry of trials whose worker died.
 
     SQLite gets a busy timeout and WAL journaling so several local workers do not hit
@@ -106,7 +108,7 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             options: dict[str, Any] = dict(
                 engine_kwargs=kwargs, heartbeat_interval=beat, grace_period=grace,
                 heartbeat_stale_trial_callback=RetryDeadTrial(max_retry=MAX_RETRY, inherit_intermediate_values=True))
-            storage = (PatientStorage(url, patience_s=patience, where=shown, **options) if server
+            storage = (with_cache(PatientStorage(url, patience_s=patience, where=shown, **options)) if server
                        else RDBStorage(url, **options))
             break
         except Exception as exc:  # noqa: BLE001 - sqlalchemy raises many types; all mean "this URL does not work"
@@ -116,8 +118,8 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             from ..core.zoo.weights import first_line  # here: reading commands open storages without torch
 
             raise StorageError(f"cannot open storage {shown}: {clean(first_line(exc), secrets)}") from None
-    if backend == "sqlite":
-        with contextlib.suppress(Exception), storage.engine.connect() as conn:
+    if isinstance(storage, RDBStorage):  # SQLite
+        with contextlib.suppress(SQLAlchemyError), storage.engine.connect() as conn:  # WAL is an optimisation
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
 

@@ -37,21 +37,18 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
-    """Return the spec's sampler seeded with ``seed`` (TPE multivariate by default)."""
-    constraints = _constraints if spec.search.max_train_gflops is not None else None
+    """Return the spec's sampler seeded with ``seed`` (TPE multivariate by default). Under
+    ``search.max_train_gflops`` each trial sets its constraint (``Trial.set_constraint``), which
+    the samplers read from the trial."""
     kind = spec.search.sampler
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed)
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constraints_func=constraints, seed=seed,
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed,
                                       n_startup_trials=min(10, max(2, spec.search.n_trials // 3)))
-
-
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraint", [0.0]))
 
 
 COSINE_WARMUP_FRACTION = 0.5

@@ -47,7 +47,6 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from ..core.trainer import Progress, Stopped
@@ -55,8 +54,10 @@ from ..errors import BadInput, Terminated, TrialsKeepFailing, interrupt_exit_cod
 from ..progress import clock, make_progress
 from ..ranks import RankLost
 from ..spec import Spec
+from .carry_on import carry_on
 from .heartbeat import HEARTBEAT_S, HeartbeatThread, duplicate_of, fail_stale_trials, max_retry, queue_again
 from .objective import TrialObjective, _reason, keep_checkpoints, prune_checkpoints
+from .optuna_seam import heartbeat_interval, storage_of, stored_trial, trial_id_of
 from .study import FINISHED, format_value
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -127,9 +128,7 @@ class Worker:
         self._lock = threading.Lock()
         self._consecutive_failures = 0
         self.last_failure = ""
-        storage = study._storage
-        beat = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
-        self._beat = float(beat or HEARTBEAT_S)
+        self._beat = float(heartbeat_interval(storage_of(study)) or HEARTBEAT_S)
         self._poll_s = min(2.0, self._beat)
 
     # ---------------------------------------------------------------- cap
@@ -151,10 +150,10 @@ class Worker:
                       requeue: bool = True) -> None:
         """Fail ``trial`` before it trained; a queued one (enqueued, or a retry) is put back in
         the queue first (keyed to it: a crash in between loses nothing, doubles nothing)."""
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(self.study, trial)
         if requeue and (frozen.system_attrs.get("fixed_params") or frozen.params):
             queue_again(self.study, frozen, retry=False)
-        with contextlib.suppress(Exception):
+        with carry_on("recording its fail_reason", trial.number, self.log):
             trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -183,8 +182,9 @@ class Worker:
                 if finished + c.get(TrialState.RUNNING, 0) < self.n_trials:
                     trial = self.study.ask()
                     self.current = trial
-                    with contextlib.suppress(Exception):  # stale-able from its first moment
-                        self.study._storage.record_heartbeat(trial._trial_id)
+                    # Stale-able from its first moment; the heartbeat thread beats again soon.
+                    with carry_on("its first heartbeat", trial.number, self.log):
+                        storage_of(self.study).record_heartbeat(trial_id_of(trial))
             if trial is None:
                 if not waiting_logged:
                     self.log(f"waiting: {c.get(TrialState.RUNNING, 0)} running trial(s) may still fill the cap "
@@ -194,7 +194,7 @@ class Worker:
                 continue
             waiting_logged = False
             try:
-                kept = duplicate_of(self.study, trial._trial_id)
+                kept = duplicate_of(self.study, trial_id_of(trial))
                 if kept is not None:  # two workers queued the same retry at once: trial `kept` trains it
                     self._drop_surplus(trial, f"surplus: a duplicate of trial {kept}, the same retry", requeue=False)
                     continue
@@ -218,10 +218,11 @@ class Worker:
         :class:`KeyboardInterrupt` after telling)."""
         self.current = trial
         try:
-            with HeartbeatThread(self.study._storage, trial._trial_id, self._beat):
+            with HeartbeatThread(storage_of(self.study), trial_id_of(trial), self._beat, number=trial.number,
+                                 log=self.log):
                 values = self.objective(trial)
         except optuna.TrialPruned as exc:
-            with contextlib.suppress(Exception):
+            with carry_on("recording its pruned_reason", trial.number, self.log):
                 trial.set_user_attr("pruned_reason", str(exc) or "median pruner")
             if self._tell(trial, TrialState.PRUNED):
                 self.report.pruned += 1
@@ -238,18 +239,19 @@ class Worker:
         else:
             if self._tell(trial, TrialState.COMPLETE, values):
                 self.report.complete += 1
-                with contextlib.suppress(Exception):  # a storage hiccup must not end the worker
+                with carry_on("the line on its outcome", trial.number, self.log):  # it is complete all the same
                     self.log(self._outcome(trial, values))
         self.report.trials.append(trial.number)
         self.current = None
-        with contextlib.suppress(Exception):  # a storage hiccup must not end the worker
+        # A storage hiccup here must not end the worker: the next trial prunes and reports again.
+        with carry_on("removing the checkpoints of finished trials", trial.number, self.log):
             prune_checkpoints(self.study, self.objective.artifacts, self.keep_checkpoints)
-        with contextlib.suppress(Exception):
+        with carry_on("the study's progress line", trial.number, self.log):
             self._line()
 
     def _outcome(self, trial: optuna.Trial, values: list[float]) -> str:
         """One line on a complete trial: its objectives, test accuracy and speed."""
-        attrs = self.study._storage.get_trial(trial._trial_id).user_attrs
+        attrs = stored_trial(self.study, trial).user_attrs
         parts = [f"{name} {v:.2f}%" if name.endswith("acc") else f"{name} {format_value(v)}"
                  for name, v in zip(self.spec.search.objectives, values, strict=True)]
         if attrs.get("test_acc") is not None:
@@ -260,7 +262,7 @@ class Worker:
     def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None = None) -> bool:
         """Tell the study; False (and a log line) when another worker had already ended the
         trial (it lost its heartbeat for longer than the grace period)."""
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+        if stored_trial(self.study, trial).state.is_finished():
             self.log(f"trial {trial.number} had already been ended by another worker (its heartbeat "
                      "stopped for longer than the grace period); its retry carries on")
             return False
@@ -268,7 +270,7 @@ class Worker:
         return True
 
     def _fail(self, trial: optuna.Trial, reason: str) -> None:
-        with contextlib.suppress(Exception):
+        with carry_on("recording its fail_reason", trial.number, self.log):
             trial.set_user_attr("fail_reason", reason)
         self._tell(trial, TrialState.FAIL)
         self.report.failed += 1
@@ -278,7 +280,7 @@ class Worker:
     def _retry_lost(self, trial: optuna.Trial, reason: str) -> None:
         """Fail ``trial`` (a rank of it died) after queueing it again to resume from its last
         checkpoint; like a lost worker, it counts toward ``BKDSEARCH_MAX_RETRY``."""
-        frozen = copy.deepcopy(self.study._storage.get_trial(trial._trial_id))
+        frozen = copy.deepcopy(stored_trial(self.study, trial))
         if queue_again(self.study, frozen, lost=True, limit=self.max_retry):
             saved = frozen.user_attrs.get("checkpoint") or {}
             reason += f"; queued again to resume after epoch {saved.get('epoch', 0)}"
@@ -293,16 +295,15 @@ class Worker:
             self._interrupt(trial)
 
     def _interrupt(self, trial: optuna.Trial) -> None:
-        storage = self.study._storage
-        frozen = copy.deepcopy(storage.get_trial(trial._trial_id))
+        frozen = copy.deepcopy(stored_trial(self.study, trial))
         if frozen.state.is_finished():
             return
         # Queued first (keyed to the trial, never twice), then failed: a crash in between
         # leaves a running trial whose retry exists, which the next worker only fails.
-        with contextlib.suppress(Exception):
+        with carry_on("queueing it again", trial.number, self.log):
             queue_again(self.study, frozen)  # an interruption does not count toward the retry limit
         saved = frozen.user_attrs.get("checkpoint") or {}
-        with contextlib.suppress(Exception):
+        with carry_on("recording its fail_reason", trial.number, self.log):
             trial.set_user_attr("fail_reason", f"{INTERRUPTED}; queued again, the next run resumes it "
                                                f"after epoch {saved.get('epoch', 0)}")
         self.current = None
@@ -316,7 +317,7 @@ class Worker:
         as interrupted (and queue it again)."""
         trial = self.current
         if trial is not None:
-            with contextlib.suppress(Exception):
+            with carry_on("ending it as interrupted", trial.number, self.log):
                 self._interrupted(trial)
 
     def _line(self) -> None:
@@ -435,7 +436,7 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, slots: list[l
             # Training threads are still inside torch: interpreter shutdown around them would
             # abort the process, so leave without it (the database is already consistent).
             for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to flush
                     stream.flush()
             os._exit(interrupt_exit_code(first))
         raise first from None

@@ -1,21 +1,21 @@
 """The declarative side: the spec format, :class:`RunConfig`, resolution and loading.
 
 ``schema`` (the spec file's sections and search distributions), ``config`` (the resolved
-:class:`RunConfig`), ``resolve`` (spec + suggestions -> RunConfig, partitions to cut atoms),
+:class:`RunConfig`), ``resolution`` (spec + suggestions -> RunConfig, partitions to cut atoms),
 ``checks`` (semantic checks pydantic cannot see), ``errors`` (pydantic errors -> SpecError
 with YAML lines) and ``loading`` (YAML files, ``--set`` overrides). Import from
 ``bkdsearch.spec``.
 
 Each public name is imported on first use (PEP 562): ``schema``, ``config`` and ``loading``
 need pydantic and PyYAML only, so ``bkdsearch schema`` and reading a spec never import torch;
-``resolve`` (and the checks ``parse_spec`` runs) build models, and import it when first used.
+``resolution`` (and the checks ``parse_spec`` runs) build models, and import it when first used.
+The submodule is not called ``resolve``: importing it would set the package's attribute
+``resolve`` (the function) to the module.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and edito
         RuntimeConfig,
     )
     from .loading import load_spec, parse_overrides, parse_spec
-    from .resolve import Defaults, Suggest, parameter_names, resolve, resolve_partition, searched
+    from .resolution import Defaults, Suggest, parameter_names, resolve, resolve_partition, searched
     from .schema import (
         METHODS,
         Choice,
@@ -52,7 +52,7 @@ _WHERE = {
                      "RunConfig", "RuntimeConfig"), "bkdsearch.spec.config"),
     **dict.fromkeys(("load_spec", "parse_overrides", "parse_spec"), "bkdsearch.spec.loading"),
     **dict.fromkeys(("Defaults", "Suggest", "parameter_names", "resolve", "resolve_partition", "searched"),
-                    "bkdsearch.spec.resolve"),
+                    "bkdsearch.spec.resolution"),
     **dict.fromkeys(("METHODS", "Choice", "Distribution", "ExplicitPartition", "FloatRange", "GeneratedPartition",
                      "IntRange", "SearchSettings", "Spec", "TeacherSpec", "spec_json_schema"),
                     "bkdsearch.spec.schema"),
@@ -109,15 +109,3 @@ def __dir__() -> list[str]:
     """The module's names, the lazy public ones included."""
     return sorted({*globals(), *__all__})
 
-
-class _Package(types.ModuleType):
-    """This package's module type: importing the submodule ``resolve`` must not replace the
-    function ``resolve`` (Python sets a package's attribute to each submodule it imports)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _WHERE and isinstance(value, types.ModuleType):
-            return  # the public name wins; the submodule stays in sys.modules
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -18,7 +18,7 @@ from ..errors import PartitionError
 from .arch_names import ARCH_NAMES
 from .atom_table import arch_facts, atoms, model_input_size, synthetic_defaults
 from .limits import MAX_SYNTHETIC_VALUES, over
-from .resolve import candidate_partition, resolve_partition
+from .resolution import candidate_partition, resolve_partition
 from .schema import Choice, IntRange, Spec
 
 

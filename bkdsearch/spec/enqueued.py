@@ -63,7 +63,7 @@ def enqueue_problems(spec: Spec) -> list[tuple[str, str]]:
     """Return ``(path, message)`` for every enqueued configuration of ``spec`` that names a
     parameter the spec does not search, gives a value outside its range or choices, or
     does not resolve to a run (a partition that cannot be built for it, say)."""
-    from .resolve import parameter_names, resolve, searched
+    from .resolution import parameter_names, resolve, searched
 
     space = searched(spec)
     known = set(parameter_names(spec))

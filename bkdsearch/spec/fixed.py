@@ -90,7 +90,7 @@ def config_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[
 def set_arguments(differences: list[tuple[str, Any, Any]]) -> list[str]:
     """Return ``KEY=VALUE`` for ``run --set`` giving the recorded side of ``differences``,
     where ``--set`` can give it (a plain value of a key it accepts)."""
-    from .resolve import _TRAIN_KEYS, SPEC_KEYS
+    from .resolution import _TRAIN_KEYS, SPEC_KEYS
 
     settable = {*SPEC_KEYS, "seed", "method", *(f"train.{k}" for k in _TRAIN_KEYS)}
     settable |= {f"blockkd.{k}" for k in SearchBlockKD.model_fields}

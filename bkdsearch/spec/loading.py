@@ -275,7 +275,7 @@ def with_overrides(spec: Spec, overrides: dict[str, Any]) -> Spec:
     Raises:
         SpecError: an unknown name, or an invalid value (naming it).
     """
-    from .resolve import override_spec
+    from .resolution import override_spec
 
     fixed = override_spec(spec, overrides)
     problems = check_spec(fixed)
