@@ -138,7 +138,8 @@ def table(storage: str, name: str) -> tuple[list[str], dict[str, Any]]:
     for c in configs:
         val, test = list(c.val.values()), list(c.test.values())
         params = c.runs[0].params
-        lines.append(f"| {c.label}{' **winner**' if gain and c is gain.winner else ''} | {c.n} | {_ms(val)} | "
+        mark = " **winner**" if gain and c.origin == gain.winner.origin else ""
+        lines.append(f"| {c.label}{mark} | {c.n} | {_ms(val)} | "
                      f"{_ms(test)} | {_num(c.train_gflops, '.3f')} | {_num(c.epoch_s, '.1f')} | "
                      + ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items()) + " |")
         rows.append({"origin": c.origin, "baseline": c.baseline, "val": c.val, "test": c.test,
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         (work / "accounting.json").write_text(json.dumps(accounting, indent=2))
     accounting_path = work / "accounting.json"
     accounting = json.loads(accounting_path.read_text()) if accounting_path.is_file() else {}
+    if not (work / "studies" / f"{name}.db").is_file():
+        raise SystemExit(f"no study in {work}: run the preset first")
     lines, data = table(storage, name)
     if accounting:
         spent = (f"{accounting['gpu_hours']:.2f} GPU-hours" if accounting.get("gpu_hours")

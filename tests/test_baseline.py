@@ -129,6 +129,7 @@ def test_without_an_enqueued_configuration_the_baseline_is_every_default(tmp_pat
     assert all(t.params == baseline.params for t in runs)
     gain = gain_of(study)
     assert gain is not None and gain.winner is gain.baseline and gain.baseline.label == "baseline"
+    assert confirmed_winner(study).describe().startswith("confirmed winner: the baseline configuration, val acc 80.60")
     assert gain.val is not None and (gain.val.low, gain.val.high) == (pytest.approx(-1.348414, abs=1e-5),
                                                                       pytest.approx(-0.851586, abs=1e-5))
     text = " ".join(gain.lines())

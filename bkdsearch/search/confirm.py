@@ -252,11 +252,12 @@ class Winner:
     mean: float
     std: float
     n: int
+    baseline: bool = False
 
     def describe(self) -> str:
         """Return one line saying which configuration won and on how many seeds."""
         which = "the baseline configuration" if self.origin == BASELINE_UNSEARCHED else \
-            f"the configuration of trial {self.origin}"
+            f"the configuration of trial {self.origin}" + (" (the baseline)" if self.baseline else "")
         return (f"confirmed winner: {which}, val acc {self.mean:.2f} ± "
                 f"{self.std:.2f}% over {self.n} seeds; its best run is trial {self.run.number}")
 
@@ -270,7 +271,7 @@ def confirmed_winner(study: optuna.Study) -> Winner | None:
     best = configs[0]
     values = list(best.val.values())
     return Winner(best.origin, max(best.runs, key=lambda t: t.values[0]), best.mean,
-                  statistics.stdev(values) if len(values) > 1 else 0.0, best.n)
+                  statistics.stdev(values) if len(values) > 1 else 0.0, best.n, best.baseline)
 
 
 @dataclass(frozen=True)
