@@ -1,12 +1,11 @@
 """Progress displays for runs (what :class:`bkdsearch.core.trainer.Progress` is told): a
 rich bar that moves with every step on a terminal, one log line per epoch otherwise; and the
-log lines themselves, wrapped to the terminal's width between their items (never inside a
+log lines themselves: on a terminal, wrapped to its width between their items (never inside a
 word, a path or a URL) and printed above a moving bar, never onto it."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import threading
 import time
@@ -84,21 +83,17 @@ def wrap_line(text: str, width: int, indent: str = "  ") -> list[str]:
     return [lines[0], *(indent + rest for rest in lines[1:])]
 
 
-def terminal_width(default: int = 80) -> int:
-    """Return the columns of the terminal (``COLUMNS`` when set), else ``default``."""
-    return shutil.get_terminal_size((default, 24)).columns
-
-
 def console_log(console: Any) -> Callable[[str], None]:
-    """Return a log function for ``console`` (a rich Console): each message is wrapped to the
-    console's width with :func:`wrap_line` and printed on lines of its own; while a progress
-    bar is on screen, above the bar (a Ctrl-C notice never lands on the bar's line)."""
+    """Return a log function for ``console`` (a rich Console): on a terminal each message is
+    wrapped to its width with :func:`wrap_line` and printed on lines of its own, above the
+    progress bar while one is on screen (a Ctrl-C notice never lands on the bar's line); in
+    a file or a pipe each message stays one whole line (for grep)."""
 
     def log(message: str) -> None:
         with _LIVE_LOCK:
             live = _LIVE[-1] if _LIVE else None
         target = live.console if live is not None else console
-        text = "\n".join(wrap_line(message, target.width))
+        text = "\n".join(wrap_line(message, target.width)) if target.is_terminal else message
         target.print(text, markup=False, highlight=False, soft_wrap=True)
 
     return log
@@ -186,10 +181,8 @@ class RichProgress:
 def make_progress(label: str, log: Callable[[str], None] = print, *, terminal: bool | None = None,
                   console: Any = None) -> Progress:
     """Return a bar (on ``console``, default rich's) when stdout is a terminal (or
-    ``terminal``), else one log line per epoch, each wrapped to the terminal's width."""
+    ``terminal``), else one line per epoch to ``log`` (:func:`console_log` fits them to a
+    terminal's width)."""
     if terminal is None:
         terminal = sys.stdout.isatty()
-    if terminal:
-        return RichProgress(label, console)
-    width = terminal_width()
-    return LogProgress(label, lambda line: log("\n".join(wrap_line(line, width))))
+    return RichProgress(label, console) if terminal else LogProgress(label, log)

@@ -71,15 +71,21 @@ def test_a_long_log_line_wraps_between_items_never_inside_a_word() -> None:
     assert wrap_line("short", 80) == ["short"]
 
 
-def test_epoch_lines_in_logs_fit_80_columns(monkeypatch) -> None:
-    monkeypatch.setenv("COLUMNS", "80")
-    lines: list[str] = []
-    progress = make_progress("teacher resnet110 (cached under studies/teachers)", lines.append, terminal=False)
-    progress.begin(240, 0, 10)
-    progress.end_epoch({"epoch": 1, **ROW})
-    shown = lines[0].split("\n")
+def test_epoch_lines_fit_an_80_column_terminal_and_stay_whole_in_a_file() -> None:
+    """Several trials at once on a terminal log lines, not bars: wrapped to its width there,
+    one whole line each in a log file (for grep)."""
+    label = "teacher resnet110 (cached under studies/teachers)"
+    terminal = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    log_file = Console(file=io.StringIO(), width=80, force_terminal=False)
+    for console in (terminal, log_file):
+        progress = make_progress(label, console_log(console), terminal=False)
+        progress.begin(240, 0, 10)
+        progress.end_epoch({"epoch": 1, **ROW})
+    shown = terminal.file.getvalue().splitlines()
     assert len(shown) == 2 and all(len(x) <= 80 for x in shown), shown
-    assert "ETA" in lines[0] and "epoch 1/240" in shown[0]
+    assert "epoch 1/240" in shown[0] and shown[1].startswith("  ") and "ETA" in shown[1]
+    whole = log_file.file.getvalue().splitlines()
+    assert len(whole) == 1 and len(whole[0]) > 80 and whole[0] == " ".join(x.strip() for x in shown)
 
 
 def test_a_resumed_run_s_bar_counts_the_whole_run() -> None:

@@ -33,7 +33,7 @@ def _bkd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _logical_lines(stdout: str) -> list[str]:
-    """The log's lines with their wrapped continuations (indented by two) joined back."""
+    """The log's lines with any continuation (indented by two) joined back."""
     lines: list[str] = []
     for line in stdout.splitlines():
         if line.startswith("  ") and lines:
@@ -53,7 +53,6 @@ def test_a_teacher_trained_by_the_command_shows_each_epoch_with_an_eta(tmp_path,
     assert r.returncode == 0, r.stderr
     assert "training the teacher resnet14 with CE for 2 epochs" in r.stdout
     assert _teacher_epochs(r.stdout) == [1, 2], r.stdout
-    assert all(len(line) <= 80 for line in r.stdout.splitlines() if "epoch" in line), r.stdout
     if command == "train":  # then the student's own run, the same way
         assert any(re.match(r"train resnet8 epoch 1/1, loss .*, ETA 0:00$", x) for x in _logical_lines(r.stdout))
     assert "--device is now --devices" not in r.stderr
