@@ -350,3 +350,13 @@ def test_partition_generators_work_on_traced_cuts() -> None:
     with pytest.raises(PartitionError, match="share no stage end at a common feature grid"):
         traced_partition(vit, trace(timm.create_model("resnet10t", num_classes=10), (3, 48, 48), "r"),
                          "stage_aligned")
+
+
+def test_parts_follow_the_model_to_another_device() -> None:
+    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, window_size=2, depths=(2, 1, 1, 1),
+                              num_classes=10).eval()
+    net = trace(model, (3, 32, 32), "swin")  # traced on the CPU: its attention masks are constants there
+    (first, second), head = net.split(["layers.1"])
+    model.to("meta")  # another device, as .to("cuda") would be; parameters and buffers move, constants do not
+    out = head(second(first(torch.empty(2, 3, 32, 32, device="meta"))))
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 10)

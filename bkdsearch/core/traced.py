@@ -99,16 +99,42 @@ class _Graph:
 
 class Segment(nn.Module):
     """Runs the part of a traced model between two cuts: the eval graph's part while the model
-    is in eval mode, the train graph's otherwise. Parameters are the model's own (shared)."""
+    is in eval mode, the train graph's otherwise. Its modules are the model's own. Tensors the
+    graph reads directly follow the model: parameters and buffers are re-read from it when
+    ``model.to(...)`` replaced them, and constants of the trace (a Swin attention mask, a
+    relative position index), which nothing else moves, go to the input's device."""
 
     def __init__(self, root: nn.Module, train_part: fx.GraphModule, eval_part: fx.GraphModule) -> None:
         super().__init__()
         self.train_part, self.eval_part = train_part, eval_part
         self._root = [root]  # a list: the root model is followed, not owned (no second state_dict)
+        self._reads = {id(part): _tensor_reads(part, root) for part in (train_part, eval_part)}
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the part's output for the state ``x`` at its first cut."""
-        return (self.train_part if self._root[0].training else self.eval_part)(x)
+        part = self.train_part if self._root[0].training else self.eval_part
+        for owner, field, source in self._reads[id(part)]:
+            have = getattr(owner, field)
+            if source is not None:
+                if (want := getattr(source, field)) is not have:
+                    setattr(owner, field, want)
+            elif have.device != x.device:
+                setattr(owner, field, have.to(x.device))
+        return part(x)
+
+
+def _tensor_reads(part: fx.GraphModule, root: nn.Module) -> list[tuple[nn.Module, str, nn.Module | None]]:
+    """``(holder in the part, name, the model's module that owns it)`` for every tensor the part
+    reads directly; the owner is None for a constant of the trace (no parameter or buffer)."""
+    reads = []
+    for node in part.graph.nodes:
+        if node.op == "get_attr":
+            owner_path, _, field = str(node.target).rpartition(".")
+            source: nn.Module | None = root.get_submodule(owner_path)
+            if field not in source._parameters and field not in source._buffers:
+                source = None
+            reads.append((part.get_submodule(owner_path), field, source))
+    return reads
 
 
 def _tracer_kwargs() -> dict[str, object]:
