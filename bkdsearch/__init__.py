@@ -17,13 +17,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "create_model": "bkdsearch.core.zoo",
-    "list_models": "bkdsearch.core.zoo",
-    "decompose": "bkdsearch.core.zoo",
-    "load_weights": "bkdsearch.core.zoo",
-    "build_data": "bkdsearch.core.data",
-    "Trainer": "bkdsearch.core.trainer",
-    "RunResult": "bkdsearch.core.trainer",
+    "create_model": "bkdsearch.core.recipe.zoo",
+    "list_models": "bkdsearch.core.recipe.zoo",
+    "decompose": "bkdsearch.core.recipe.zoo",
+    "load_weights": "bkdsearch.core.recipe.zoo",
+    "build_data": "bkdsearch.core.recipe.data",
+    "Trainer": "bkdsearch.core.engine.trainer",
+    "RunResult": "bkdsearch.core.engine.trainer",
     "Spec": "bkdsearch.spec",
     "RunConfig": "bkdsearch.spec",
     "Defaults": "bkdsearch.spec",

@@ -1,7 +1,7 @@
 """``bkdsearch.data``: datasets and loaders (``build_data``, ``load_arrays``...), kept here for
-users; the code lives in :mod:`bkdsearch.core.data`."""
+users; the code lives in :mod:`bkdsearch.core.recipe.data`."""
 
 from __future__ import annotations
 
-from .core.data import *  # noqa: F403
-from .core.data import __all__ as __all__
+from .core.recipe.data import *  # noqa: F403
+from .core.recipe.data import __all__ as __all__

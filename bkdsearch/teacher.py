@@ -42,7 +42,7 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     Raises:
         WeightsError: the named checkpoint does not exist, or no cached teacher and
             ``train_if_missing`` is False.
-        bkdsearch.core.trainer.Stopped: ``should_stop`` returned True (the teacher's last
+        bkdsearch.core.engine.trainer.Stopped: ``should_stop`` returned True (the teacher's last
             finished epoch stays checkpointed in its folder).
     """
     if cfg.teacher is None or cfg.method == "ce":
@@ -61,7 +61,7 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     if not train_if_missing:
         raise WeightsError(f"no teacher checkpoint and no cached teacher at {cached}; "
                            "run `bkdsearch teacher SPEC` first")
-    from .core.trainer import Trainer
+    from .core.engine.trainer import Trainer
     from .progress import make_progress
 
     tcfg = teacher_run_config(cfg)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bkdsearch.core import data
+from bkdsearch.core.recipe import data
 from bkdsearch.data import (
     ArrayDataset,
     DataError,

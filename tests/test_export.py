@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
-from bkdsearch.core.optim import scale_milestones
-from bkdsearch.core.trainer import Trainer
-from bkdsearch.core.zoo import create_model
+from bkdsearch.core.engine.trainer import Trainer
+from bkdsearch.core.recipe.optim import scale_milestones
+from bkdsearch.core.recipe.zoo import create_model
 from bkdsearch.errors import ExportError
 from bkdsearch.export import fixed_config, render_script, roots
 from bkdsearch.export.inliner import check_external, inline, render_module
@@ -57,9 +57,9 @@ def test_every_ready_spec_exports_a_plain_script(spec_path: Path, tmp_path: Path
     assert _imports(text) - set(sys.stdlib_module_names) <= {"torch", "torchvision", "numpy", "PIL"}
     # Only the trial's own model families are inlined.
     arch_files = {f"zoo/{n}.py" for n in ("resnet_cifar", "wrn", "vgg", "mobilenetv2", "shufflenet", "imagenet")}
-    used = {f for f in arch_files if f"core/{f}" in text}
+    used = {f for f in arch_files if f"core/recipe/{f}" in text}
     archs = {cfg.student.arch} | ({cfg.teacher.arch} if cfg.teacher and cfg.method != "ce" else set())
-    from bkdsearch.core.zoo import model_entry
+    from bkdsearch.core.recipe.zoo import model_entry
 
     expected = {f"zoo/{model_entry(a).builder.__module__.rsplit('.', 1)[1]}.py" for a in archs}
     assert used == expected
@@ -87,7 +87,7 @@ def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
 def test_names_defined_in_two_modules_are_renamed_not_clashing(tmp_path: Path) -> None:
     # resnet_cifar and shufflenet both define a private _stage_ends: a script needing both
     # (here: asked for both) gets them under two names.
-    zoo = "bkdsearch.core.zoo"
+    zoo = "bkdsearch.core.recipe.zoo"
     inlined = inline([(f"{zoo}.resnet_cifar", "CifarResNet"), (f"{zoo}.resnet_cifar", "_stage_ends"),
                       (f"{zoo}.shufflenet", "ShuffleNetV2"), (f"{zoo}.shufflenet", "_stage_ends")])
     clashing = {key: name for key, name in inlined.renames.items() if name != key[1]}

@@ -184,7 +184,7 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
-    from ..core.trainer import Trainer, evaluate
+    from ..core.engine.trainer import Trainer, evaluate
     from ..preflight import preflight
     from ..spec import Defaults, resolve
     from ..teacher import teacher_run_config, teacher_weights

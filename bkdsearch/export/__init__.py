@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..core.data import dataset_entry
-from ..core.methods import method_class
-from ..core.zoo import model_entry
+from ..core.recipe.data import dataset_entry
+from ..core.recipe.methods import method_class
+from ..core.recipe.zoo import model_entry
 from ..errors import ExportError
 from ..spec import RunConfig
 from ..urls import redact
@@ -33,20 +33,21 @@ from .script import FLAG_KEYS
 SCRIPT = "bkdsearch.export.script"
 _PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
 
+_R, _E = "bkdsearch.core.recipe", "bkdsearch.core.engine"
 # Script sections, in reading order: (heading, module prefixes).
 _SECTIONS = [
-    ("Errors", ("bkdsearch.core.errors",)),
-    ("Models", ("bkdsearch.core.zoo",)),
-    ("Partition and stepping-stones", ("bkdsearch.core.cuts", "bkdsearch.core.partitions", "bkdsearch.core.stones")),
-    ("Loss and method", ("bkdsearch.core.losses", "bkdsearch.core.methods")),
+    ("Errors", (_R + ".errors",)),
+    ("Models", (_R + ".zoo",)),
+    ("Partition and stepping-stones", (_R + ".cuts", _R + ".partitions", _R + ".stones")),
+    ("Loss and method", (_R + ".losses", _R + ".methods")),
     # The loaders shard batches across processes, so the processes come before the data.
-    ("Processes (one run on several GPUs)", ("bkdsearch.core.distributed",)),
-    ("Data", ("bkdsearch.core.data",)),
-    ("Training and evaluation", ("bkdsearch.core.optim", "bkdsearch.core.cuda_graph", "bkdsearch.core.trainer")),
+    ("Processes (one run on several GPUs)", (_R + ".distributed",)),
+    ("Data", (_R + ".data",)),
+    ("Training and evaluation", (_R + ".optim", _E + ".cuda_graph", _E + ".trainer")),
     ("Main", (SCRIPT,)),
 ]
 # Within the zoo, shared pieces before the families.
-_ZOO_FIRST = ("bkdsearch.core.zoo.atoms", "bkdsearch.core.zoo.registry", "bkdsearch.core.zoo.weights")
+_ZOO_FIRST = (_R + ".zoo.atoms", _R + ".zoo.registry", _R + ".zoo.weights")
 
 
 def _section(module: str) -> int:

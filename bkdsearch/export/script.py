@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bkdsearch.core.distributed import end_group, rank_device, ranks_from_env, start_group
-from bkdsearch.core.optim import scale_milestones
-from bkdsearch.core.trainer import Trainer
+from bkdsearch.core.engine.trainer import Trainer
+from bkdsearch.core.recipe.distributed import end_group, rank_device, ranks_from_env, start_group
+from bkdsearch.core.recipe.optim import scale_milestones
 
 CONFIG: dict[str, Any] = {}
 TEACHER_CHECKPOINT: str | None = None

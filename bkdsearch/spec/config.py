@@ -61,7 +61,7 @@ _Number = Annotated[StrictInt | StrictFloat, WithJsonSchema({"type": "number"})]
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 class SyntheticOptions(TypedDict, total=False):
     """Options of the built-in synthetic dataset: the fields of
-    :class:`bkdsearch.core.data.SyntheticConfig` (which checks their ranges), every one optional."""
+    :class:`bkdsearch.core.recipe.data.SyntheticConfig` (which checks their ranges), every one optional."""
 
     num_classes: Annotated[StrictInt, Field(description="Number of classes, >= 2 (default 10).")]
     image_size: Annotated[StrictInt, Field(description="Height and width in pixels, >= 8 (default 32).")]
@@ -91,7 +91,7 @@ class SyntheticOptions(TypedDict, total=False):
 
 
 SYNTHETIC_OPTIONS: tuple[str, ...] = tuple(SyntheticOptions.__annotations__)
-"""The keys ``data.synthetic`` may have, in :class:`bkdsearch.core.data.SyntheticConfig`'s order."""
+"""The keys ``data.synthetic`` may have, in :class:`bkdsearch.core.recipe.data.SyntheticConfig`'s order."""
 
 
 def _known_synthetic_options(value: Any) -> Any:

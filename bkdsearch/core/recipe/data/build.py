@@ -137,7 +137,7 @@ def build_data(
         ranks: the run's processes: every loader yields this rank's shard of each batch
             (``batch_size`` and ``eval_batch_size`` stay the global batch sizes).
         decode: how ``imagefolder`` decodes: ``pil``, ``device`` or ``auto`` (see
-            :class:`~bkdsearch.core.data.folder.FolderLoader`).
+            :class:`~bkdsearch.core.recipe.data.folder.FolderLoader`).
 
     Returns:
         A :class:`DataBundle`. Fashion-MNIST comes zero-padded to 3x32x32

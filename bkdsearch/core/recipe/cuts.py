@@ -2,7 +2,7 @@
 (``stage_aligned``, ``per_stage``, ``uniform``) over a network's atoms given as ``(name, output
 shape)`` pairs, so that a spec can be checked without building a model or importing torch.
 
-:mod:`bkdsearch.core.partitions` applies these generators to models; the spec checks apply
+:mod:`bkdsearch.core.recipe.partitions` applies these generators to models; the spec checks apply
 them to the zoo's stored atom table (:mod:`bkdsearch.spec.atom_table`). A partition names n-1
 cut atoms on each side; block k runs the atoms after cut k-1 up to and including cut k
 (DESIGN.md, "Atoms and partitions").

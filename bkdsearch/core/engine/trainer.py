@@ -2,7 +2,7 @@
 
 Everything a run needs lives in its own objects and is passed in (device, run folder,
 callbacks): several runs may train at once in one process without sharing state. A run may
-also be one of several processes (:mod:`bkdsearch.core.distributed`): each trains its shard
+also be one of several processes (:mod:`bkdsearch.core.recipe.distributed`): each trains its shard
 of every global batch, and rank 0 alone writes files and reports.
 
 ``cfg`` is a :class:`bkdsearch.spec.RunConfig` or anything with the same attributes (an
@@ -25,14 +25,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..recipe.data import DataBundle, build_data
+from ..recipe.distributed import SINGLE, Ranks, all_sum, any_rank, data_parallel, rank_device, sync_batchnorm
+from ..recipe.errors import CheckpointError, DiskFull, NonFiniteLoss, WeightsError
+from ..recipe.methods import Method, RunConfig, build_method
+from ..recipe.optim import lr_at, make_optimizer
+from ..recipe.zoo.registry import create_model
+from ..recipe.zoo.weights import load_safely, load_weights
 from .cuda_graph import GraphedStep
-from .data import DataBundle, build_data
-from .distributed import SINGLE, Ranks, all_sum, any_rank, data_parallel, rank_device, sync_batchnorm
-from .errors import CheckpointError, DiskFull, NonFiniteLoss, WeightsError
-from .methods import Method, RunConfig, build_method
-from .optim import lr_at, make_optimizer
-from .zoo.registry import create_model
-from .zoo.weights import load_safely, load_weights
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``callback(epoch, metrics)`` after each epoch (1-based); may raise to stop the run."""
@@ -203,7 +203,7 @@ class Trainer:
         should_stop: asked before every training step (and so between epochs); when it
             returns True, :meth:`fit` raises :class:`Stopped`.
         ranks: this process's place among the run's processes (their process group joined
-            already, :func:`~bkdsearch.core.distributed.start_group`); callbacks, progress and
+            already, :func:`~bkdsearch.core.recipe.distributed.start_group`); callbacks, progress and
             files are rank 0's alone, and every rank stops when one is asked to.
     """
 

@@ -3,7 +3,7 @@ partitions (``stage_aligned``, ``per_stage``, ``uniform``) applied to models.
 
 A partition names n-1 cut atoms on each side; block k runs the atoms after cut k-1 up to
 and including cut k (DESIGN.md, "Atoms and partitions"). The generators themselves work on
-plain atom lists in :mod:`bkdsearch.core.cuts` (no torch), which the spec checks share.
+plain atom lists in :mod:`bkdsearch.core.recipe.cuts` (no torch), which the spec checks share.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .optim import CapturableSGD
+from ..recipe.optim import CapturableSGD
 
 # One CUDA graph capture at a time in the process (torch documents that only one may be
 # underway): several runs may train in threads of one process, and torch.cuda.graph() starts

@@ -1,6 +1,6 @@
 """Reading the in-memory datasets: CIFAR-10/100 through torchvision, Fashion-MNIST from idx
 files (Debian's package, torchvision's layout, or a download), the synthetic set; cached
-in-process by :func:`bkdsearch.core.data.arrays.load_arrays`."""
+in-process by :func:`bkdsearch.core.recipe.data.arrays.load_arrays`."""
 
 from __future__ import annotations
 
