@@ -226,8 +226,8 @@ def _weights_problem(role: str, arch: str, path: str, num_classes: int | None, f
     ``arch``, or None when it does."""
     import torch
 
-    from .core.recipe.zoo import create_model
-    from .core.recipe.zoo.weights import check_fits, read_state_dict
+    from .core.engine.models import create_model
+    from .core.engine.weights import check_fits, read_state_dict
     from .errors import WeightsError
 
     file = Path(path)
@@ -279,7 +279,8 @@ def _teacher_run(source: Any) -> Any:
 
 def _data_problems(data: Any, seed: int, search: bool) -> tuple[int | None, list[tuple[str, str]]]:
     """(class count or None, problems) of the data section, opened as the trainer opens it."""
-    from .core.recipe.data import SyntheticConfig, build_data, dataset_info
+    from .core.engine.data import build_data, dataset_info
+    from .core.recipe.data import SyntheticConfig
     from .errors import DataError
 
     problems: list[tuple[str, str]] = []

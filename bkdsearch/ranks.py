@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .core.engine.processes import start_group
 from .core.engine.trainer import EpochCallback, Progress, RunResult, Stopped, Trainer
 from .core.recipe import errors as core_errors
-from .core.recipe.distributed import end_group, rank_device, ranks_from_env, start_group
+from .core.recipe.distributed import end_group, rank_device, ranks_from_env
 from .errors import BadInput, RunFailure
 
 STOPPED_EXIT = 3

@@ -95,7 +95,7 @@ def test_lr_schedules():
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
 def test_capturable_sgd_matches_torch_sgd(nesterov, weight_decay):
-    from bkdsearch.core.recipe.optim import CapturableSGD
+    from bkdsearch.core.engine.cuda_graph import CapturableSGD
 
     torch.manual_seed(0)
     ref = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]

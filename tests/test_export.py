@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
+from bkdsearch.core.engine.models import create_model
 from bkdsearch.core.engine.trainer import Trainer
 from bkdsearch.core.recipe.optim import scale_milestones
-from bkdsearch.core.recipe.zoo import create_model
 from bkdsearch.errors import ExportError
 from bkdsearch.export import fixed_config, render_script, roots
 from bkdsearch.export.inliner import check_external, inline, render_module
@@ -59,7 +59,7 @@ def test_every_ready_spec_exports_a_plain_script(spec_path: Path, tmp_path: Path
     arch_files = {f"zoo/{n}.py" for n in ("resnet_cifar", "wrn", "vgg", "mobilenetv2", "shufflenet", "imagenet")}
     used = {f for f in arch_files if f"core/recipe/{f}" in text}
     archs = {cfg.student.arch} | ({cfg.teacher.arch} if cfg.teacher and cfg.method != "ce" else set())
-    from bkdsearch.core.recipe.zoo import model_entry
+    from bkdsearch.core.engine.models import model_entry
 
     expected = {f"zoo/{model_entry(a).builder.__module__.rsplit('.', 1)[1]}.py" for a in archs}
     assert used == expected
@@ -76,7 +76,9 @@ def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
     cfg = resolve(Spec.model_validate(TINY_SPEC), Defaults())
     text = _write(tmp_path, cfg).read_text()
     defined = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    assert {"BlockKD", "SteppingStones", "Trainer", "CifarResNet", "load_synthetic", "main"} <= defined
+    assert {"BlockKD", "SteppingStones", "fit", "train_one_epoch", "CifarResNet", "load_synthetic", "main"} <= defined
+    # The engine stays behind: no trainer class, no graph capture, no progress hooks.
+    assert not defined & {"Trainer", "GraphedStep", "CapturableSGD", "Progress", "Stopped"}
     # Other methods, data sources and model families are not carried along, nor DKD's warm-up
     # and loss for a KL logit loss.
     assert cfg.loss.logit_loss == "kl"
@@ -123,7 +125,7 @@ def test_a_class_keeps_only_the_methods_something_calls(tmp_path: Path) -> None:
     # forward (by nn.Module.__call__), dunders, and what the loop calls.
     assert {"decompose", "forward", "_make_layer"} <= _methods(defs["CifarResNet"])
     assert {"__init__", "train", "forward"} <= _methods(defs["SteppingStones"])
-    assert {"step"} <= _methods(defs["CapturableSGD"]) and "__post_init__" in _methods(defs["ArrayDataset"])
+    assert "__post_init__" in _methods(defs["ArrayDataset"])
     # BlockKD never asks the teacher alone for logits; KD does.
     assert "_teacher_logits" not in _methods(defs["Method"])
     kd = copy.deepcopy(TINY_SPEC)

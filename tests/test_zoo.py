@@ -326,7 +326,7 @@ def _upstream_vgg_init(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", ["vgg8", "vgg13", "MobileNetV2"])
 def test_vgg_style_init_is_upstreams_loop_bit_for_bit(name: str) -> None:
-    from bkdsearch.core.recipe.zoo.registry import init_vgg_style
+    from bkdsearch.core.recipe.zoo.atoms import init_vgg_style
 
     torch.manual_seed(0)
     model = create_model(name)

@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..core.recipe.data import dataset_entry
-from ..core.recipe.methods import method_class
-from ..core.recipe.zoo import model_entry
+from ..core.engine.models import model_entry
 from ..errors import ExportError
 from ..spec import RunConfig
 from ..urls import redact
@@ -31,7 +29,7 @@ from .layout import import_lines, literal
 from .script import FLAG_KEYS
 
 SCRIPT = "bkdsearch.export.script"
-_PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
+_PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT", "STUDENT_MODEL", "TEACHER_MODEL"}
 
 _R, _E = "bkdsearch.core.recipe", "bkdsearch.core.engine"
 # Script sections, in reading order: (heading, module prefixes).
@@ -43,11 +41,11 @@ _SECTIONS = [
     # The loaders shard batches across processes, so the processes come before the data.
     ("Processes (one run on several GPUs)", (_R + ".distributed",)),
     ("Data", (_R + ".data",)),
-    ("Training and evaluation", (_R + ".optim", _E + ".cuda_graph", _E + ".trainer")),
+    ("Training and evaluation", (_R + ".optim", _R + ".loop")),
     ("Main", (SCRIPT,)),
 ]
 # Within the zoo, shared pieces before the families.
-_ZOO_FIRST = (_R + ".zoo.atoms", _R + ".zoo.registry", _R + ".zoo.weights")
+_ZOO_FIRST = (_R + ".zoo.atoms", _R + ".zoo.weights")
 
 
 def _section(module: str) -> int:
@@ -61,22 +59,27 @@ def _rank(module: str) -> int:
     return 10 * _section(module) + (0 if module in _ZOO_FIRST else 1)
 
 
+def _builder(arch: str) -> tuple[str, str]:
+    """(module, name) of the top-level function building ``arch``."""
+    try:
+        builder = model_entry(arch).builder
+    except KeyError as exc:
+        raise ExportError(str(exc.args[0])) from None
+    return builder.__module__, builder.__name__
+
+
+def _models(cfg: RunConfig) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """The builders of ``cfg``'s student and (when it distils) teacher."""
+    distils = cfg.teacher is not None and cfg.method != "ce"
+    return _builder(cfg.student.arch), _builder(cfg.teacher.arch) if distils else None  # type: ignore[union-attr]
+
+
 def roots(cfg: RunConfig) -> list[tuple[str, str]]:
-    """Return the entry points of ``cfg``'s script: the script's ``main``, each model's
-    builder (from the registry), the method class and the data source."""
-    out = [(SCRIPT, "main"), (SCRIPT, "Config")]
-    archs = [cfg.student.arch] + ([cfg.teacher.arch] if cfg.teacher is not None and cfg.method != "ce" else [])
-    for arch in archs:
-        try:
-            builder = model_entry(arch).builder
-        except KeyError as exc:
-            raise ExportError(str(exc.args[0])) from None
-        out.append((builder.__module__, builder.__qualname__.split(".")[0]))
-    cls = method_class(cfg.method)
-    out.append((cls.__module__, cls.__name__))
-    source = dataset_entry(cfg.data.dataset)
-    out.append((source.__module__, source.__name__))
-    return out
+    """Return the entry points of ``cfg``'s script: the script's ``main`` and ``Config`` and
+    each model's builder (from the registry). The method and the data source are reached
+    through the recipe's ``if`` chains on the configuration, folded to the trial's."""
+    student, teacher = _models(cfg)
+    return [(SCRIPT, "main"), (SCRIPT, "Config"), student, *([teacher] if teacher else [])]
 
 
 def fixed_config(cfg: RunConfig) -> dict[str, Any]:
@@ -127,6 +130,9 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
             the script may not use).
     """
     inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)}, fixed=fixed_config(cfg))
+    student, teacher = _models(cfg)
+    body = re.sub(r"\bSTUDENT_MODEL\b", inlined.renames.get(student, student[1]), _body(inlined))
+    body = re.sub(r"\bTEACHER_MODEL\b", inlined.renames.get(teacher, teacher[1]) if teacher else "None", body)
     head = "\n".join(f"    {k}: {_oneline(v)}" for k, v in header.items())
     config = literal(cfg.model_dump(mode="json"))
     imports = "\n\n".join(import_lines(inlined.external))
@@ -141,7 +147,7 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
         f"# {'=' * 77}\n# Configuration (plain data: the trial's resolved RunConfig)\n# {'=' * 77}\n"
         f"CONFIG = {config}\n\n"
         f"TEACHER_CHECKPOINT = {teacher_checkpoint!r}\n\n\n"
-        + _body(inlined)
+        + body
     )
 
 

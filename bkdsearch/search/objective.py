@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from ..core.engine.trainer import Progress, Stopped, Trainer, evaluate
+from ..core.engine.weights import first_line, load_safely
 from ..core.recipe.errors import DiskFull
-from ..core.recipe.zoo.weights import first_line, load_safely
 from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..ranks import RankFailed, RankLost, train_on_ranks

@@ -15,7 +15,7 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 
-from ..core.recipe.zoo.weights import first_line
+from ..core.engine.weights import first_line
 from ..errors import StorageError
 from ..urls import redact
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings

@@ -13,8 +13,8 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.trial import TrialState
 
+from ..core.engine.weights import first_line
 from ..core.recipe.optim import scale_milestones
-from ..core.recipe.zoo.weights import first_line
 from ..errors import NotFound, SpecError, StorageError
 from ..spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec
 from ..urls import redact

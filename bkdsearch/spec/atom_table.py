@@ -75,7 +75,8 @@ def _atoms(arch: str, input_size: Shape) -> tuple[Atom, ...]:
     stored = stored_table()["models"].get(arch, {}).get("atoms", {}).get(size_key(input_size))
     if stored is not None:
         return tuple((name, tuple(shape)) for name, shape in stored)
-    from ..core.recipe.zoo import atom_shapes, create_model
+    from ..core.engine.models import create_model
+    from ..core.recipe.zoo import atom_shapes
 
     # Shapes and atom names do not depend on the number of classes.
     return tuple(atom_shapes(create_model(arch, num_classes=10).eval(), input_size))
@@ -91,7 +92,7 @@ def arch_facts(arch: str) -> tuple[str, Shape]:
     entry = stored_table()["models"].get(arch)
     if entry is not None:
         return entry["family"], tuple(entry["input_size"])
-    from ..core.recipe.zoo import model_entry
+    from ..core.engine.models import model_entry
 
     found = model_entry(arch)
     return found.family, found.input_size
@@ -128,7 +129,8 @@ def measure(arch: str) -> dict[str, Any]:
     Raises:
         KeyError: ``arch`` is not a registered model.
     """
-    from ..core.recipe.zoo import atom_shapes, create_model, model_entry
+    from ..core.engine.models import create_model, model_entry
+    from ..core.recipe.zoo import atom_shapes
 
     entry = model_entry(arch)
     model = create_model(arch, num_classes=10).eval()
@@ -149,7 +151,7 @@ def measured_synthetic_defaults() -> dict[str, Any]:
 
 def generate() -> dict[str, Any]:
     """Return the whole table measured on the zoo (imports torch; builds every model)."""
-    from ..core.recipe.zoo import list_models
+    from ..core.engine.models import list_models
 
     return {"regenerate": REGENERATE, "synthetic_defaults": measured_synthetic_defaults(),
             "models": {arch: measure(arch) for arch in list_models()}}

@@ -1,14 +1,16 @@
-"""CUDA-graph capture of a whole training step (forward, backward, optimizer)."""
+"""CUDA-graph capture of a whole training step (forward, backward, optimizer), and the
+optimisers such a step can hold (their learning rate a device tensor)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..recipe.optim import CapturableSGD
+from ..recipe import optim
 
 # One CUDA graph capture at a time in the process (torch documents that only one may be
 # underway): several runs may train in threads of one process, and torch.cuda.graph() starts
@@ -71,3 +73,53 @@ class GraphedStep:
         self.static_y.copy_(y)
         self.graph.replay()
         return self.static_loss.clone()
+
+
+def make_optimizer(recipe: optim.Recipe, params: list[nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
+    """Return the recipe's optimiser over ``params`` (:func:`bkdsearch.core.recipe.optim.make_optimizer`)
+    or, when ``capturable``, the same update with its learning rate in a device tensor and no
+    host synchronisation in its step, so a CUDA graph can capture it and replay it with a
+    changing learning rate."""
+    if not capturable:
+        return optim.make_optimizer(recipe, params)
+    device = params[0].device if params else torch.device("cpu")
+    lr = torch.tensor(recipe.lr, device=device)
+    if recipe.optimizer == "sgd":
+        return CapturableSGD(params, lr=lr, momentum=recipe.momentum,
+                             nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, capturable=True)
+
+
+class CapturableSGD(torch.optim.SGD):
+    """torch.optim.SGD's update (dampening 0), written with foreach ops that read the
+    learning rate from a device tensor, so the step can live inside a CUDA graph.
+
+    State (``momentum_buffer``) has the same layout as torch.optim.SGD's, so checkpoints are
+    interchangeable.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
+        """Apply one update to every parameter with a gradient."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            if wd:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if momentum:
+                bufs = []
+                for p in params:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state or state["momentum_buffer"] is None:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    bufs.append(state["momentum_buffer"])
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+            if isinstance(lr, torch.Tensor):
+                torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+            else:
+                torch._foreach_add_(params, grads, alpha=-lr)

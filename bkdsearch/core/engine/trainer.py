@@ -23,16 +23,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
-from ..recipe.data import DataBundle, build_data
-from ..recipe.distributed import SINGLE, Ranks, all_sum, any_rank, data_parallel, rank_device, sync_batchnorm
+from ..recipe.data import DataBundle
+from ..recipe.distributed import SINGLE, Ranks, all_sum, data_parallel, rank_device
 from ..recipe.errors import CheckpointError, DiskFull, NonFiniteLoss, WeightsError
-from ..recipe.methods import Method, RunConfig, build_method
-from ..recipe.optim import lr_at, make_optimizer
-from ..recipe.zoo.registry import create_model
-from ..recipe.zoo.weights import load_safely, load_weights
-from .cuda_graph import GraphedStep
+from ..recipe.loop import CHECKPOINT_KEYS, evaluate, make_method, train_step
+from ..recipe.methods import Method, RunConfig
+from ..recipe.optim import lr_at
+from .cuda_graph import GraphedStep, make_optimizer
+from .data import build_data
+from .models import model_entry
+from .processes import any_rank
+from .weights import check_fits, load_safely, read_state_dict
+
+__all__ = ["EpochCallback", "Progress", "RunResult", "Stopped", "Trainer", "build_method_for", "evaluate",
+           "pick_device", "seeded"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``callback(epoch, metrics)`` after each epoch (1-based); may raise to stop the run."""
@@ -57,9 +62,6 @@ class Progress(Protocol):
 
 # Model initialisation draws from torch's global generator: one run at a time seeds it.
 _INIT_LOCK = threading.Lock()
-
-
-_CHECKPOINT_KEYS = ("epoch", "method", "optimizer", "history", "config_digest")
 
 
 class Stopped(Exception):
@@ -101,49 +103,26 @@ def seeded(seed: int) -> Iterator[None]:
 
 def build_method_for(cfg: RunConfig, num_classes: int, input_size: tuple[int, int, int],
                      teacher_weights: str | None, ranks: Ranks = SINGLE) -> Method:
-    """Return the method module of ``cfg``: student and connectors initialised from
-    ``cfg.seed``, teacher loaded from ``teacher_weights``; with ``runtime.sync_bn`` on several
-    ``ranks``, their BatchNorms normalise over the global batch. Raises WeightsError on a bad
-    file."""
+    """Return the method module of ``cfg`` (:func:`bkdsearch.core.recipe.loop.make_method`
+    with the registry's builders), student and connectors initialised from ``cfg.seed``.
+
+    Raises:
+        ValueError: a distilling method without teacher weights.
+        WeightsError: a weights file that cannot be read or does not fit.
+    """
+    distils = cfg.teacher is not None and cfg.method != "ce"
+    teacher = model_entry(cfg.teacher.arch).builder if distils else None
+    # The engine's wording for a bad weights file (what the unpickler refused, which keys do
+    # not fit) before the recipe loads it; shapes are checked on the meta device, for free.
+    files = [(cfg.student.arch, cfg.student.checkpoint), (cfg.teacher.arch if distils else "", teacher_weights)]
+    for arch, path in files:
+        if arch and path:
+            state = read_state_dict(path)
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                check_fits(model_entry(arch).builder(num_classes), state)
     with seeded(cfg.seed):
-        student, teacher = build_models(cfg, num_classes, teacher_weights)
-        if cfg.runtime.sync_bn and ranks.active:
-            # The student's first, before the stepping-stones take views of its blocks.
-            student = sync_batchnorm(student)
-            return sync_batchnorm(build_method(cfg, student, teacher, input_size))
-        return build_method(cfg, student, teacher, input_size)
-
-
-def build_models(cfg: RunConfig, num_classes: int, teacher_weights: str | None) -> tuple[nn.Module, nn.Module | None]:
-    """Return (student, teacher) for ``cfg`` (initialised from the global generator: call
-    under :func:`seeded`), the teacher loaded from ``teacher_weights`` (weights-only)."""
-    student = create_model(cfg.student.arch, num_classes=num_classes)
-    if cfg.student.checkpoint:
-        load_weights(student, cfg.student.checkpoint)
-    if cfg.teacher is None or cfg.method == "ce":
-        return student, None
-    if teacher_weights is None:
-        raise ValueError("a teacher checkpoint is needed for distillation")
-    # Its (overwritten) initialisation draws come after the student's, before the connectors'.
-    return student, load_weights(create_model(cfg.teacher.arch, num_classes=num_classes), teacher_weights)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, autocast: bool = False) -> float:
-    """Return top-1 accuracy (%) of ``model`` over ``loader`` in eval mode; in a process
-    group, over the shards of all ranks together (every rank returns the same figure)."""
-    was = model.training
-    model.eval()
-    counts = torch.zeros(2, dtype=torch.long)  # correct, seen
-    try:
-        for x, y in loader:
-            with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
-                logits = model(x)
-            counts = counts.to(y.device) + torch.stack([(logits.argmax(1) == y).sum(), y.new_tensor(y.numel())])
-    finally:
-        model.train(was)
-    correct, total = all_sum(counts).tolist()
-    return 100.0 * correct / max(total, 1)
+        return make_method(cfg, model_entry(cfg.student.arch).builder, teacher, num_classes, input_size,
+                           teacher_weights, ranks)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -255,17 +234,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # Autocast's weight-cast cache cannot live across CUDA graph replays.
+        # The recipe's step. Autocast's weight-cast cache cannot live across CUDA graph
+        # replays: the recipe's autocast inherits this one's cache setting.
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.use_graph):
-            out = self.model(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.optimizer.step()
-        # The loss and its terms in one device vector: summed per epoch and read once at its
-        # end, also from inside a captured CUDA graph.
-        self.term_names = list(out.terms)
-        return torch.stack([out.loss.detach().float(), *(t.float() for t in out.terms.values())])
+            losses, self.term_names = train_step(self.model, self.optimizer, x, y, self.autocast)
+        return losses
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -322,7 +296,7 @@ class Trainer:
             state = load_safely(path, map_location=self.device)
         except WeightsError as exc:
             raise CheckpointError(f"cannot resume: {exc}; {fix}") from None
-        if not isinstance(state, Mapping) or any(k not in state for k in _CHECKPOINT_KEYS):
+        if not isinstance(state, Mapping) or any(k not in state for k in CHECKPOINT_KEYS):
             raise CheckpointError(f"cannot resume from {path}: not a bkdsearch run checkpoint; {fix}")
         if state["config_digest"] != self.cfg.digest():
             raise CheckpointError(f"cannot resume from {path}: it belongs to a different run configuration; {fix}")

@@ -2,10 +2,8 @@
 
 A rank learns who it is from torchrun's environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): :func:`ranks_from_env`. bkdsearch's own
-launcher (:func:`bkdsearch.ranks.launch_ranks`) sets the same variables, so a rank cannot tell the two
-apart.
-The process group is NCCL on CUDA and gloo on the CPU, with a timeout on every collective
-(``BKDSEARCH_COLLECTIVE_TIMEOUT_S``): a rank that dies never leaves the others waiting for ever.
+launcher sets the same variables, so a rank cannot tell the two apart. The process group is
+NCCL on CUDA and gloo on the CPU, with a timeout on every collective.
 
 Every global batch is cut into one contiguous shard per rank (:meth:`Ranks.shard`), so the
 ranks together see exactly the batch one process would, and SyncBN (:func:`sync_batchnorm`)
@@ -24,9 +22,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-
-COLLECTIVE_TIMEOUT_S = 300.0
-"""Default of ``BKDSEARCH_COLLECTIVE_TIMEOUT_S``: how long a rank waits in one collective."""
 
 
 @dataclass(frozen=True)
@@ -86,24 +81,6 @@ def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
     return Ranks(rank, world, local)
 
 
-def collective_timeout() -> float:
-    """Return ``BKDSEARCH_COLLECTIVE_TIMEOUT_S`` (seconds, > 0), else :data:`COLLECTIVE_TIMEOUT_S`.
-
-    Raises:
-        ValueError: not a positive number.
-    """
-    raw = os.environ.get("BKDSEARCH_COLLECTIVE_TIMEOUT_S", "").strip()
-    if not raw:
-        return COLLECTIVE_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1e7:
-        raise ValueError(f"BKDSEARCH_COLLECTIVE_TIMEOUT_S={raw!r}: expected a positive number of seconds")
-    return value
-
-
 def rank_device(ranks: Ranks, device: str) -> torch.device:
     """Return the device of this rank: the ``local_rank``-th GPU when ``device`` is ``auto``
     or ``cuda`` with CUDA present (torchrun's convention), else ``device`` itself."""
@@ -114,9 +91,10 @@ def rank_device(ranks: Ranks, device: str) -> torch.device:
     return torch.device(f"cuda:{device}" if device.isdigit() else device)
 
 
-def start_group(ranks: Ranks, device: torch.device, timeout_s: float | None = None) -> None:
-    """Join the run's process group (NCCL on CUDA, gloo on the CPU) at ``MASTER_ADDR:MASTER_PORT``;
-    a no-op for one process or when already joined. Returns when every rank has joined.
+def start_group(ranks: Ranks, device: torch.device, timeout_s: float = 300.0) -> None:
+    """Join the run's process group (NCCL on CUDA, gloo on the CPU) at ``MASTER_ADDR:MASTER_PORT``,
+    each collective waiting at most ``timeout_s`` (a rank that dies never leaves the others
+    waiting for ever); a no-op for one process or when already joined.
 
     Raises:
         RuntimeError (torch's DistStoreError): the other ranks did not join within the timeout.
@@ -127,7 +105,7 @@ def start_group(ranks: Ranks, device: torch.device, timeout_s: float | None = No
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                             rank=ranks.rank, world_size=ranks.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s or collective_timeout()))
+                            timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def end_group() -> None:
@@ -141,15 +119,6 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Return True on every rank when ``flag`` is True on any rank."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 # ---------------------------------------------------------------------------- SyncBN

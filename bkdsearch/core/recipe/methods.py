@@ -6,7 +6,6 @@ the training loop knows nothing of any particular method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -19,31 +18,6 @@ from .stones import SteppingStones
 
 RunConfig = Any
 """A resolved run configuration (:class:`bkdsearch.spec.RunConfig` or the same attributes)."""
-
-_METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator registering a :class:`Method` under ``name`` (``cfg.method``)."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        _METHODS[name] = cls
-        return cls
-
-    return wrap
-
-
-def method_class(name: str) -> type[Method]:
-    """Return the :class:`Method` registered as ``name``.
-
-    Raises:
-        ValueError: unknown name; the message lists the known ones.
-    """
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(_METHODS))}") from None
-
 
 class StepOut(NamedTuple):
     """Result of one training forward: the loss to minimise, the student's logits and the
@@ -99,7 +73,6 @@ class Method(nn.Module):
             return self.teacher(x)
 
 
-@register_method("ce")
 class CE(Method):
     """Plain cross-entropy training of the student (the no-distillation baseline)."""
 
@@ -115,7 +88,6 @@ class CE(Method):
         return StepOut(ce, logits, {"ce": ce.detach()})
 
 
-@register_method("kd")
 class KD(Method):
     """Hinton KD: ``alpha * CE + beta * KD(tau)``."""
 
@@ -163,7 +135,6 @@ class DKDWarmup(nn.Module):
         self.scale.fill_(dkd_warmup_factor(epoch, self.epochs))
 
 
-@register_method("dkd")
 class DKD(Method):
     """Decoupled KD: ``alpha * CE + beta * DKD(tau, dkd_alpha, dkd_beta)``, the DKD term ramped
     in by :class:`DKDWarmup`."""
@@ -196,7 +167,6 @@ class DKD(Method):
         return StepOut(loss, logits, {"ce": ce.detach(), "dkd": dkd.detach()})
 
 
-@register_method("blockkd")
 class BlockKD(Method):
     """Block-wise logit distillation through stepping-stones (DESIGN.md); with the ``dkd``
     logit loss, its logit-loss terms are ramped in over ``cfg.loss.dkd_warmup`` epochs."""
@@ -272,4 +242,13 @@ def build_method(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
         ValueError: unknown method or a distillation method without teacher.
         PartitionError: an impossible partition.
     """
-    return method_class(cfg.method).from_config(cfg, student, teacher, input_size)
+    if cfg.method == "ce":
+        return CE.from_config(cfg, student, teacher, input_size)
+    elif cfg.method == "kd":
+        return KD.from_config(cfg, student, teacher, input_size)
+    elif cfg.method == "dkd":
+        return DKD.from_config(cfg, student, teacher, input_size)
+    elif cfg.method == "blockkd":
+        return BlockKD.from_config(cfg, student, teacher, input_size)
+    else:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of blockkd, ce, dkd, kd")

@@ -1,10 +1,9 @@
-"""Optimiser and learning-rate schedule of one run: SGD (also a CUDA-graph capturable form)
-or AdamW; linear warm-up, then multistep, cosine or constant."""
+"""Optimiser and learning-rate schedule of one run: SGD or AdamW; linear warm-up, then
+multistep, cosine or constant."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,51 +43,9 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps_per_epoch: int) -> float:
     return recipe.lr
 
 
-def make_optimizer(recipe: Recipe, params: list[nn.Parameter], capturable: bool = False) -> torch.optim.Optimizer:
-    """Return SGD (momentum, optional Nesterov) or AdamW over ``params``.
-
-    ``capturable``: the learning rate lives in a device tensor and the step launches no host
-    synchronisation, so a CUDA graph can capture it and replay it with a changing lr.
-    """
-    device = params[0].device if params else torch.device("cpu")
-    lr: float | torch.Tensor = torch.tensor(recipe.lr, device=device) if capturable else recipe.lr
+def make_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Return SGD (momentum, optional Nesterov) or AdamW over ``params``."""
     if recipe.optimizer == "sgd":
-        cls = CapturableSGD if capturable else torch.optim.SGD
-        return cls(params, lr=lr, momentum=recipe.momentum,
-                   nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, capturable=capturable)
-
-
-class CapturableSGD(torch.optim.SGD):
-    """torch.optim.SGD's update (dampening 0), written with foreach ops that read the
-    learning rate from a device tensor, so the step can live inside a CUDA graph.
-
-    State (``momentum_buffer``) has the same layout as torch.optim.SGD's, so checkpoints are
-    interchangeable.
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
-        """Apply one update to every parameter with a gradient."""
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            if momentum:
-                bufs = []
-                for p in params:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state or state["momentum_buffer"] is None:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(state["momentum_buffer"])
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, grads)
-                grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
-            if isinstance(lr, torch.Tensor):
-                torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
-            else:
-                torch._foreach_add_(params, grads, alpha=-lr)
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                               nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)

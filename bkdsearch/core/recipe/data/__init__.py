@@ -15,62 +15,48 @@ Both loaders are reproducible: after ``set_epoch(e)`` the order and the augmenta
 epoch are a pure function of ``(seed, e)``, so a run resumed at epoch ``e`` sees the batches
 an uninterrupted run would have seen. Neither touches torch's global random state.
 
-:func:`build_data` is the one entry point; everything else is exposed for tests, benchmarks
-and the exporter.
+:func:`array_loaders` and ``folder.build_folder_data`` build a run's loaders; the names a
+spec uses, the in-process cache and ``build_data`` (loaders by name) are the engine's
+(:mod:`bkdsearch.core.engine.data`).
 
-Modules: ``arrays`` (:class:`ArrayDataset`, :class:`DataError`, seed derivation),
-``synthetic`` (the built-in synthetic set), ``sources`` (CIFAR, Fashion-MNIST idx files,
-:func:`load_arrays` and its cache), ``splits`` (stratified validation split), ``loader``
-(:class:`DeviceLoader`), ``folder`` (image folders, :class:`FolderLoader`) and ``build``
-(:func:`build_data`, :class:`DataBundle`, :func:`dataset_info`). Import from
-``bkdsearch.data``.
+Modules: ``arrays`` (:class:`ArrayDataset`, seed derivation), ``synthetic`` (the built-in
+synthetic set), ``sources`` (CIFAR, Fashion-MNIST idx files), ``splits`` (stratified
+validation split), ``loader`` (:class:`DeviceLoader`), ``folder`` (image folders,
+:class:`FolderLoader`) and ``build`` (:func:`array_loaders`, :class:`DataBundle`). Import
+from ``bkdsearch.data``.
 """
 
 from __future__ import annotations
 
 from ..errors import DataError
-from .arrays import DATASETS, ArrayDataset, array_source, clear_cache, load_arrays, register_source
-from .build import (
-    DataBundle,
-    DatasetInfo,
-    as_cifar_input,
-    build_data,
-    dataset_entry,
-    dataset_info,
-    input_size_of,
-    register_bundle,
-)
-from .folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, open_image_folder
+from .arrays import ArrayDataset
+from .build import DataBundle, array_loaders, as_cifar_input
+from .folder import IMAGENET_MEAN, IMAGENET_STD, FolderLoader, build_folder_data, open_image_folder
 from .loader import DeviceLoader
-from .sources import DEBIAN_FASHION_MNIST_DIR, read_idx
+from .sources import DEBIAN_FASHION_MNIST_DIR, load_cifar10, load_cifar100, load_fashion_mnist, read_idx
 from .splits import split_train_val, stratified_split_indices
-from .synthetic import SyntheticConfig, make_synthetic
+from .synthetic import SyntheticConfig, load_synthetic, make_synthetic
 
 __all__ = [
-    "DATASETS",
     "DEBIAN_FASHION_MNIST_DIR",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ArrayDataset",
     "DataBundle",
     "DataError",
-    "DatasetInfo",
     "DeviceLoader",
     "FolderLoader",
     "SyntheticConfig",
-    "array_source",
+    "array_loaders",
     "as_cifar_input",
-    "build_data",
-    "clear_cache",
-    "dataset_entry",
-    "dataset_info",
-    "input_size_of",
-    "load_arrays",
+    "build_folder_data",
+    "load_cifar10",
+    "load_cifar100",
+    "load_fashion_mnist",
+    "load_synthetic",
     "make_synthetic",
     "open_image_folder",
     "read_idx",
-    "register_bundle",
-    "register_source",
     "split_train_val",
     "stratified_split_indices",
 ]

@@ -21,7 +21,7 @@ import torch
 from ..distributed import SINGLE, Ranks
 from ..errors import DataError
 from .arrays import _cpu_generator
-from .build import DataBundle, register_bundle
+from .build import DataBundle
 from .loader import _EpochLoader, _resolve_device
 from .splits import stratified_split_indices
 
@@ -321,7 +321,6 @@ class FolderLoader(_EpochLoader):
         return torch.stack([self._dataset.transform(img, seed) for img, seed in zip(images, seeds, strict=True)])
 
 
-@register_bundle("imagefolder")
 def build_folder_data(
     root: str | Path | None,
     *,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .arrays import ArrayDataset, register_source
+from .arrays import ArrayDataset
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the idx files."""
@@ -29,21 +29,18 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-@register_source("cifar10")
 def load_cifar10(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return CIFAR-10's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
     images, labels, classes = _load_cifar("cifar10", root, split, download)
     return ArrayDataset(images, labels, classes, *_STATS["cifar10"], "cifar10")
 
 
-@register_source("cifar100")
 def load_cifar100(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return CIFAR-100's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
     images, labels, classes = _load_cifar("cifar100", root, split, download)
     return ArrayDataset(images, labels, classes, *_STATS["cifar100"], "cifar100")
 
 
-@register_source("fashion_mnist")
 def load_fashion_mnist(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return Fashion-MNIST's ``split`` (1x28x28) from idx files under ``root`` or Debian's package."""
     images, labels = _load_fashion_mnist(root, split, download)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .arrays import ArrayDataset, _check_split, _cpu_generator, register_source
+from .arrays import ArrayDataset, _check_split, _cpu_generator
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,6 @@ def _load_synthetic_cached(cfg: SyntheticConfig, seed: int, split: str) -> Array
     return ArrayDataset(images, labels, cfg.num_classes, mean, std, "synthetic")
 
 
-@register_source("synthetic")
 def load_synthetic(root: Any, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return the synthetic set's ``split`` for ``options`` (a SyntheticConfig, a spec's
     mapping as sorted items, or None for the defaults), generated from ``seed``."""

@@ -9,6 +9,7 @@ in its ``state_dict``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -120,3 +121,24 @@ def atom_shapes(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, 
         return shapes
     finally:
         model.train(was_training)
+
+
+def init_vgg_style(model: nn.Module) -> None:
+    """Initialise ``model`` in place as upstream's VGG and MobileNetV2 do: He (fan_out) normal
+    convs with zero bias, identity BN, N(0, 0.01) linear with zero bias.
+
+    Modules are visited in ``model.modules()`` order, so a seed gives the same weights as
+    upstream's own loop.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.01)
+            m.bias.data.zero_()

@@ -12,8 +12,6 @@ adaptive average pool, flatten, classifier (dropout + linear).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -21,12 +19,8 @@ from torch import nn
 from torchvision.models import MobileNetV2, ResNet
 
 from .atoms import Chain, Decomposition, Fn, register_decomposer
-from .registry import register_model
 
 __all__ = ["torchvision_stage_ends"]
-
-_INPUT = (3, 224, 224)
-
 
 def _decompose_resnet(model: nn.Module) -> Decomposition:
     assert isinstance(model, ResNet)
@@ -74,12 +68,21 @@ def torchvision_stage_ends(model: nn.Module) -> list[str]:
     raise TypeError(f"no stage list for {type(model).__name__}")
 
 
-def _torchvision(name: str) -> Callable[[int], nn.Module]:
-    def build(num_classes: int = 1000) -> nn.Module:
-        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-
-    return build
+def resnet18(num_classes: int = 1000) -> nn.Module:
+    """Return torchvision's ``resnet18`` without weights."""
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
-for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2"):
-    register_model(_name, "imagenet", _INPUT)(_torchvision(_name))
+def resnet34(num_classes: int = 1000) -> nn.Module:
+    """Return torchvision's ``resnet34`` without weights."""
+    return torchvision.models.resnet34(weights=None, num_classes=num_classes)
+
+
+def resnet50(num_classes: int = 1000) -> nn.Module:
+    """Return torchvision's ``resnet50`` without weights."""
+    return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+
+
+def mobilenet_v2(num_classes: int = 1000) -> nn.Module:
+    """Return torchvision's ``mobilenet_v2`` without weights."""
+    return torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .atoms import Chain, Decomposition
-from .registry import init_vgg_style, register_model
+from .atoms import Chain, Decomposition, init_vgg_style
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
 
@@ -127,7 +126,6 @@ class MobileNetV2(nn.Module):
         return ["stem"] + [f"blocks.{i}.{len(self.blocks[i]) - 1}" for i in (1, 2, 4, 6)]
 
 
-@register_model("MobileNetV2", "cifar", (3, 32, 32))
 def mobile_half(num_classes: int = 100) -> MobileNetV2:
     """Upstream's ``mobile_half``: ``MobileNetV2(T=6, width_mult=0.5)``."""
     return MobileNetV2(6, num_classes, width_mult=0.5)

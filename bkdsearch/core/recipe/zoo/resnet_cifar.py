@@ -14,14 +14,11 @@ flatten, classifier.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Chain, Decomposition
-from .registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "CifarResNet", "CifarResNetV2"]
 
@@ -204,30 +201,55 @@ def _stage_ends(model: nn.Module, layers: tuple[str, ...]) -> list[str]:
     return ["stem"] + [f"{layer}.{len(getattr(model, layer)) - 1}" for layer in layers]
 
 
-def _resnet(depth: int, filters: list[int]) -> Callable[[int], CifarResNet]:
-    def build(num_classes: int = 100) -> CifarResNet:
-        return CifarResNet(depth, filters, num_classes)
-
-    return build
-
-
 _PLAIN = [16, 16, 32, 64]
 _X4 = [32, 64, 128, 256]
-for _name, _depth, _filters in [
-    ("resnet8", 8, _PLAIN),
-    ("resnet14", 14, _PLAIN),
-    ("resnet20", 20, _PLAIN),
-    ("resnet32", 32, _PLAIN),
-    ("resnet44", 44, _PLAIN),
-    ("resnet56", 56, _PLAIN),
-    ("resnet110", 110, _PLAIN),
-    ("resnet8x4", 8, _X4),
-    ("resnet32x4", 32, _X4),
-]:
-    register_model(_name, "cifar", (3, 32, 32))(_resnet(_depth, _filters))
 
 
-@register_model("ResNet50", "cifar", (3, 32, 32))
+def resnet8(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 8."""
+    return CifarResNet(8, _PLAIN, num_classes)
+
+
+def resnet14(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 14."""
+    return CifarResNet(14, _PLAIN, num_classes)
+
+
+def resnet20(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 20."""
+    return CifarResNet(20, _PLAIN, num_classes)
+
+
+def resnet32(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 32."""
+    return CifarResNet(32, _PLAIN, num_classes)
+
+
+def resnet44(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 44."""
+    return CifarResNet(44, _PLAIN, num_classes)
+
+
+def resnet56(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 56."""
+    return CifarResNet(56, _PLAIN, num_classes)
+
+
+def resnet110(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 110."""
+    return CifarResNet(110, _PLAIN, num_classes)
+
+
+def resnet8x4(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 8 with 4x wider stages."""
+    return CifarResNet(8, _X4, num_classes)
+
+
+def resnet32x4(num_classes: int = 100) -> CifarResNet:
+    """Return the CIFAR ResNet of depth 32 with 4x wider stages."""
+    return CifarResNet(32, _X4, num_classes)
+
+
 def resnet50_cifar(num_classes: int = 100) -> CifarResNetV2:
     """RepDistiller's CIFAR ``ResNet50`` (bottleneck blocks [3, 4, 6, 3])."""
     return CifarResNetV2([3, 4, 6, 3], num_classes)

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Chain, Decomposition
-from .registry import register_model
 
 __all__ = ["ShuffleNetV1", "ShuffleNetV2"]
 
@@ -220,13 +219,11 @@ def _stage_ends(model: nn.Module) -> list[str]:
     ]
 
 
-@register_model("ShuffleV1", "cifar", (3, 32, 32))
 def shuffle_v1(num_classes: int = 100) -> ShuffleNetV1:
     """ShuffleNet V1 (g=3) of the CIFAR distillation benchmarks."""
     return ShuffleNetV1([240, 480, 960], [4, 8, 4], 3, num_classes)
 
 
-@register_model("ShuffleV2", "cifar", (3, 32, 32))
 def shuffle_v2(num_classes: int = 100) -> ShuffleNetV2:
     """ShuffleNet V2 (net size 1) of the CIFAR distillation benchmarks."""
     return ShuffleNetV2((116, 232, 464, 1024), (3, 7, 3), num_classes)

@@ -14,14 +14,11 @@ pool in front of a block belongs to that block's first atom. Head: pool4, flatte
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atoms import Chain, Decomposition
-from .registry import init_vgg_style, register_model
+from .atoms import Chain, Decomposition, init_vgg_style
 
 __all__ = ["VGG", "VGG_CFGS"]
 
@@ -112,12 +109,11 @@ class VGG(nn.Module):
         return [f"block{b}.{len(getattr(self, f'block{b}')) - 2}" for b in range(5)]
 
 
-def _vgg(cfg: str) -> Callable[[int], VGG]:
-    def build(num_classes: int = 100) -> VGG:
-        return VGG(VGG_CFGS[cfg], num_classes)
-
-    return build
+def vgg8(num_classes: int = 100) -> VGG:
+    """Return the CIFAR VGG-8."""
+    return VGG(VGG_CFGS["S"], num_classes)
 
 
-register_model("vgg8", "cifar", (3, 32, 32))(_vgg("S"))
-register_model("vgg13", "cifar", (3, 32, 32))(_vgg("B"))
+def vgg13(num_classes: int = 100) -> VGG:
+    """Return the CIFAR VGG-13."""
+    return VGG(VGG_CFGS["B"], num_classes)

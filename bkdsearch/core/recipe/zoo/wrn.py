@@ -11,14 +11,12 @@ final bn1 + relu, 8x8 average pool, flatten, fc.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Chain, Decomposition
-from .registry import register_model
 
 __all__ = ["NetworkBlock", "WideBasicBlock", "WideResNet"]
 
@@ -117,12 +115,21 @@ class WideResNet(nn.Module):
         ]
 
 
-def _wrn(depth: int, widen: int) -> Callable[[int], WideResNet]:
-    def build(num_classes: int = 100) -> WideResNet:
-        return WideResNet(depth, widen, num_classes)
-
-    return build
+def wrn_16_1(num_classes: int = 100) -> WideResNet:
+    """Return WRN-16-1."""
+    return WideResNet(16, 1, num_classes)
 
 
-for _depth, _widen in [(16, 1), (16, 2), (40, 1), (40, 2)]:
-    register_model(f"wrn_{_depth}_{_widen}", "cifar", (3, 32, 32))(_wrn(_depth, _widen))
+def wrn_16_2(num_classes: int = 100) -> WideResNet:
+    """Return WRN-16-2."""
+    return WideResNet(16, 2, num_classes)
+
+
+def wrn_40_1(num_classes: int = 100) -> WideResNet:
+    """Return WRN-40-1."""
+    return WideResNet(40, 1, num_classes)
+
+
+def wrn_40_2(num_classes: int = 100) -> WideResNet:
+    """Return WRN-40-2."""
+    return WideResNet(40, 2, num_classes)

@@ -1,12 +1,14 @@
-"""Model registry: ``create_model(name, num_classes=...)`` like timm and torchvision."""
+"""Model registry: ``create_model(name, num_classes=...)`` like timm and torchvision, over the
+recipe's model families (a family defines its builders; the names live here)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+
+from ..recipe.zoo import imagenet, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,8 @@ class ModelEntry:
 
     Attributes:
         name: registry name (``resnet32``, ``wrn_40_2``, ``resnet18``...).
-        builder: ``builder(num_classes) -> nn.Module``.
+        builder: ``builder(num_classes) -> nn.Module``, a top-level function of its family's
+            module (an exported script calls it by name).
         family: ``"cifar"`` (32x32 inputs) or ``"imagenet"`` (224x224 inputs).
         input_size: the (C, H, W) the architecture is defined for.
     """
@@ -32,7 +35,11 @@ _MODELS: dict[str, ModelEntry] = {}
 def register_model(
     name: str, family: str, input_size: tuple[int, int, int]
 ) -> Callable[[Callable[[int], nn.Module]], Callable[[int], nn.Module]]:
-    """Decorator registering ``builder(num_classes)`` under ``name``."""
+    """Return a decorator registering ``builder(num_classes)`` under ``name``.
+
+    Raises:
+        ValueError: (when applied) ``name`` is registered already.
+    """
 
     def wrap(builder: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
         if name in _MODELS:
@@ -69,22 +76,18 @@ def create_model(name: str, num_classes: int = 100) -> nn.Module:
     return model_entry(name).builder(num_classes)
 
 
-def init_vgg_style(model: nn.Module) -> None:
-    """Initialise ``model`` in place as upstream's VGG and MobileNetV2 do: He (fan_out) normal
-    convs with zero bias, identity BN, N(0, 0.01) linear with zero bias.
-
-    Modules are visited in ``model.modules()`` order, so a seed gives the same weights as
-    upstream's own loop.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                m.bias.data.zero_()
-        elif isinstance(m, nn.BatchNorm2d):
-            m.weight.data.fill_(1)
-            m.bias.data.zero_()
-        elif isinstance(m, nn.Linear):
-            m.weight.data.normal_(0, 0.01)
-            m.bias.data.zero_()
+_CIFAR_MODELS = {
+    "resnet8": resnet_cifar.resnet8, "resnet14": resnet_cifar.resnet14, "resnet20": resnet_cifar.resnet20,
+    "resnet32": resnet_cifar.resnet32, "resnet44": resnet_cifar.resnet44, "resnet56": resnet_cifar.resnet56,
+    "resnet110": resnet_cifar.resnet110, "resnet8x4": resnet_cifar.resnet8x4,
+    "resnet32x4": resnet_cifar.resnet32x4, "ResNet50": resnet_cifar.resnet50_cifar,
+    "wrn_16_1": wrn.wrn_16_1, "wrn_16_2": wrn.wrn_16_2, "wrn_40_1": wrn.wrn_40_1, "wrn_40_2": wrn.wrn_40_2,
+    "vgg8": vgg.vgg8, "vgg13": vgg.vgg13, "MobileNetV2": mobilenetv2.mobile_half,
+    "ShuffleV1": shufflenet.shuffle_v1, "ShuffleV2": shufflenet.shuffle_v2,
+}
+_IMAGENET_MODELS = {"resnet18": imagenet.resnet18, "resnet34": imagenet.resnet34, "resnet50": imagenet.resnet50,
+                    "mobilenet_v2": imagenet.mobilenet_v2}
+for _name, _builder in _CIFAR_MODELS.items():
+    register_model(_name, "cifar", (3, 32, 32))(_builder)
+for _name, _builder in _IMAGENET_MODELS.items():
+    register_model(_name, "imagenet", (3, 224, 224))(_builder)
