@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from ..spec import RunConfig
 from ..urls import redact
 from .fold import fixed_values
 from .inliner import Inlined, inline, render_module
-from .layout import import_lines, literal
+from .layout import import_lines, literal, plain_roles
 from .script import FLAG_KEYS
 
 SCRIPT = "bkdsearch.export.script"
@@ -102,16 +101,8 @@ def _body(inlined: Inlined) -> str:
         if index != section:
             section = index
             banner = f"# {'=' * 77}\n# {_SECTIONS[index][0]}\n# {'=' * 77}\n\n"
-        where = "/".join(mod.name.split(".")) + ".py"
-        about = "\n".join(textwrap.wrap(f"--- {where}: {_first_sentence(mod.doc)}", 118, initial_indent="# ",
-                                         subsequent_indent="# "))
-        parts.append(f"{banner}{about}\n" + render_module(inlined, mod))
+        parts.append(banner + render_module(inlined, mod))
     return "\n\n\n".join(parts) + "\n"
-
-
-def _first_sentence(text: str) -> str:
-    """``text`` up to the end of its first sentence (a full stop before a capital or the end)."""
-    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def _placeholder(node: Any) -> bool:
@@ -131,7 +122,7 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
     """
     inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)}, fixed=fixed_config(cfg))
     student, teacher = _models(cfg)
-    body = re.sub(r"\bSTUDENT_MODEL\b", inlined.renames.get(student, student[1]), _body(inlined))
+    body = re.sub(r"\bSTUDENT_MODEL\b", inlined.renames.get(student, student[1]), plain_roles(_body(inlined)))
     body = re.sub(r"\bTEACHER_MODEL\b", inlined.renames.get(teacher, teacher[1]) if teacher else "None", body)
     head = "\n".join(f"    {k}: {_oneline(v)}" for k, v in header.items())
     config = literal(cfg.model_dump(mode="json"))

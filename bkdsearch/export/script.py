@@ -32,7 +32,7 @@ FLAG_KEYS = ("train.epochs", "train.milestones", "data.root", "data.val_fraction
 
 
 class Config(dict):
-    """Attribute access over the embedded configuration (the fields of bkdsearch's RunConfig)."""
+    """Attribute access over the embedded configuration: ``cfg.train.lr`` reads CONFIG["train"]["lr"]."""
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -5,11 +5,12 @@ shape)`` pairs, so that a spec can be checked without building a model or import
 :mod:`bkdsearch.core.recipe.partitions` applies these generators to models; the spec checks apply
 them to the zoo's stored atom table (:mod:`bkdsearch.spec.atom_table`). A partition names n-1
 cut atoms on each side; block k runs the atoms after cut k-1 up to and including cut k
-(DESIGN.md, "Atoms and partitions").
+(docs/design.md, "Atoms and partitions").
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -40,7 +41,7 @@ def cut_bounds(names: Sequence[str], cuts: Sequence[str], side: str = "model") -
         if cut not in names:
             raise PartitionError(f"{side} has no atom {cut!r}; its atoms are {', '.join(names)}")
         bounds.append(names.index(cut) + 1)
-    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
         raise PartitionError(f"{side} cuts must be distinct and in network order: {list(cuts)}")
     if bounds and bounds[-1] >= len(names):
         raise PartitionError(f"{side} cut {cuts[-1]!r} is the last atom: the last block would be empty")
@@ -51,7 +52,7 @@ def resolution_changes_of(atoms: Sequence[Atom]) -> list[tuple[str, int]]:
     """Return ``(atom, spatial size)`` for each atom after which the resolution changes."""
     return [
         (name, shape[-1])
-        for (name, shape), (_, nxt) in zip(atoms, atoms[1:], strict=False)
+        for (name, shape), (_, nxt) in itertools.pairwise(atoms)
         if nxt[-2:] != shape[-2:]
     ]
 
@@ -84,7 +85,7 @@ def per_stage_cuts(teacher: Sequence[Atom], student: Sequence[Atom], k: int) -> 
         names = [name for name, _ in atoms]
         edges = [0, *(names.index(c) + 1 for c in cuts), len(names)]
         result: list[str] = []
-        for a, b in zip(edges, edges[1:], strict=False):
+        for a, b in itertools.pairwise(edges):
             if b - a < k:
                 raise PartitionError(f"a stage of {b - a} atoms cannot be cut into {k} blocks")
             result += _spread(names, a, b, k)

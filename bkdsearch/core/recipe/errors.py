@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 class BkdsearchError(Exception):
-    """Base of every error bkdsearch raises on purpose; the message says what and how to fix."""
+    """Base of every error raised on purpose; the message says what and how to fix."""
 
 
 class BadInput(BkdsearchError):

@@ -1,4 +1,4 @@
-"""Losses as pure functions of tensors: KD, DKD and the Block-KD objective (DESIGN.md)."""
+"""Losses as pure functions of tensors: KD, DKD and the Block-KD objective (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def blockkd_loss(
     logit_loss: LogitLoss,
     logit_scale: Tensor | float = 1.0,
 ) -> BlockKDLoss:
-    """Return the Block-KD objective of DESIGN.md::
+    """Return the Block-KD objective::
 
         L = alpha * [CE(y_S,t) + sum_i w_i CE(y_i,t)]
           + beta  * [LL(y_S,y_T) + sum_i w_i LL(y_i,y_T)]

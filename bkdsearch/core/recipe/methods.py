@@ -26,7 +26,7 @@ class StepOut(NamedTuple):
 
     loss: Tensor
     logits: Tensor
-    terms: dict[str, Tensor] = {}
+    terms: dict[str, Tensor]
 
 
 class Method(nn.Module):
@@ -168,7 +168,7 @@ class DKD(Method):
 
 
 class BlockKD(Method):
-    """Block-wise logit distillation through stepping-stones (DESIGN.md); with the ``dkd``
+    """Block-wise logit distillation through stepping-stones; with the ``dkd``
     logit loss, its logit-loss terms are ramped in over ``cfg.loss.dkd_warmup`` epochs."""
 
     def __init__(self, stones: SteppingStones, cfg: RunConfig) -> None:

@@ -2,12 +2,13 @@
 partitions (``stage_aligned``, ``per_stage``, ``uniform``) applied to models.
 
 A partition names n-1 cut atoms on each side; block k runs the atoms after cut k-1 up to
-and including cut k (DESIGN.md, "Atoms and partitions"). The generators themselves work on
+and including cut k (docs/design.md, "Atoms and partitions"). The generators themselves work on
 plain atom lists in :mod:`bkdsearch.core.recipe.cuts` (no torch), which the spec checks share.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ def split_blocks(dec: Decomposition, cuts: Sequence[str], side: str = "model") -
             last atom (the last block would be empty).
     """
     edges = [0, *cut_bounds(dec.names, cuts, side), len(dec.names)]
-    return [Chain(*(m for _, m in dec.atoms[a:b])) for a, b in zip(edges, edges[1:], strict=False)]
+    return [Chain(*(m for _, m in dec.atoms[a:b])) for a, b in itertools.pairwise(edges)]
 
 
 def cut_shapes(model: nn.Module, cuts: Sequence[str], input_size: Shape) -> list[Shape]:

@@ -1,4 +1,4 @@
-"""Connectors and stepping-stone networks (DESIGN.md, "The method").
+"""Connectors and stepping-stone networks (docs/design.md, "The method").
 
 Stone i joins one network's first i blocks to the other's remaining blocks through
 connector C_i.

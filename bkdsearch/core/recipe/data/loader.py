@@ -135,9 +135,8 @@ class DeviceLoader(_EpochLoader):
             torch.cuda.current_stream(self.device).synchronize()
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+        last = 0 if self.drop_last else self.batch_size - 1  # a partial last batch counts
+        return (self.num_samples + last) // self.batch_size
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs, dev = self.num_samples, self.batch_size, self.device

@@ -92,7 +92,7 @@ def decompose(model: nn.Module) -> Decomposition:
     for cls, fn in _ADAPTERS:
         if isinstance(model, cls):
             return fn(model)
-    raise TypeError(f"cannot split {type(model).__name__} into atoms: not a bkdsearch zoo model")
+    raise TypeError(f"cannot split {type(model).__name__} into atoms: not a model of the zoo")
 
 
 def run_atoms(parts: Sequence[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:

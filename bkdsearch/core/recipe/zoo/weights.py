@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from torch import nn
 from ..errors import WeightsError
 
 # Wrappers used by the CIFAR distillation repos ({"model": ...}), Lightning-style
-# checkpoints ({"state_dict": ...}) and bkdsearch's run checkpoints ({"student": ...}).
+# checkpoints ({"state_dict": ...}) and run checkpoints ({"student": ...}).
 WRAPPER_KEYS = ("model", "state_dict", "student")
 
 
@@ -25,7 +27,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many kinds for a bad file
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # what torch.load raises for a missing, bad or unsafe file
         raise WeightsError(f"cannot read {path}: {exc}") from None
     for key in WRAPPER_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
