@@ -350,3 +350,20 @@ def test_the_script_resumes_from_its_own_last_checkpoint(tmp_path: Path) -> None
     resumed = torch.load(run / "student.pt", weights_only=True)
     straight = torch.load(tmp_path / "straight" / "student.pt", weights_only=True)
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_recipe_keeps_the_rules_the_exporter_relies_on(tmp_path: Path) -> None:
+    from bkdsearch.export.rules import recipe_violations
+
+    assert recipe_violations() == []
+    # Each rule it checks, broken once in a module of the recipe (a copy outside the package).
+    bad = tmp_path / "bad.py"
+    bad.write_text('from ..engine.trainer import Trainer\nimport optuna\n\n\ndef f():\n'
+                   '    """Plain; see docs/design.md."""\n    from .losses import kd_loss\n    return kd_loss\n')
+    found = recipe_violations({"bkdsearch.core.recipe.bad": bad})
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "imports bkdsearch.core.engine.trainer, outside the recipe (rule 1)",
+        "imports optuna, which a script cannot (rule 1)",
+        "f's docstring cites docs/ (rule 5)",
+        "a relative import inside a function (rule 2)",
+    ]

@@ -26,8 +26,8 @@ from typing import Any
 from ..errors import ExportError
 from .fold import Fold, Rewrite, folds
 from .layout import docstring_summary, is_stdlib, refill
+from .rules import ALLOWED_THIRD_PARTY
 
-ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
 PACKAGE = "bkdsearch"
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
