@@ -33,7 +33,7 @@ def science_spec(preset: dict, device: str) -> dict:
     return {
         "name": f"science_fashion_{'full' if preset['train_fraction'] == 1 else 'subset'}",
         "seed": 0,
-        "data": {"dataset": "fashion_mnist", "root": "./data", "val_fraction": 0.1,
+        "data": {"dataset": "fashion_mnist", "val_fraction": 0.1,
                  "batch_size": preset["batch_size"], "train_fraction": preset["train_fraction"]},
         "teacher": {"arch": "resnet20",
                     "recipe": {"epochs": preset["teacher_epochs"], "lr": 0.1, "schedule": "cosine"}},

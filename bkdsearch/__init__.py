@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "create_model": "bkdsearch.core.engine.models",
+    "create_model": "bkdsearch.zoo",
     "list_models": "bkdsearch.core.engine.models",
     "decompose": "bkdsearch.core.recipe.zoo",
     "load_weights": "bkdsearch.core.engine.weights",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .progress import percent
+from .progress import make_progress, percent
 from .spec import Defaults, RunConfig, Spec, resolve
 from .teacher import teacher_weights
 
@@ -62,9 +62,11 @@ def comparison_configs(spec: Spec, methods: Sequence[str], seeds: Sequence[int],
 
 def run_comparison(spec: Spec, methods: Sequence[str], seeds: Sequence[int], *, studies_dir: Path,
                    device: str | None = None, overrides: dict[str, Any] | None = None,
-                   log: Callable[[str], None] = print) -> list[MethodResult]:
+                   log: Callable[[str], None] = print, terminal: bool | None = None) -> list[MethodResult]:
     """Train every (method, seed) of :func:`comparison_configs` and return one
-    :class:`MethodResult` per method, in ``methods`` order.
+    :class:`MethodResult` per method, in ``methods`` order. Each run (and the teacher's
+    training, when it has to be trained) shows its progress (a bar on a ``terminal``, else
+    one line per epoch with an ETA, to ``log``); after each run, the table so far.
 
     Raises:
         SpecError: see :func:`comparison_configs`. WeightsError, DataError: a bad teacher or
@@ -75,10 +77,12 @@ def run_comparison(spec: Spec, methods: Sequence[str], seeds: Sequence[int], *, 
     configs = comparison_configs(spec, methods, seeds, overrides)
     results = {m: MethodResult(m) for m in methods}
     for i, cfg in enumerate(configs, 1):
-        weights = teacher_weights(cfg, studies_dir / "teachers", log=log)
+        weights = teacher_weights(cfg, studies_dir / "teachers", progress=True, log=log)
         run_dir = studies_dir / "runs" / f"{cfg.name}-{cfg.digest()}"
-        log(f"[{i}/{len(configs)}] {cfg.method} seed {cfg.seed}: {run_dir}")
-        result = Trainer(cfg, run_dir, teacher_weights=weights, device=device).fit(resume=True)
+        label = f"[{i}/{len(configs)}] {cfg.method} seed {cfg.seed}"
+        log(f"{label}: {run_dir}")
+        shown = make_progress(label, log, terminal=terminal)
+        result = Trainer(cfg, run_dir, teacher_weights=weights, device=device, progress=shown).fit(resume=True)
         entry = results[cfg.method]
         entry.seeds.append(cfg.seed)
         if result.val_acc is not None:
@@ -86,20 +90,34 @@ def run_comparison(spec: Spec, methods: Sequence[str], seeds: Sequence[int], *, 
         if result.test_acc is not None:
             entry.test_acc.append(result.test_acc)
         entry.images_per_s.append(result.images_per_s)
-        log(f"[{i}/{len(configs)}] {cfg.method} seed {cfg.seed}: val {percent(result.val_acc)}, "
-            f"test {percent(result.test_acc)}")
+        log(f"{label}: val {percent(result.val_acc)}, test {percent(result.test_acc)}")
+        if i < len(configs):
+            done = [r for r in results.values() if r.seeds]
+            log(comparison_markdown(done, f"so far ({i} of {len(configs)} runs)").rstrip("\n"))
     return [results[m] for m in methods]
 
 
+def seeds_text(count: int) -> str:
+    """Return ``count`` seeds in words: ``1 seed``, ``3 seeds``."""
+    return f"{count} seed" + ("" if count == 1 else "s")
+
+
+def comparison_title(name: str, methods: Sequence[str], seeds: int) -> str:
+    """Return the title of a comparison: the spec's name, its methods and ``x 3 seeds``."""
+    return f"{name}: {', '.join(methods)} x {seeds_text(seeds)}"
+
+
 def _cell(result: MethodResult, values: list[float]) -> str:
+    """Mean ± sample std; a single run is its value alone (one seed has no spread to show)."""
     if not values:
         return "-"
     mean, std = result.stats(values)
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {std:.2f}"
 
 
 def comparison_markdown(results: list[MethodResult], title: str) -> str:
-    """Return the results as a markdown table (mean ± std over seeds, n per method)."""
+    """Return the results as a markdown table (mean ± std over seeds, n per method; a method
+    with one seed shows its value without ±)."""
     lines = [f"### {title}", "", "| method | n | val acc (%) | test acc (%) |", "|---|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r.method} | {len(r.seeds)} | {_cell(r, r.val_acc)} | {_cell(r, r.test_acc)} |")

@@ -22,6 +22,7 @@ __all__ = [
     "BadInput",
     "BkdsearchError",
     "CheckpointError",
+    "ConfigMismatch",
     "DataError",
     "ExportError",
     "NonFiniteLoss",
@@ -56,6 +57,10 @@ class StorageError(BadInput):
     """The storage URL is malformed or the database cannot be reached."""
 
 
+class ConfigMismatch(BadInput):
+    """A worker's fixed configuration differs from the one its study was made with."""
+
+
 class NotFound(BadInput, LookupError):
     """No such study or trial in the storage."""
 
@@ -66,3 +71,17 @@ class ExportError(BadInput):
 
 class TrialsKeepFailing(RunFailure):
     """Several trials in a row failed: something is wrong beyond one configuration."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, a preemption, ``kill``): stops like a first Ctrl-C,
+    at a step boundary with the running trials checkpointed and queued again, and the
+    process exits 143 (128 + SIGTERM) where Ctrl-C exits 130. Not a :class:`BkdsearchError`:
+    it travels the KeyboardInterrupt paths."""
+
+    exit_code = 143
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """Return the exit status of a process stopped by ``exc``: 143 for SIGTERM, 130 for Ctrl-C."""
+    return Terminated.exit_code if isinstance(exc, Terminated) else 130

@@ -359,7 +359,9 @@ def preflight(source: Any, *, devices: Mapping[str, str | torch.device | None] |
             except (TypeError, ValueError) as exc:
                 problems.append(("teacher.recipe", f"the teacher cannot be trained with it: {exc}"))
             else:
-                cached = cached_teacher_path(run, teacher_cache) if teacher_cache is not None else None
+                # The cache key reads the data's content: only once the data opened.
+                known = teacher_cache is not None and not data_problems
+                cached = cached_teacher_path(run, teacher_cache) if known else None
                 if cached is not None and cached.is_file():
                     problem = _weights_problem("cached teacher", teacher.arch, str(cached), num_classes,
                                                "delete it to train the teacher again")

@@ -1,9 +1,15 @@
 """Progress displays for runs (what :class:`bkdsearch.core.engine.trainer.Progress` is told): a
-rich bar that moves with every step on a terminal, one log line per epoch otherwise."""
+rich bar that moves with every step on a terminal, one log line per epoch otherwise; and the
+log lines themselves, wrapped to the terminal's width between their items (never inside a
+word, a path or a URL) and printed above a moving bar, never onto it."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
+import textwrap
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -38,6 +44,63 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+_ITEM_END = re.compile(r"(?<=[,;:]) ")
+"""Where a log line may break between items: after ", ", "; " or ": "."""
+
+_LIVE: list[Any] = []
+"""The rich bars on screen now (a log line goes above the last one)."""
+_LIVE_LOCK = threading.Lock()
+
+
+def wrap_line(text: str, width: int, indent: str = "  ") -> list[str]:
+    """Return ``text`` as lines of at most ``width`` columns, broken between its items (after
+    ", ", "; " or ": "), continuation lines indented by ``indent``. An item longer than a line
+    is broken between its words; a single word (a path, a URL, ``key=value``) is never broken,
+    so it may overrun a narrow width. Lines ``text`` already breaks stay broken there."""
+    if "\n" in text:
+        return [line for part in text.split("\n") for line in wrap_line(part, width, indent)]
+    width = max(width, 20)
+    lines: list[str] = []
+    line = ""
+    for item in _ITEM_END.split(text):
+        room = width - (len(indent) if lines else 0)
+        joined = f"{line} {item}" if line else item
+        if len(joined) <= room:
+            line = joined
+            continue
+        if line:
+            lines.append(line)
+            room = width - len(indent)
+        line = item
+        if len(item) > room:  # one long item: between its words
+            parts = textwrap.wrap(item, width=room, break_long_words=False, break_on_hyphens=False) or [item]
+            lines += parts[:-1]
+            line = parts[-1]
+    if line or not lines:
+        lines.append(line)
+    return [lines[0], *(indent + rest for rest in lines[1:])]
+
+
+def terminal_width(default: int = 80) -> int:
+    """Return the columns of the terminal (``COLUMNS`` when set), else ``default``."""
+    return shutil.get_terminal_size((default, 24)).columns
+
+
+def console_log(console: Any) -> Callable[[str], None]:
+    """Return a log function for ``console`` (a rich Console): each message is wrapped to the
+    console's width with :func:`wrap_line` and printed on lines of its own; while a progress
+    bar is on screen, above the bar (a Ctrl-C notice never lands on the bar's line)."""
+
+    def log(message: str) -> None:
+        with _LIVE_LOCK:
+            live = _LIVE[-1] if _LIVE else None
+        target = live.console if live is not None else console
+        text = "\n".join(wrap_line(message, target.width))
+        target.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    return log
+
+
 class LogProgress:
     """One log line per epoch (for output that is not a terminal: log files, CI)."""
 
@@ -65,7 +128,9 @@ class LogProgress:
 
 
 class RichProgress:
-    """A rich progress bar over the run's steps, with the last epoch's metrics beside it."""
+    """A rich progress bar over the whole run's steps (a resumed run starts where it left
+    off: 25 of 50 after half the epochs), with the ETA and the last epoch's metrics beside it,
+    fitting the console's width."""
 
     def __init__(self, label: str, console: Any = None) -> None:
         self.label, self.console = label, console
@@ -74,16 +139,23 @@ class RichProgress:
         self._epochs = 0
 
     def begin(self, epochs: int, start_epoch: int, steps_per_epoch: int) -> None:
-        """Open the bar over the remaining epochs' steps."""
+        """Open the bar over all the run's steps, the epochs already trained counted done."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
         self._epochs = epochs
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
-                             transient=False)
+        # The metrics column gives way first (cut with an ellipsis), never the label or the ETA.
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                             TextColumn("ETA"), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True,
+                                                                                    overflow="ellipsis")),
+                             console=self.console, transient=False)
         self._bar.start()
-        self._task = self._bar.add_task(f"{self.label} epoch {start_epoch + 1}/{epochs}",
-                                        total=(epochs - start_epoch) * steps_per_epoch, info="")
+        with _LIVE_LOCK:
+            _LIVE.append(self._bar)
+        self._task = self._bar.add_task(f"{self.label} epoch {min(start_epoch + 1, epochs)}/{epochs}",
+                                        total=epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
+                                        info="")
 
     def step(self) -> None:
         """Advance the bar by one step."""
@@ -102,11 +174,19 @@ class RichProgress:
         """Close the bar."""
         if self._bar is not None:
             self._bar.stop()
+            with _LIVE_LOCK:
+                if self._bar in _LIVE:
+                    _LIVE.remove(self._bar)
             self._bar = None
 
 
-def make_progress(label: str, log: Callable[[str], None] = print, *, terminal: bool | None = None) -> Progress:
-    """Return a bar when stdout is a terminal (or ``terminal``), else one log line per epoch."""
+def make_progress(label: str, log: Callable[[str], None] = print, *, terminal: bool | None = None,
+                  console: Any = None) -> Progress:
+    """Return a bar (on ``console``, default rich's) when stdout is a terminal (or
+    ``terminal``), else one log line per epoch, each wrapped to the terminal's width."""
     if terminal is None:
         terminal = sys.stdout.isatty()
-    return RichProgress(label) if terminal else LogProgress(label, log)
+    if terminal:
+        return RichProgress(label, console)
+    width = terminal_width()
+    return LogProgress(label, lambda line: log("\n".join(wrap_line(line, width))))

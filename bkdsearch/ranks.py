@@ -49,10 +49,11 @@ class RankLost(RunFailure):
 
 
 def train_run(cfg: Any, run_dir: Path, *, teacher_weights: str | None, processes: int = 1,
-              device: str | None = None, resume: bool = True) -> RunResult | None:
+              device: str | None = None, resume: bool = True, progress: Progress | None = None) -> RunResult | None:
     """Train ``cfg`` the way ``bkdsearch train`` does: in this process; as this process's
     rank when torchrun started it (its variables are set); or as ``processes`` ranks launched
-    from here (GPUs 0..processes-1 on CUDA, CPU processes with ``device`` cpu).
+    from here (GPUs 0..processes-1 on CUDA, CPU processes with ``device`` cpu). ``progress``
+    is told of rank 0's steps and epochs.
 
     Returns:
         The result on the process that reports it (rank 0, or the launcher); None on the
@@ -82,13 +83,14 @@ def train_run(cfg: Any, run_dir: Path, *, teacher_weights: str | None, processes
         if on_cuda and torch.cuda.device_count() < processes:
             raise BadInput(f"--gpus {processes}: only {torch.cuda.device_count()} GPU(s) visible; "
                            "use --device cpu for CPU processes")
-        return train_on_ranks(cfg, run_dir, world_size=processes, teacher_weights=teacher_weights, resume=resume)
+        return train_on_ranks(cfg, run_dir, world_size=processes, teacher_weights=teacher_weights, resume=resume,
+                              progress=progress)
     where = rank_device(ranks, cfg.runtime.device) if ranks.active else None
     if where is not None:
         start_group(ranks, where)
     try:
         result = Trainer(cfg, run_dir, teacher_weights=teacher_weights, device=where or device,
-                         ranks=ranks).fit(resume=resume)
+                         ranks=ranks, progress=progress).fit(resume=resume)
     finally:
         end_group()
     return result if ranks.is_main else None

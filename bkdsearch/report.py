@@ -9,6 +9,7 @@ import statistics
 import textwrap
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import NotFound
+from .gain import CONFIDENCE, mean_interval
 from .progress import percent
 from .search import format_value, load_study, make_storage, trial_config
+from .search.confirm import confirmed_configurations, gain_of
 from .urls import redact
 
 RECENT_FAILURES = 5
@@ -41,28 +44,6 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def configurations(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
-    """Return one entry per configuration of complete trials: a searched trial, or the trials
-    that confirm it (user attr ``confirm_of``: fresh seeds at full fidelity) in its place, as
-    mean/std/n of validation and test accuracy, best mean validation accuracy first."""
-    groups: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if t.state == TrialState.COMPLETE and t.values:
-            groups.setdefault(int(t.user_attrs.get("confirm_of", t.number)), []).append(t)
-    out = []
-    for origin, members in groups.items():
-        # Confirmation runs (fresh seeds, full fidelity) replace the search's single run.
-        members = [t for t in members if t.user_attrs.get("confirm_of") is not None] or members
-        val = [t.values[0] for t in members]
-        test = [t.user_attrs["test_acc"] for t in members if t.user_attrs.get("test_acc") is not None]
-        first = min(members, key=lambda t: t.number)
-        entry = {"trial": origin, "n": len(members), "val": _mean_std(val), "params": first.params,
-                 "test": _mean_std(test) if test else None,
-                 "confirmed": first.user_attrs.get("confirm_of") is not None}
-        out.append(entry)
-    return sorted(out, key=lambda e: e["val"][0], reverse=True)
 
 
 def _flat(t: FrozenTrial) -> dict[str, Any]:
@@ -103,14 +84,61 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
             "objectives": study.metric_names or ["val_acc"],
             "counts": {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState},
             "best": [{**_flat(t), "pareto": t.number in pareto} for t in best],
-            "configurations": [c for c in configurations(trials) if c["confirmed"]],
+            "configurations": confirmed_rows(study),
+            "gain": gain_row(study),
             "teacher_acc": study.user_attrs.get("teacher_test_acc"),
+            "mixed": mixed_configurations(study, trials),
             "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
             "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
                        for t in trials if t.state == TrialState.FAIL
                        and not t.user_attrs.get("fail_reason", "").startswith("surplus")][-RECENT_FAILURES:],
         })
     return rows
+
+
+def mixed_configurations(study: optuna.Study, trials: list[FrozenTrial]) -> list[str]:
+    """Return the digests of the fixed configurations a mixed study holds (workers that joined
+    with ``--allow-different-spec``, trials that record another ``config_digest``); an empty
+    list when the study has one configuration."""
+    digests = set(study.user_attrs.get("mixed_configs", []))
+    digests |= {t.user_attrs["config_digest"] for t in trials if t.user_attrs.get("config_digest")}
+    if digests:
+        digests.add(study.user_attrs.get("fixed_config_digest") or next(iter(digests)))
+    return sorted(digests) if len(digests) > 1 else []
+
+
+MIXED_NOTE = ("MIXED: its trials were trained with {n} different fixed configurations (digests {digests}; "
+              "workers joined with --allow-different-spec): compare trials only within one (user attr "
+              "config_digest)")
+"""What ``status`` and ``report`` say about a mixed study."""
+
+
+def confirmed_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Return one row per confirmed configuration, highest mean validation accuracy first:
+    its search trial (``trial``; -1 for a baseline no search trial ran), ``label``,
+    ``baseline``, ``n``, val and test (mean, std) in %, ``train_gflops`` per image,
+    ``epoch_s`` (wall seconds per epoch) and its parameters."""
+    rows = []
+    for c in confirmed_configurations(study):
+        val, test = list(c.val.values()), list(c.test.values())
+        rows.append({"trial": c.origin, "label": c.label, "baseline": c.baseline, "n": c.n, "val": _mean_std(val),
+                     "test": _mean_std(test) if test else None, "train_gflops": c.train_gflops,
+                     "epoch_s": c.epoch_s, "params": c.runs[0].params, "confirmed": True})
+    return rows
+
+
+def gain_row(study: optuna.Study) -> dict[str, Any] | None:
+    """Return the confirmed winner against the baseline (:func:`bkdsearch.search.confirm.gain_of`)
+    as JSON: ``baseline`` and ``challenger`` (search trials), ``winner``, the baseline's
+    ``name``, the ``val``/``test`` intervals (mean, low, high, df, method, n; points) and the
+    ``lines`` a person reads; None without a confirmed baseline."""
+    gain = gain_of(study)
+    if gain is None:
+        return None
+    return {"baseline": gain.baseline.origin, "name": gain.name, "winner": gain.winner.origin,
+            "challenger": None if gain.challenger is None else gain.challenger.origin,
+            "val": None if gain.val is None else asdict(gain.val),
+            "test": None if gain.test is None else asdict(gain.test), "lines": gain.lines()}
 
 
 def _running(trial: FrozenTrial) -> dict[str, Any]:
@@ -138,6 +166,9 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
         c = row["counts"]
         console.print(f"[bold]{escape(row['study'])}[/]: {c['complete']} complete, {c['pruned']} pruned, "
                       f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
+        if row.get("mixed"):
+            console.print("[bold yellow]" + escape(MIXED_NOTE.format(n=len(row["mixed"]),
+                                                                     digests=", ".join(row["mixed"]))) + "[/]")
         if row.get("teacher_acc") is not None:
             console.print(f"teacher test accuracy {percent(row['teacher_acc'])}")
         if not row["best"]:
@@ -170,13 +201,14 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
                                                    break_on_hyphens=False)), soft_wrap=True)
         if row.get("configurations"):
             table = Table(title="confirmed (mean ± std over seeds)", title_justify="left")
-            for name in ("trial", "n", "val (%)", "test (%)"):
-                table.add_column(name, justify="right")
+            for name in ("configuration", "n", "val (%)", "test (%)", "GFLOPs/img", "s/epoch"):
+                table.add_column(name, justify="left" if name == "configuration" else "right")
             for conf in row["configurations"]:
-                test = conf["test"]
-                table.add_row(str(conf["trial"]), str(conf["n"]), f"{conf['val'][0]:.2f} ± {conf['val'][1]:.2f}",
-                              "-" if test is None else f"{test[0]:.2f} ± {test[1]:.2f}")
+                table.add_row(*_confirmed_cells(conf))
             console.print(table)
+        for line in (row.get("gain") or {}).get("lines", []):
+            console.print(escape(textwrap.fill(line, width=max(console.width, 40), subsequent_indent="  ",
+                                               break_long_words=False, break_on_hyphens=False)), soft_wrap=True)
         if row["running"]:
             running = Table(title="running", title_justify="left")
             for name in ("trial", "epoch", "started", "worker"):
@@ -188,6 +220,16 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
             console.print(running)
         for f in row["failed"]:
             console.print(f"failed trial {f['number']}: {escape(f['reason'])}")
+
+
+def _confirmed_cells(conf: dict[str, Any]) -> list[str]:
+    """A :func:`confirmed_rows` row as text: label, n, val and test mean ± std, GFLOPs per
+    image (training step) and seconds per epoch."""
+    test = conf["test"]
+    return [conf["label"], str(conf["n"]), f"{conf['val'][0]:.2f} ± {conf['val'][1]:.2f}",
+            "-" if test is None else f"{test[0]:.2f} ± {test[1]:.2f}",
+            "-" if conf["train_gflops"] is None else f"{conf['train_gflops']:.3g}",
+            "-" if conf["epoch_s"] is None else f"{conf['epoch_s']:.1f}"]
 
 
 # --------------------------------------------------------------------------- report
@@ -221,6 +263,7 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
         ("curves.png", "validation accuracy per epoch", lambda ax: _curves(ax, trials)),
         ("loss_terms.png", "loss terms of the best trial", lambda ax: _loss_terms(ax, complete)),
         ("acc_vs_flops.png", f"{names[0]} against student MFLOPs", lambda ax: _acc_flops(ax, complete)),
+        ("confirmed.png", "confirmed configurations over seeds", lambda ax: _confirmed_seeds(ax, study)),
     ]
     if complete:
         for filename, title, draw in plots:
@@ -372,10 +415,12 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
     lines = [f"# Study `{study.study_name}`", "",
              f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed trials.",
              "Selection used validation accuracy only; test accuracy is reported, never selected on."]
+    mixed = mixed_configurations(study, trials)
+    if mixed:
+        lines += ["", "**" + MIXED_NOTE.format(n=len(mixed), digests=", ".join(mixed)) + ".**"]
     teacher = study.user_attrs.get("teacher_test_acc")
     if teacher is not None:
         lines.append(f"Teacher test accuracy: {percent(teacher)}.")
-    confs = configurations(trials)
     lines += ["", "## Best trials", "",
               "| trial | " + " | ".join(names) + " | test acc | student MFLOPs | time (min) | params |",
               "|---" * (len(names) + 5) + "|"]
@@ -386,20 +431,14 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
                      + ("-" if f["student_mflops"] is None else f"{f['student_mflops']:.1f}") + " | "
                      + ("-" if f["wall_time_s"] is None else f"{f['wall_time_s'] / 60:.1f}") + " | "
                      + (_params_text(f["params"]) or "-") + " |")
-    confirmed = [c for c in confs if c["confirmed"]]
-    if confirmed:
-        lines += ["", "## Confirmed configurations (mean ± std over seeds)", "",
-                  "| trial | n | val acc | test acc |", "|---|---|---|---|"]
-        for c in confirmed:
-            test = "-" if c["test"] is None else f"{c['test'][0]:.2f} ± {c['test'][1]:.2f}%"
-            lines.append(f"| {c['trial']} | {c['n']} | {c['val'][0]:.2f} ± {c['val'][1]:.2f}% | {test} |")
-        lines.append(f"\nConfirmed winner (highest mean validation accuracy): trial {confirmed[0]['trial']}.")
+    lines += _confirmed_section(study)
     if len(study.directions) > 1:
         lines += ["", "## Pareto front", ""]
         lines += [f"- trial {t.number}: " + ", ".join(f"{n} {_objective_text(n, v)}"
                                                       for n, v in zip(names, t.values, strict=False))
                   for t in study.best_trials]
-    lines += _against_enqueued(study, complete)
+    if gain_row(study) is None:  # before confirmation: single runs, with a warning
+        lines += _against_enqueued(study, complete)
     lines += ["", "## Plots", ""]
     lines += [f"- [{p.stem}]({p.name})" for p in files]
     lines += [f"- {why}" for why in skipped]
@@ -407,6 +446,43 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
               f"    bkdsearch export --storage {shlex.quote(redact(storage_url))} --study "
               f"{shlex.quote(study.study_name)} --trial best -o train_best.py", ""]
     return "\n".join(lines)
+
+
+def _confirmed_section(study: optuna.Study) -> list[str]:
+    """summary.md's confirmed configurations (mean ± std, cost) and the gain of the winner over
+    the baseline with its interval; empty without confirmations."""
+    rows = confirmed_rows(study)
+    if not rows:
+        return []
+    lines = ["", "## Confirmed configurations (mean ± std over seeds)", "",
+             "| configuration | n | val acc (%) | test acc (%) | training GFLOPs/image | s/epoch |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(_confirmed_cells(c)) + " |" for c in rows]
+    lines.append(f"\nConfirmed winner (highest mean validation accuracy): {rows[0]['label']}.")
+    gain = gain_row(study)
+    if gain is not None:
+        lines += ["", f"## Gain over {gain['name']}", "", *(f"- {line}" for line in gain["lines"])]
+    return lines
+
+
+def _confirmed_seeds(ax: Any, study: optuna.Study) -> str | None:
+    """Each confirmed configuration's runs (validation accuracy by seed) as points, their mean
+    and 95% t-interval; the baseline in its own colour."""
+    configs = confirmed_configurations(study)
+    if not configs:
+        return "no configuration was confirmed (run `bkdsearch confirm`)"
+    for x, c in enumerate(configs):
+        colour = "tab:orange" if c.baseline else "tab:blue"
+        values = list(c.val.values())
+        ax.scatter([x] * len(values), values, color=colour, alpha=0.5, s=18)
+        interval = mean_interval(values)
+        low, high = (interval.low, interval.high) if interval is not None else (c.mean, c.mean)
+        ax.errorbar([x + 0.15], [c.mean], yerr=[[c.mean - low], [high - c.mean]], fmt="o", color=colour,
+                    capsize=4)
+    ax.set_xticks(range(len(configs)), [c.label.replace(" (baseline)", "\n(baseline)") for c in configs])
+    ax.set_xlabel(f"confirmed configuration (points: seeds; bars: mean and {CONFIDENCE:.0%} interval)")
+    _percent_y(ax, "validation accuracy (%)")
+    return None
 
 
 def _against_enqueued(study: optuna.Study, complete: list[FrozenTrial]) -> list[str]:
@@ -451,4 +527,4 @@ def _first_matching(trials: list[FrozenTrial], params: dict[str, Any]) -> Frozen
     return None
 
 
-__all__ = ["configurations", "render_status", "study_status", "trial_config", "write_report"]
+__all__ = ["confirmed_rows", "gain_row", "render_status", "study_status", "trial_config", "write_report"]

@@ -3,6 +3,7 @@ columns."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .progress import percent
@@ -52,15 +53,89 @@ def _best_trial(study: Any) -> Any | None:
     return max(pool or complete, key=lambda t: t.values[0])
 
 
+def program() -> list[str]:
+    """Return the words that start this tool again from the shell it was started in: plain
+    ``bkdsearch`` when that name on ``PATH`` is this installation, else the path it was
+    invoked by (``.venv/bin/bkdsearch``, relative when it was given so), else
+    ``PYTHON -m bkdsearch`` with the interpreter that runs now (``python -m bkdsearch``)."""
+    import os
+    import shutil
+
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("bkdsearch")
+    if os.path.basename(invoked) == "bkdsearch":  # the console script
+        if on_path and _same_file(on_path, invoked):
+            return ["bkdsearch"]
+        return [invoked if os.sep in invoked else os.path.abspath(invoked)]
+    # `python -m bkdsearch`: the script beside this interpreter is the same installation.
+    if on_path and _same_file(os.path.dirname(on_path), os.path.dirname(sys.executable)):
+        return ["bkdsearch"]
+    python = shutil.which("python")
+    return ["python" if python and _same_file(python, sys.executable) else sys.executable, "-m", "bkdsearch"]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when paths ``a`` and ``b`` name one file (False when either is missing)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def was_interrupted(trial: Any) -> bool:
+    """True for a trial that failed only because its worker was stopped (Ctrl-C) and was
+    queued again to resume: not a failure of its configuration."""
+    from optuna.trial import TrialState
+
+    reason = trial.user_attrs.get("fail_reason") or ""
+    return trial.state == TrialState.FAIL and reason.startswith("interrupted")
+
+
+def confirmed_lines(study: Any) -> list[str]:
+    """Return the confirmed configurations (val and test mean ± std over n seeds, training
+    GFLOPs per image, s/epoch) and the winner's gain over the baseline with its interval,
+    wrapped to :data:`WIDTH` columns; empty without confirmations."""
+    import textwrap
+
+    from .search.confirm import confirmed_configurations, cost_text, gain_of
+
+    configs = confirmed_configurations(study)
+    if not configs:
+        return []
+    lines = ["confirmed (mean ± std over seeds; chosen on val only):"]
+    for c in configs:
+        test = list(c.test.values())
+        said = (f"{c.label}: val {_mean_std(list(c.val.values()))}"
+                + (f", test {_mean_std(test)}" if test else "") + f", n={c.n}; {cost_text(c)}")
+        lines += textwrap.wrap(said, WIDTH, initial_indent="  ", subsequent_indent="    ",
+                               break_long_words=False, break_on_hyphens=False)
+    gain = gain_of(study)
+    for line in gain.lines() if gain is not None else []:
+        lines += textwrap.wrap(line, WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    return lines
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std%`` of accuracies; a single value alone (one seed has no spread)."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}%"
+
+
 def next_command(command: str, *args: str, spec_path: str | None, storage: str | None,
                  study_name: str | None) -> str:
-    """Return the shell line of ``bkdsearch COMMAND`` on the same SPEC, --storage and --study
-    as given (each only when given), then ``args``; the storage's password shows as ``***``."""
+    """Return the shell line of ``bkdsearch COMMAND`` (started as :func:`program` says, so it
+    runs when pasted into the same shell) on the same SPEC, --storage and --study as given
+    (each only when given), then ``args``; the storage's password shows as ``***``."""
     import shlex
 
     from .search.storage import clean, url_secrets
 
-    words = ["bkdsearch", command]
+    words = [*program(), command]
     if spec_path:
         words.append(spec_path)
     if storage:
@@ -71,10 +146,13 @@ def next_command(command: str, *args: str, spec_path: str | None, storage: str |
 
 
 def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: str | None = None,
-                study_name: str | None = None, n_trials: int | None = None) -> list[str]:
-    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed) and
-    this worker's, the best trial (objectives with units, test accuracy, the teacher's when
-    the study records ``teacher_test_acc``, parameters), whether the cap is reached and how
+                study_name: str | None = None, n_trials: int | None = None,
+                run_options: list[str] | None = None) -> list[str]:
+    """Return the lines ``run`` ends with: the study's trials (finished, pruned, failed, and
+    interrupted ones queued again counted apart) and this worker's, the best trial
+    (objectives with units, test accuracy, the teacher's when the study records
+    ``teacher_test_acc``, parameters), the confirmed configurations and the winner's gain
+    over the baseline (:func:`confirmed_lines`), whether the cap is reached and how
     to raise it, and the next commands on the same SPEC/--storage/--study as given (the
     password hidden). Lines fit :data:`WIDTH` columns but for long paths and URLs.
 
@@ -84,6 +162,8 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         cap: the cap on the study's finished trials.
         spec_path, storage, study_name, n_trials: SPEC and the options as the user gave them
             (None: not given).
+        run_options: options every ``run`` line repeats (``--set KEY=VALUE`` ...): what the
+            study's fixed configuration needs.
     """
     from optuna.trial import TrialState
 
@@ -93,9 +173,12 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
     complete, pruned = count[TrialState.COMPLETE], count[TrialState.PRUNED]
     finished = complete + pruned
     given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
+    again = list(run_options or [])
     others = [f"{count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]]
+    stopped = sum(1 for t in trials if was_interrupted(t))
     lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
-                   f"{count[TrialState.FAIL]} failed", *others], indent="")
+                   f"{count[TrialState.FAIL] - stopped} failed",
+                   *([f"{stopped} interrupted (queued again)"] if stopped else []), *others], indent="")
     lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
     best = _best_trial(study)
     if best is None:
@@ -111,22 +194,30 @@ def run_summary(study: Any, report: Any, *, cap: int, spec_path: str, storage: s
         lines.append(acc + (f" (teacher {percent(teacher)})" if teacher is not None else ""))
         if best.params:
             lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
+    lines += confirmed_lines(study)
     if finished >= cap:
         trained = report.complete + report.pruned + report.failed
         lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
                                                               if not trained else "is reached"))
         lines.append(f"to train more, raise it (--n-trials larger than {finished}):")
-        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), **given))
+        lines.append("  " + next_command("run", "--n-trials", str(finished + cap), *again, **given))
     else:
         lines.append(f"{finished} of the cap of {cap} trials finished; to go on:")
         extra = ["--n-trials", str(n_trials)] if n_trials else []
-        lines.append("  " + next_command("run", *extra, **given))
-    lines.append("next:")
-    lines.append("  " + next_command("status", **given))
-    lines.append("  " + next_command("dashboard", **given))
-    lines.append("  " + next_command("report", "-o", f"reports/{study.study_name}", **given))
-    if best is not None:
+        lines.append("  " + next_command("run", *extra, *again, **given))
+    return lines + next_steps(study.study_name, export=best is not None, **given)
+
+
+def next_steps(study: str, *, spec_path: str | None, storage: str | None, study_name: str | None,
+               export: bool = True) -> list[str]:
+    """Return the ``next:`` lines a command that trained trials ends with: ``status``,
+    ``dashboard``, ``report`` and (with ``export``) ``export`` on the same SPEC, --storage and
+    --study as given, each as :func:`next_command` writes it (the password as ``***``)."""
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name}
+    lines = ["next:", "  " + next_command("status", **given), "  " + next_command("dashboard", **given),
+             "  " + next_command("report", "-o", f"reports/{study}", **given)]
+    if export:
         lines.append("  " + next_command("export", "--trial", "best", "-o", "train_best.py", **given))
-    if storage and "***" in next_command("status", **given) and "***" not in storage:
+    if storage and "***" in lines[1] and "***" not in storage:
         lines.append("(*** stands for the storage password)")
     return lines

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import WeightsError
-from .spec import ModelConfig, Recipe, RunConfig
+from .errors import DataError, WeightsError
+from .spec import DataConfig, ModelConfig, Recipe, RunConfig
 
 DEFAULT_TEACHER_RECIPE = Recipe(epochs=30, lr=0.05, schedule="cosine")
 
@@ -22,12 +26,83 @@ def teacher_run_config(cfg: RunConfig) -> RunConfig:
     )
 
 
-def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
-    """Return where the CE-trained teacher of ``cfg`` is cached: keyed by the digest of its
-    CE run (architecture, data, seed and recipe; not the runtime, see
-    :meth:`bkdsearch.spec.RunConfig.digest`)."""
+# Where the files lie and how they are read do not change what a teacher learns.
+_NOT_IDENTITY = {"root", "download", "num_workers", "decode", "eval_batch_size"}
+
+
+def teacher_identity(cfg: RunConfig) -> str:
+    """Return the digest that names ``cfg``'s CE-trained teacher: its architecture, recipe
+    and seed, and the dataset by name, split settings and content (:func:`data_content_id`),
+    never by the folder it lies in, so a moved dataset keeps its teacher and changed
+    content trains a new one.
+
+    Raises:
+        DataError: the dataset cannot be read (its content is part of the identity).
+    """
     tcfg = teacher_run_config(cfg)
-    return Path(cache_dir) / f"{tcfg.student.arch}-{tcfg.digest()}" / "student.pt"
+    blob = tcfg.model_dump(mode="json", exclude={"runtime"})
+    blob["data"] = {k: v for k, v in blob["data"].items() if k not in _NOT_IDENTITY}
+    blob["data"]["content"] = data_content_id(cfg.data)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def data_content_id(data: DataConfig) -> str | None:
+    """Return a digest of the training split's content (None for the synthetic set, which
+    its settings define): the bytes of images and labels for the in-memory datasets; the
+    relative paths and sizes of ``root/train``'s files for an image folder.
+
+    Raises:
+        DataError: the dataset cannot be read.
+    """
+    if data.dataset == "synthetic":
+        return None
+    root = None if data.root is None else str(Path(data.root).expanduser().resolve())
+    return _content_id(data.dataset, root, data.download)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_id(dataset: str, root: str | None, download: bool) -> str:
+    digest = hashlib.sha256()
+    if dataset == "imagefolder":
+        from .core.recipe.data import open_image_folder
+
+        if root is None:
+            raise DataError("imagefolder needs data.root (a folder with train/<class>/ and val/<class>/)")
+        folder = open_image_folder(root, "train")
+        base = Path(folder.root)
+        for path, label in folder.samples:  # sorted by class, then file name
+            relative = Path(path).relative_to(base).as_posix()
+            digest.update(f"{relative}\0{os.path.getsize(path)}\0{label}\n".encode())
+    else:
+        from .core.engine.data import load_arrays
+
+        train = load_arrays(dataset, root, "train", download=download)
+        digest.update(train.images.numpy().tobytes())
+        digest.update(train.labels.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_teacher_path(cfg: RunConfig, cache_dir: str | Path) -> Path:
+    """Return where the CE-trained teacher of ``cfg`` is cached: keyed by
+    :func:`teacher_identity`. A teacher cached by an earlier version under the digest of its
+    whole CE run (data folder included) is still found there, so upgrading retrains nothing.
+
+    Raises:
+        DataError: the dataset cannot be read (its content is part of the key).
+    """
+    tcfg = teacher_run_config(cfg)
+    legacy = Path(cache_dir) / f"{tcfg.student.arch}-{tcfg.digest()}" / "student.pt"
+    if legacy.is_file():
+        return legacy
+    return Path(cache_dir) / f"{tcfg.student.arch}-{teacher_identity(cfg)}" / "student.pt"
+
+
+def needs_training(cfg: RunConfig, cache_dir: str | Path) -> bool:
+    """Return True when ``cfg``'s teacher must be trained first: the run distils, names no
+    checkpoint and finds no cached teacher (the one case that takes the teacher lock)."""
+    if cfg.teacher is None or cfg.method == "ce" or cfg.teacher.checkpoint:
+        return False
+    return not cached_teacher_path(cfg, cache_dir).is_file()
 
 
 def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: bool = True,
@@ -73,18 +148,44 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     return str(cached)
 
 
-def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path) -> str | None:
+def teacher_test_accuracy(cfg: RunConfig, path: str | Path, device: str | None = None) -> float:
+    """Return the test accuracy (%) of the teacher weights at ``path`` on ``cfg``'s data
+    (the figure a student is measured against), on ``device`` (``cfg``'s runtime device
+    when None). Builds the teacher and the data's loaders only, no training state.
+
+    Raises:
+        WeightsError: ``path`` does not load into the teacher's architecture.
+        DataError: the dataset cannot be read.
+    """
+    from .core.engine.data import build_data
+    from .core.engine.trainer import evaluate, pick_device
+    from .core.engine.weights import load_weights
+    from .zoo import create_model
+
+    assert cfg.teacher is not None
+    target = pick_device(device or cfg.runtime.device)
+    data = build_data(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download, val_fraction=0.0,
+                      batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size, device=target,
+                      augment=False, num_workers=cfg.data.num_workers, synthetic=cfg.data.synthetic,
+                      data_seed=cfg.data.split_seed, image_size=cfg.data.image_size or 224, decode=cfg.data.decode)
+    teacher = load_weights(create_model(cfg.teacher.arch, num_classes=data.num_classes), str(path)).to(target)
+    autocast = target.type == "cuda" and cfg.runtime.amp in ("auto", "bf16")
+    return evaluate(teacher, data.test, autocast)
+
+
+def shared_teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, progress: bool = False,
+                           log: Callable[[str], None] | None = None) -> str | None:
     """Return :func:`teacher_weights` under the cache's lock: of several processes of one
-    machine (torchrun's ranks of one ``train``) one trains a missing teacher while the others
-    wait, then read it from the cache.
+    machine (torchrun's ranks of one ``train``) one trains a missing teacher (showing its
+    ``progress`` to ``log``) while the others wait, then read it from the cache.
 
     Raises:
         WeightsError: as :func:`teacher_weights`.
     """
     from filelock import FileLock
 
-    if cfg.teacher is None or cfg.method == "ce" or cfg.teacher.checkpoint:
+    if not needs_training(cfg, cache_dir):
         return teacher_weights(cfg, cache_dir)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(str(Path(cache_dir) / ".train.lock")):
-        return teacher_weights(cfg, cache_dir)
+        return teacher_weights(cfg, cache_dir, progress=progress, log=log)

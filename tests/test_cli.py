@@ -16,7 +16,10 @@ from bkdsearch.cli import main
 from bkdsearch.spec import Defaults, Spec, resolve
 from bkdsearch.zoo import create_model
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# The venv's bin first on PATH, as in an activated venv: the next commands a run prints say
+# plain `bkdsearch` (tests/test_invocation.py covers the other shells).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+       "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
 
 
 def bkd(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -266,9 +269,10 @@ def test_run_ends_with_a_summary_and_the_exact_next_commands(tmp_path, monkeypat
     assert "trial: " + str(best.number) in (tmp_path / "train_best.py").read_text()
 
 
-def test_run_summary_of_several_objectives_with_units_and_no_password():
+def test_run_summary_of_several_objectives_with_units_and_no_password(monkeypatch):
     """Several objectives: the Pareto trial with the highest val_acc, each objective with its
     unit; a cap not reached says how to go on; a storage password never shows."""
+    monkeypatch.setenv("PATH", ENV["PATH"])  # bkdsearch on PATH: printed as plain `bkdsearch`
     from bkdsearch.search import WorkerReport
     from bkdsearch.summary import run_summary
 

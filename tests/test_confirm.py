@@ -1,6 +1,7 @@
-"""`bkdsearch confirm`: the top configurations re-trained with fresh seeds at the full recipe
-as trials of the same study; a SIGKILLed confirmation resumes; status, report and export use
-the confirmed means and winner."""
+"""`bkdsearch confirm`: the top configurations and the baseline (here every searched parameter
+at its default, which no search trial ran) re-trained with fresh seeds at the full recipe as
+trials of the same study; a SIGKILLed confirmation resumes; status, report and export use the
+confirmed means, the winner and its gain over the baseline."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 from conftest import TINY_SPEC, write_spec
 from optuna.trial import TrialState
 from workerkit import ENV, finish, start, trials
+
+from bkdsearch.search.confirm import BASELINE_UNSEARCHED
 
 pytestmark = pytest.mark.slow
 
@@ -64,11 +67,13 @@ def test_confirm_two_by_two_with_a_killed_confirmation_that_resumes(tmp_path: Pa
     code, out, err = finish(start([sys.executable, "-m", "bkdsearch.cli", "confirm", spec, "--top", "2",
                                    "--seeds", "2", "--quiet", "--devices", "cpu"], tmp_path, **FAST))
     assert code == 0, err
-    assert "confirmed winner: the configuration of trial" in out
+    assert "confirmed winner: the " in out and "chosen on validation only" in out
     final = trials(storage, "tiny")
     confirmations = [t for t in final if t.state == TrialState.COMPLETE and t.user_attrs.get("confirm_of") is not None]
     assert sorted((t.user_attrs["confirm_of"], t.user_attrs["seed"]) for t in confirmations) == sorted(
-        (t.number, s) for t in top2 for s in (1000, 1001))
+        (n, s) for n in [t.number for t in top2] + [BASELINE_UNSEARCHED] for s in (1000, 1001))
+    baseline_runs = [t for t in confirmations if t.user_attrs["confirm_of"] == BASELINE_UNSEARCHED]
+    assert all(t.params["train.lr"] == pytest.approx((0.02 * 0.2) ** 0.5) for t in baseline_runs)
     for t in confirmations:  # the full recipe, the confirmation's own seed, never pruned
         cfg = t.user_attrs["run_config"]
         assert cfg["train"]["epochs"] == 4 and cfg["data"]["train_fraction"] == 1.0
@@ -78,12 +83,18 @@ def test_confirm_two_by_two_with_a_killed_confirmation_that_resumes(tmp_path: Pa
     assert not [t for t in final if t.state == TrialState.RUNNING]
 
     status = json.loads(_cli("status", spec, "--json", cwd=tmp_path).stdout)[0]
-    assert sorted(c["trial"] for c in status["configurations"]) == sorted(t.number for t in top2)
-    assert all(c["n"] == 2 for c in status["configurations"])
+    assert sorted(c["trial"] for c in status["configurations"]) == sorted(
+        [t.number for t in top2] + [BASELINE_UNSEARCHED])
+    assert all(c["n"] == 2 and c["epoch_s"] > 0 and c["train_gflops"] > 0 for c in status["configurations"])
+    assert status["gain"]["baseline"] == BASELINE_UNSEARCHED and status["gain"]["val"]["method"] == "paired"
+    assert "the default configuration" in " ".join(status["gain"]["lines"])
+    assert "the default configuration" in out  # confirm ends with the gain
     exported = _cli("export", spec, "--trial", "best", "-o", "best.py", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert "confirmed winner" in exported.stdout
-    assert "'epochs': 4" in (tmp_path / "best.py").read_text()  # the full recipe
+    script = (tmp_path / "best.py").read_text()
+    assert "'epochs': 4" in script  # the full recipe
+    assert "gain: " in script and "the default configuration" in script and "s/epoch" in script
     # Running confirm again queues nothing new.
     again = _cli("confirm", spec, "--top", "2", "--seeds", "2", "--quiet", "--devices", "cpu", cwd=tmp_path)
     assert again.returncode == 0 and "0 queued now, 0 to train" in again.stdout

@@ -366,7 +366,7 @@ def test_fashion_mnist_reads_torchvision_layout(tmp_path: Path, compress: bool) 
     assert np.array_equal(ds.labels.numpy(), labels) and ds.labels.dtype == torch.int64
 
 
-def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
+def test_fashion_mnist_from_debian_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not (data.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         msg = (
             f"Fashion-MNIST missing from {data.DEBIAN_FASHION_MNIST_DIR}: "
@@ -375,14 +375,15 @@ def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):  # as conftest.require
             pytest.fail(msg)
         pytest.skip(msg)
-    train = load_arrays("fashion_mnist", tmp_path, "train")  # empty root: falls back to Debian
-    test = load_arrays("fashion_mnist", tmp_path, "test")
+    monkeypatch.chdir(tmp_path)  # no ./data here: no root reads Debian's package
+    train = load_arrays("fashion_mnist", None, "train")
+    test = load_arrays("fashion_mnist", None, "test")
     assert len(train) == 60000 and len(test) == 10000
     assert train.images.shape[1:] == (1, 28, 28) == test.images.shape[1:]
     assert train.num_classes == 10
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     assert abs(train.images.float().mean().item() / 255 - train.mean[0]) < 1e-3
-    bundle = build_data("fashion_mnist", root=tmp_path, batch_size=128, val_fraction=0.1)
+    bundle = build_data("fashion_mnist", root=None, batch_size=128, val_fraction=0.1)
     # build_data serves the 28x28 grey images zero-padded to 3x32x32 for the CIFAR zoo.
     assert bundle.input_size == (3, 32, 32) and bundle.num_classes == 10
     assert bundle.train.num_samples == 54000 and bundle.val is not None
@@ -427,6 +428,22 @@ def test_fashion_mnist_incomplete_and_inconsistent(tmp_path: Path) -> None:
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4, dtype=np.uint8), False)
     with pytest.raises(DataError, match="labels for"):
         load_arrays("fashion_mnist", tmp_path, "test")
+
+
+def test_a_data_root_that_is_set_is_never_replaced(tmp_path: Path) -> None:
+    """A root the user set is the data they meant: Debian's copy (present on these machines)
+    must not stand in for a missing or empty root."""
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DataError, match="does not exist") as err:
+        load_arrays("fashion_mnist", missing, "train")
+    assert str(missing) in str(err.value) and "/usr/share/datasets/fashion-mnist" in str(err.value)
+    with pytest.raises(DataError, match="not found") as err:  # exists, holds no idx files
+        load_arrays("fashion_mnist", tmp_path, "train")
+    assert "/usr/share/datasets" not in str(err.value)  # not even looked at
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        load_arrays("cifar10", a_file, "train")
 
 
 def test_fashion_mnist_missing_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,7 @@ def test_run_with_missing_dataset_exits_2_and_writes_no_trial(tmp_path):
     spec = spec_with(tmp_path, data={"dataset": "cifar10", "root": str(tmp_path / "no-data"), "download": False})
     r = bkd("run", write_spec(tmp_path / "s.yaml", spec), "--quiet", cwd=tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "data: CIFAR-10 not found" in r.stderr and "download: true" in r.stderr
+    assert f"data: data root {tmp_path / 'no-data'} does not exist" in r.stderr and "download: true" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "studies" / "tiny.db").exists()  # open_study never ran
     assert trial_count(tmp_path / "studies" / "tiny.db") == 0

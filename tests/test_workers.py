@@ -3,6 +3,7 @@ SIGKILLed mid-trial (heartbeats, retry resuming from the saved epoch); Ctrl-C.""
 
 import json
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -135,15 +136,20 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, db_url, ki
     assert len(list((tmp_path / "shared-artifacts" / name).iterdir())) <= len(ts)
 
 
-def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes_it(tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_fails_the_running_trial_and_the_next_run_resumes_it(tmp_path, sig, code, said):
+    """Ctrl-C, and SIGTERM (what batch systems send before SIGKILL) alike: the running trial
+    is checkpointed, ended and queued again; nothing stays RUNNING."""
     storage, name, epochs = f"sqlite:///{tmp_path}/study.db", study_name(), 3
     spec = quick_spec(tmp_path / "spec.yaml", epochs=epochs, train_size=640)
     proc = start(run_cmd(spec, storage, name, 1), tmp_path)
     running = wait_for_checkpoint(proc, storage, name)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rc, out, err = finish(proc, timeout=60)
-    assert rc == 130, (out, err)
-    assert "Traceback" not in err and "interrupted" in err
+    assert rc == code, (out, err)
+    assert "Traceback" not in err and said in err
     ts = trials(storage, name)
     assert not [t for t in ts if t.state == TrialState.RUNNING], by_state(ts)
     stopped = next(t for t in ts if t.number == running.number)
@@ -163,3 +169,50 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes_it(tmp_path):
     rows = (Path(tmp_path) / "studies" / name / f"trial-{done[0].number}" / "metrics.jsonl").read_text()
     assert json.loads(rows.splitlines()[0])["epoch"] == saved_epoch + 1
 
+
+
+def _epoch_in(reason: str) -> int:
+    return int(reason.split("after epoch ")[1].split()[0].rstrip(";,."))
+
+
+def test_double_interrupts_never_lose_the_checkpoint_a_retry_needs(tmp_path, db_url):
+    """Issue 25: a second Ctrl-C while a training thread was saving its next epoch rewrote the
+    checkpoint attr after the retry had been queued and deleted the file the retry pointed
+    to. Soak of double Ctrl-C / SIGTERM rounds with two trials per worker on PostgreSQL:
+    every queued retry names the epoch its fail reason says, and that checkpoint exists."""
+    storage, name = db_url("postgresql"), study_name()
+    spec = quick_spec(tmp_path / "spec.yaml", epochs=8, train_size=192, n_trials=8)
+    artifacts = tmp_path / "studies" / name / "artifacts"
+    rounds = [(signal.SIGINT, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGINT, 143),
+              (signal.SIGINT, signal.SIGTERM, 130), (signal.SIGTERM, signal.SIGTERM, 143)]
+    for first, second, code in rounds:
+        proc = start(run_cmd(spec, storage, name, 8, "--trials-per-device", "2"), tmp_path)
+        wait_for_checkpoint(proc, storage, name)
+        proc.send_signal(first)
+        time.sleep(0.3)  # inside the graceful stop: the threads are still between steps
+        proc.send_signal(second)
+        rc, out, err = finish(proc, timeout=90)
+        assert rc == code, (first, second, out, err)
+        ts = trials(storage, name)
+        assert not [t for t in ts if t.state == TrialState.RUNNING], by_state(ts)
+        retries = {t.system_attrs["retry_of"]: t for t in ts
+                   if t.state == TrialState.WAITING and "retry_of" in t.system_attrs}
+        for t in ts:
+            reason = t.user_attrs.get("fail_reason", "")
+            if t.state != TrialState.FAIL or not reason.startswith("interrupted"):
+                continue
+            retry = retries.get(t.number)
+            if retry is None:
+                continue  # already retried in an earlier round
+            epoch = _epoch_in(reason)
+            saved = retry.user_attrs.get("checkpoint")
+            assert (saved or {}).get("epoch", 0) == epoch, (t.number, reason, saved)
+            if saved:
+                assert (artifacts / saved["artifact_id"]).is_file(), f"trial {t.number}'s checkpoint was deleted"
+    rc, out, err = finish(start(run_cmd(spec, storage, name, 8, "--trials-per-device", "2"), tmp_path))
+    assert rc == 0, (out, err)
+    failed = {t.number: t for t in trials(storage, name) if t.state == TrialState.FAIL}
+    for t in trials(storage, name):
+        source = t.user_attrs.get("resumed_from")
+        if t.state == TrialState.COMPLETE and source:
+            assert source["epoch"] == _epoch_in(failed[source["trial"]].user_attrs["fail_reason"]), t.number

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,10 @@ import click
 from rich.markup import escape
 
 from .. import __version__
-from ..errors import BadInput
-from ..progress import percent
+from ..errors import BadInput, Terminated, interrupt_exit_code
+from ..progress import console_log, percent
 from ..urls import redact
-from .common import STUDIES, STUDY_HELP, err, load_spec_or_exit, out, study_name_of
+from .common import STUDIES, STUDY_HELP, device_option, err, load_spec_or_exit, out, study_name_of
 from .workers import Workers, worker_options
 
 
@@ -40,9 +41,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BadInput as exc:
             err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            # Already stopped cleanly: a further signal must not kill the interpreter's
+            # teardown (Python restores the default handlers there: an exit by signal).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            err.print("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+            sys.exit(interrupt_exit_code(exc))
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             # Redacted here too: an unexpected exception (a driver's, say) may quote the URL.
             err.print(f"[bold red]failed:[/] {type(exc).__name__}: {escape(redact(str(exc)))}", soft_wrap=True)
@@ -55,6 +60,12 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="bkdsearch")
 def main() -> None:
     """Declarative AutoML for block-wise logit distillation (Block-KD)."""
+    # Batch systems send SIGTERM before SIGKILL: use that window like a first Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 @main.command(epilog=_example("bkdsearch validate specs/quickstart.yaml"))
@@ -114,7 +125,7 @@ def _teacher_cache_folders(cfg: Any) -> dict[str, Path]:
               help="Fix a parameter (e.g. train.lr=0.1, blockkd.tau=4); repeatable.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder (default studies/runs/<name>-<hash>).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @click.option("--no-resume", is_flag=True, help="Start from epoch 0 even if a checkpoint exists.")
 @click.option("--gpus", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes (DDP ranks): GPUs 0..G-1, or G CPU processes with --device cpu. Under "
@@ -124,18 +135,22 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
           no_resume: bool, gpus: int) -> None:
     """Train one run with fixed values (searched entries take their default or --set)."""
     from ..preflight import preflight
+    from ..progress import make_progress
     from ..ranks import train_run
     from ..teacher import shared_teacher_weights
 
     spec, cfg = _run_config(spec_path, sets)
     run_dir = Path(out_dir) if out_dir else STUDIES / "runs" / f"{cfg.name}-{cfg.digest()}"
-    preflight(cfg, devices={"--device": device} if device else None,
+    preflight(cfg, devices={"--devices": device} if device else None,
               folders={"--out" if out_dir else "run folder": run_dir, **_teacher_cache_folders(cfg)},
               teacher_cache=STUDIES / "teachers")
-    weights = shared_teacher_weights(cfg, STUDIES / "teachers")  # torchrun's ranks: one trains it
+    log = console_log(out)
+    # torchrun's ranks: one trains it
+    weights = shared_teacher_weights(cfg, STUDIES / "teachers", progress=True, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    result = train_run(cfg, run_dir, teacher_weights=weights, processes=gpus, device=device, resume=not no_resume)
+    result = train_run(cfg, run_dir, teacher_weights=weights, processes=gpus, device=device, resume=not no_resume,
+                       progress=make_progress(f"train {cfg.student.arch}", log))
     if result is None:
         return  # another rank of a torchrun group reports
     out.print(f"val acc {percent(result.val_acc)}  test acc {percent(result.test_acc)}  "
@@ -149,7 +164,7 @@ def train(spec_path: str, sets: tuple[str, ...], out_dir: str | None, device: st
 @click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Seeds per method (the spec's seed, then the next ones).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Fix a parameter for every run; repeatable.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Folder for comparison.md and comparison.json (default: studies/compare/<name>).")
 @handle_errors
@@ -157,7 +172,7 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
             output: str | None) -> None:
     """Train each method at its default (published) configuration with several seeds on one
     teacher and print the mean ± std table of validation and test accuracy."""
-    from ..compare import comparison_configs, comparison_markdown, run_comparison, write_comparison
+    from ..compare import comparison_configs, comparison_markdown, comparison_title, run_comparison, write_comparison
     from ..preflight import preflight
     from ..spec import parse_overrides
 
@@ -168,26 +183,25 @@ def compare(spec_path: str, methods: str, seeds: int, sets: tuple[str, ...], dev
     first = comparison_configs(spec, chosen, seed_list[:1], overrides)
     out_dir = Path(output) if output else STUDIES / "compare" / spec.name
     for cfg in first:
-        preflight(cfg, devices={"--device": device} if device else None,
+        preflight(cfg, devices={"--devices": device} if device else None,
                   folders={"-o": out_dir, **_teacher_cache_folders(cfg)}, teacher_cache=STUDIES / "teachers")
     results = run_comparison(spec, chosen, seed_list, studies_dir=STUDIES, device=device, overrides=overrides,
-                             log=lambda m: out.print(m, markup=False, soft_wrap=True))
-    title = f"{spec.name}: {', '.join(chosen)} x {seeds} seeds"
+                             log=console_log(out))
+    title = comparison_title(spec.name, chosen, seeds)
     out.print(comparison_markdown(results, title), markup=False)
     for path in write_comparison(results, out_dir, title):
         out.print(f"wrote {path}", soft_wrap=True)
 
 
-@main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --device cpu"))
+@main.command(epilog=_example("bkdsearch teacher specs/quickstart.yaml --devices cpu"))
 @click.argument("spec_path", metavar="SPEC")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N.")
+@device_option
 @handle_errors
 def teacher(spec_path: str, device: str | None) -> None:
     """Train the spec's teacher with CE (cached), or load its checkpoint; report test accuracy."""
-    from ..core.engine.trainer import Trainer, evaluate
     from ..preflight import preflight
     from ..spec import Defaults, resolve
-    from ..teacher import teacher_run_config, teacher_weights
+    from ..teacher import teacher_test_accuracy, teacher_weights
 
     spec = load_spec_or_exit(spec_path)
     if spec.teacher is None:
@@ -197,14 +211,11 @@ def teacher(spec_path: str, device: str | None) -> None:
         cfg = cfg.model_copy(update={"method": "kd"})
     # The student plays no part here: its checkpoint is not checked.
     checked = cfg.model_copy(update={"student": cfg.student.model_copy(update={"checkpoint": None})})
-    preflight(checked, devices={"--device": device} if device else None, folders=_teacher_cache_folders(cfg),
+    preflight(checked, devices={"--devices": device} if device else None, folders=_teacher_cache_folders(cfg),
               teacher_cache=STUDIES / "teachers")
-    path = teacher_weights(cfg, STUDIES / "teachers")
-    tcfg = teacher_run_config(cfg)
-    evaluated = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
-    trainer = Trainer(evaluated, Path(path).parent, device=device)
-    acc = evaluate(trainer.method.student, trainer.data.test, trainer.autocast)
-    out.print(f"teacher {tcfg.student.arch}: {path}")
+    path = teacher_weights(cfg, STUDIES / "teachers", progress=True, log=console_log(out))
+    acc = teacher_test_accuracy(cfg, path, device)
+    out.print(f"teacher {cfg.teacher.arch}: {path}")
     out.print(f"test accuracy {acc:.2f}%")
 
 
@@ -252,7 +263,8 @@ def _target(spec_path: str | None, storage: str | None, study_name: str | None, 
 @handle_errors
 def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: int | None,
         timeout: float | None, devices: str, trials_per_device: int, artifact_dir: str | None,
-        quiet: bool, gpus_per_trial: int, then_confirm: bool, sets: tuple[str, ...]) -> None:
+        quiet: bool, gpus_per_trial: int, allow_different_spec: bool, then_confirm: bool,
+        sets: tuple[str, ...]) -> None:
     """Run (or resume) the spec's study: trials until the cap is reached.
 
     Before the study is opened (no trial is written otherwise) it checks what every trial
@@ -261,13 +273,18 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
     from ..summary import run_summary
 
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
-                       gpus_per_trial, sets)
+                       gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     cap = n_trials or workers.spec.search.n_trials
     workers.banner(cap)
     report = workers.run(cap)
     if then_confirm:
         workers.confirm(None, None)
-    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials}
+    # The "run" lines repeat --set (and --allow-different-spec): without them the next worker
+    # would have another configuration and be refused.
+    run_options = [word for s in sets for word in ("--set", s)]
+    run_options += ["--allow-different-spec"] if allow_different_spec else []
+    given = {"spec_path": spec_path, "storage": storage, "study_name": study_name, "n_trials": n_trials,
+             "run_options": run_options}
     for line in run_summary(workers.study, report, cap=cap, **given):
         out.print(line, markup=False, soft_wrap=True)
 
@@ -278,16 +295,23 @@ def run(spec_path: str, storage: str | None, study_name: str | None, n_trials: i
               help="Configurations to confirm, best validation accuracy first (default: search.confirm_top, 3).")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Fresh seeds per configuration (default: search.confirm_seeds, 3).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Fix a value of the spec, as the study's `run --set` did (its configuration must match); "
+                   "repeatable.")
 @handle_errors
 def confirm(spec_path: str, storage: str | None, study_name: str | None, timeout: float | None, devices: str,
-            trials_per_device: int, artifact_dir: str | None, quiet: bool, gpus_per_trial: int, top: int | None,
-            seeds: int | None) -> None:
+            trials_per_device: int, artifact_dir: str | None, quiet: bool, gpus_per_trial: int,
+            allow_different_spec: bool, top: int | None, seeds: int | None, sets: tuple[str, ...]) -> None:
     """Re-train the study's top configurations with fresh seeds at the spec's full recipe, as
     trials of the same study (resumed, retried and shared by workers like any other); then
     status, report and export use their mean ± std and the confirmed winner."""
+    from ..summary import next_steps
+
     workers = Workers(spec_path, storage, study_name, timeout, devices, trials_per_device, artifact_dir, quiet,
-                       gpus_per_trial)
+                       gpus_per_trial, sets, allow_different_spec=allow_different_spec)
     workers.confirm(top, seeds)
+    for line in next_steps(workers.study.study_name, spec_path=spec_path, storage=storage, study_name=study_name):
+        out.print(line, markup=False, soft_wrap=True)
 
 
 @main.command(epilog=_example("bkdsearch status specs/quickstart.yaml --json"))

@@ -3,10 +3,13 @@ printed, exit 2) and the study name a command works on."""
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 
 from ..urls import redact
@@ -45,3 +48,19 @@ def study_name_of(given: str | None, spec: Any | None) -> str | None:
         return check_study_name(spec.name, "name (the spec's, used as the study name)")
     return None
 
+
+
+def device_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--devices`` (one device: auto, cpu, cuda, cuda:N), the name ``run`` and ``confirm``
+    use, passed as ``device``; the old ``--device`` still works for a release, with a notice."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, device_alias: str | None = None, **kwargs: Any) -> Any:
+        if device_alias is not None:
+            err.print("note: --device is now --devices, as in `run` and `confirm`; the old name works "
+                      "until the next release", soft_wrap=True)
+            kwargs["device"] = kwargs.get("device") or device_alias
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("--device", "device_alias", default=None, hidden=True)(wrapper)
+    return click.option("--devices", "device", default=None, help="auto, cpu, cuda, cuda:N.")(wrapper)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from ..progress import console_log
 from ..urls import redact
 from .common import STUDIES, STUDY_HELP, load_spec_or_exit, out, study_name_of
 
@@ -56,6 +57,11 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "from; give every machine of a shared study the same shared path. Default: "
                           "$BKDSEARCH_ARTIFACT_DIR, else studies/<study>/artifacts."),
         click.option("--quiet", is_flag=True, help="No per-epoch progress."),
+        click.option("--allow-different-spec", is_flag=True,
+                     help="Join a study made with another fixed configuration (the spec after --set, "
+                          "searched values and runtime settings aside); without it such a worker is refused. "
+                          "Each trial records its configuration's digest; status and report flag the study "
+                          "as mixed."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -67,7 +73,7 @@ class Workers:
 
     def __init__(self, spec_path: str, storage: str | None, study_name: str | None, timeout: float | None,
                  devices: str, trials_per_device: int, artifact_dir: str | None, quiet: bool,
-                 gpus_per_trial: int, sets: tuple[str, ...] = ()) -> None:
+                 gpus_per_trial: int, sets: tuple[str, ...] = (), *, allow_different_spec: bool = False) -> None:
         from ..preflight import parse_devices, preflight
         from ..search import open_study
 
@@ -85,7 +91,7 @@ class Workers:
         preflight(self.spec, devices={"runtime.device": self.spec.runtime.device} if devices.strip() == "auto"
                   else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},
                   teacher_cache=STUDIES / "teachers", search=True)
-        self.study = open_study(self.spec, self.url, name)
+        self.study = open_study(self.spec, self.url, name, allow_different_spec=allow_different_spec)
         self.timeout, self.trials_per_device, self.quiet = timeout, trials_per_device, quiet
         # Worker takes the study's own folder; without the option it falls back to the env var.
         self.artifacts = Path(artifact_dir) / self.study.study_name if artifact_dir else None
@@ -103,7 +109,7 @@ class Workers:
         return run_workers(self.spec, self.study, n_trials=cap, slots=self.slots,
                            trials_per_device=self.trials_per_device, studies_dir=STUDIES,
                            timeout=self.timeout or self.spec.search.timeout, artifact_dir=self.artifacts,
-                           progress=not self.quiet, log=lambda m: out.print(m, markup=False, soft_wrap=True))
+                           progress=not self.quiet, log=console_log(out))
 
     def confirm(self, top: int | None, seeds: int | None) -> Any:
         """Queue the confirmations and train them; return the workers' report (None: nothing to do)."""

@@ -177,7 +177,9 @@ def export_trial(storage_url: str, study_name: str, trial_ref: str, output: Path
     """
     from optuna.trial import TrialState
 
+    from ..errors import DataError
     from ..search import load_study, trial_config
+    from ..search.confirm import gain_header
     from ..teacher import cached_teacher_path
 
     study = load_study(storage_url, study_name)
@@ -191,12 +193,17 @@ def export_trial(storage_url: str, study_name: str, trial_ref: str, output: Path
     if cfg.teacher is not None and cfg.method != "ce":
         teacher = cfg.teacher.checkpoint
         if not teacher:
-            cached = cached_teacher_path(cfg, Path("studies") / "teachers")
-            teacher = str(cached.resolve()) if cached.is_file() else None
+            try:  # the cache key reads the data: where it cannot, the script gets no default
+                cached: Path | None = cached_teacher_path(cfg, Path("studies") / "teachers")
+            except DataError:
+                cached = None
+            teacher = str(cached.resolve()) if cached is not None and cached.is_file() else None
     header = {"study": study_name, "trial": trial.number, "state": trial.state.name,
               "params": trial.params, "values": trial.values,
               "test_acc": trial.user_attrs.get("test_acc"), "teacher": teacher or "-",
               "storage": redact(storage_url)}
+    if trial_ref == "best":  # the confirmed winner's gain over the baseline, with its interval and cost
+        header.update(gain_header(study))
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(render_script(cfg, header, teacher))

@@ -8,12 +8,31 @@ resume) and ``worker`` (cap, ask/tell, failures, threads, Ctrl-C).
 
 from __future__ import annotations
 
-from ..errors import NotFound, StorageError, TrialsKeepFailing
-from .heartbeat import GRACE_S, HEARTBEAT_S, MAX_RETRY, fail_stale_trials, heartbeat_settings
-from .objective import Interrupted, TrialObjective
-from .storage import make_storage
-from .study import FINISHED, TrialSuggest, format_value, load_study, open_study, trial_config
-from .worker import INTERRUPTED, MAX_CONSECUTIVE_FAILURES, Worker, WorkerReport, artifact_folder, run_workers
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
+    from ..errors import NotFound, StorageError, TrialsKeepFailing
+    from .heartbeat import GRACE_S, HEARTBEAT_S, MAX_RETRY, fail_stale_trials, heartbeat_settings
+    from .objective import Interrupted, TrialObjective
+    from .storage import make_storage
+    from .study import FINISHED, TrialSuggest, format_value, load_study, open_study, trial_config
+    from .worker import INTERRUPTED, MAX_CONSECUTIVE_FAILURES, Worker, WorkerReport, artifact_folder, run_workers
+
+# Imported on first use: the commands that only read a study (`status`, `report`) must not pay
+# for torch, which only the objective and the worker need.
+_WHERE = {
+    **dict.fromkeys(("NotFound", "StorageError", "TrialsKeepFailing"), "bkdsearch.errors"),
+    **dict.fromkeys(("GRACE_S", "HEARTBEAT_S", "MAX_RETRY", "fail_stale_trials", "heartbeat_settings"),
+                    "bkdsearch.search.heartbeat"),
+    **dict.fromkeys(("Interrupted", "TrialObjective"), "bkdsearch.search.objective"),
+    "make_storage": "bkdsearch.search.storage",
+    **dict.fromkeys(("FINISHED", "TrialSuggest", "format_value", "load_study", "open_study", "trial_config"),
+                    "bkdsearch.search.study"),
+    **dict.fromkeys(("INTERRUPTED", "MAX_CONSECUTIVE_FAILURES", "Worker", "WorkerReport", "artifact_folder",
+                     "run_workers"), "bkdsearch.search.worker"),
+}
+"""The module each public name lives in."""
 
 __all__ = [
     "FINISHED",
@@ -40,3 +59,21 @@ __all__ = [
     "run_workers",
     "trial_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public name ``name`` from its module on first use (then cached here).
+
+    Raises:
+        AttributeError: ``name`` is not one of :data:`__all__`.
+    """
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy public ones included."""
+    return sorted({*globals(), *__all__})

@@ -11,7 +11,7 @@ import socket
 import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -21,14 +21,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .. import __version__
-from ..core.engine.trainer import Progress, Stopped, Trainer, evaluate
+from ..core.engine.trainer import Progress, Stopped, Trainer
 from ..core.engine.weights import first_line, load_safely
 from ..core.recipe.errors import DiskFull
 from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..ranks import RankFailed, RankLost, train_on_ranks
 from ..spec import RunConfig, Spec, resolve
-from ..teacher import teacher_run_config, teacher_weights
+from ..spec.fixed import config_digest, fixed_configuration
+from ..teacher import needs_training, teacher_test_accuracy, teacher_weights
 from ..urls import redact
 from .study import TrialSuggest, format_value
 
@@ -51,17 +52,22 @@ class TrialObjective:
         log: where progress lines go.
         slot: the devices of one trial: one process each (:func:`bkdsearch.ranks.train_on_ranks`)
             when more than one; default ``[device]``, trained in this process.
+        checkpoint_lock: held while an epoch's checkpoint replaces the previous one; whoever
+            ends the trial from outside (an interrupt) holds it too, so the checkpoint its
+            retry is queued with is never replaced or deleted afterwards.
     """
 
     def __init__(self, spec: Spec, study: optuna.Study, *, device: torch.device, studies_dir: Path,
                  artifacts: FileSystemArtifactStore, stop: threading.Event,
                  progress: Callable[[str], Progress] | None, log: Callable[[str], None],
-                 slot: list[torch.device] | None = None) -> None:
+                 slot: list[torch.device] | None = None, checkpoint_lock: threading.Lock | None = None) -> None:
         self.spec, self.study, self.device = spec, study, device
+        self.checkpoint_lock = checkpoint_lock or threading.Lock()
         self.slot = slot or [device]
         self.studies_dir = Path(studies_dir)
         self.run_root = self.studies_dir / study.study_name
         self.artifacts, self.stop, self.progress, self.log = artifacts, stop, progress, log
+        self.config_digest = config_digest(fixed_configuration(spec))
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         """Train ``trial``'s configuration and return its objective values.
@@ -82,6 +88,7 @@ class TrialObjective:
             where = "cpu" if self.device.type == "cpu" else "cuda"
             cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"device": where})})
         trial.set_user_attr("run_config", cfg.model_dump(mode="json"))
+        trial.set_user_attr("config_digest", self.config_digest)  # which configuration of a mixed study
         trial.set_user_attr("versions", {"bkdsearch": __version__, "torch": torch.__version__,
                                          "optuna": optuna.__version__})
         trial.set_user_attr("device", _device_name(self.device))
@@ -147,11 +154,31 @@ class TrialObjective:
         return f"{len(self.slot)} GPUs ({', '.join(str(d.index) for d in self.slot)})"
 
     def _teacher(self, cfg: RunConfig) -> str | None:
-        """The teacher's weights; one worker of this machine trains a missing teacher while
-        the others wait for it (they would write the same cache files)."""
+        """The teacher's weights. Only training a missing teacher takes the machine's teacher
+        lock (one worker trains it while the others wait, they would write the same cache
+        files); a given checkpoint or a cached teacher never waits on it."""
+        cache = self.studies_dir / "teachers"
+        try:
+            if not needs_training(cfg, cache):
+                path = teacher_weights(cfg, cache, train_if_missing=False)
+            else:
+                with self._teacher_lock(cache):
+                    path = teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log,
+                                           should_stop=self.stop.is_set)
+        except Stopped:
+            # Ctrl-C during the teacher's training: the trial is queued again; the teacher's
+            # last.pt stays, and the next run resumes its training.
+            raise Interrupted() from None
+        if path is not None and "teacher_test_acc" not in self.study.user_attrs:
+            self._record_teacher_accuracy(cfg, path)
+        return path
+
+    @contextlib.contextmanager
+    def _teacher_lock(self, cache: Path) -> Iterator[None]:
+        """Hold the teacher-training lock of ``cache``, waiting in 1 s slices so that Ctrl-C
+        still stops the trial while another process trains the teacher."""
         from filelock import FileLock, Timeout
 
-        cache = self.studies_dir / "teachers"
         cache.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache / ".train.lock"))
         while True:
@@ -162,27 +189,20 @@ class TrialObjective:
                 if self.stop.is_set():
                     raise Interrupted() from None
         try:
-            path = teacher_weights(cfg, cache, progress=self.progress is not None, log=self.log,
-                                   should_stop=self.stop.is_set)
-        except Stopped:
-            # Ctrl-C during the teacher's training: the trial is queued again; the teacher's
-            # last.pt stays, and the next run resumes its training.
-            raise Interrupted() from None
+            yield
         finally:
             lock.release()
-        if path is not None and "teacher_test_acc" not in self.study.user_attrs:
-            self._record_teacher_accuracy(cfg, path)
-        return path
 
     def _record_teacher_accuracy(self, cfg: RunConfig, path: str) -> None:
         """Store the teacher's test accuracy in the study (once): what the student is measured
-        against in status, report and the run summary."""
-        tcfg = teacher_run_config(cfg)
-        tcfg = tcfg.model_copy(update={"student": tcfg.student.model_copy(update={"checkpoint": path})})
-        with contextlib.suppress(Exception):  # a number to show, never a reason to fail the trial
-            probe = Trainer(tcfg, Path(path).parent, device=self.device)
-            self.study.set_user_attr("teacher_test_acc", evaluate(probe.method.student, probe.data.test,
-                                                                  probe.autocast))
+        against in status, report and the run summary. A number to show, never a reason to
+        fail the trial: a failure is logged and the trial goes on."""
+        try:
+            accuracy = teacher_test_accuracy(cfg, path, str(self.device))
+        except Exception as exc:  # any failure only costs the displayed figure
+            self.log(f"teacher accuracy not recorded: {type(exc).__name__}: {exc}")
+            return
+        self.study.set_user_attr("teacher_test_acc", accuracy)
 
     def _save_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
         """Store the checkpoint of ``epoch`` in the artifact store, record it in the trial's
@@ -190,7 +210,15 @@ class TrialObjective:
 
         Raises:
             DiskFull: the artifact could not be written (its partial file is removed).
+            Interrupted: the trial was already ended from outside (an interrupt queued its
+                retry with the previous checkpoint, which therefore stays as it is).
         """
+        with self.checkpoint_lock:
+            if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise Interrupted()
+            return self._replace_artifact(trial, run_dir, epoch, previous)
+
+    def _replace_artifact(self, trial: optuna.Trial, run_dir: Path, epoch: int, previous: str | None) -> str:
         artifact_id = uuid.uuid4().hex
         source = run_dir / "last.pt"
         try:

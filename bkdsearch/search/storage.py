@@ -15,7 +15,6 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 
-from ..core.engine.weights import first_line
 from ..errors import StorageError
 from ..urls import redact
 from .heartbeat import MAX_RETRY, RetryDeadTrial, heartbeat_settings
@@ -99,6 +98,8 @@ def make_storage(url: str, *, create: bool = True) -> RDBStorage:
             if attempt < attempts - 1 and _creation_race(exc):
                 time.sleep(0.2 + random.random())
                 continue
+            from ..core.engine.weights import first_line  # here: reading commands open storages without torch
+
             raise StorageError(f"cannot open storage {shown}: {clean(first_line(exc), secrets)}") from None
     if backend == "sqlite":
         with contextlib.suppress(Exception), storage.engine.connect() as conn:

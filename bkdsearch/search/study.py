@@ -3,8 +3,11 @@ for each searched value, and look trials up."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import socket
+import time
 import warnings
 import zlib
 from typing import Any
@@ -13,10 +16,9 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
 from optuna.trial import TrialState
 
-from ..core.engine.weights import first_line
-from ..core.recipe.optim import scale_milestones
-from ..errors import NotFound, SpecError, StorageError
+from ..errors import ConfigMismatch, NotFound, SpecError, StorageError
 from ..spec import Choice, Distribution, FloatRange, IntRange, RunConfig, Spec
+from ..spec.fixed import config_differences, config_digest, fixed_configuration, set_arguments
 from ..urls import redact
 from .confirm import confirmed_winner
 from .storage import clean, make_storage, url_secrets
@@ -68,6 +70,8 @@ def first_prunable_step(spec: Spec) -> int:
     recipe = spec.train
     epochs = search_epochs(spec)
     if _fixed(recipe.schedule) == "multistep":
+        from ..core.recipe.optim import scale_milestones  # here: reading a study needs no torch
+
         full = int(_fixed(recipe.epochs))
         given = recipe.milestones and (scale_milestones(recipe.milestones, full, epochs) if full != epochs
                                        else recipe.milestones)
@@ -104,15 +108,22 @@ def worker_seed(spec_seed: int) -> int:
     return zlib.crc32(mixed) & 0xFFFFFFFF
 
 
-def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
+def open_study(spec: Spec, storage_url: str, study_name: str | None = None, *,
+               allow_different_spec: bool = False) -> optuna.Study:
     """Create the study of ``spec`` in ``storage_url`` or load it when it exists (resume).
 
-    The process that creates the study records the spec and enqueues the spec's
-    ``search.enqueue`` configurations (e.g. the published one), once; workers that start at
-    the same moment load it.
+    The process that creates the study records the spec, its fixed configuration
+    (:func:`bkdsearch.spec.fixed.fixed_configuration`, user attrs ``fixed_config`` and
+    ``fixed_config_digest``) and enqueues the spec's ``search.enqueue`` configurations
+    (e.g. the published one), once; workers that start at the same moment load it. A worker
+    whose fixed configuration differs is refused, unless ``allow_different_spec``: then its
+    digest joins the study's ``mixed_configs`` (and each trial records its own
+    ``config_digest``), which ``status`` and ``report`` show.
 
     Raises:
         StorageError: the storage cannot be opened, or the study exists with other objectives.
+        ConfigMismatch: the study was made with another fixed configuration (nothing is
+            written to it).
     """
     storage = make_storage(storage_url)
     secrets = url_secrets(storage_url)
@@ -130,11 +141,14 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
             study = optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(
                 spec, worker_seed(spec.seed)), pruner=make_pruner(spec))
     except Exception as exc:  # noqa: BLE001 - database errors of any driver
+        from ..core.engine.weights import first_line
+
         raise StorageError(f"cannot create study {name!r} in {clean(storage_url, secrets)}: "
                            f"{clean(first_line(exc), secrets)}") from None
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize"
                             else optuna.study.StudyDirection.MINIMIZE for d in directions]:
         raise StorageError(f"study {name!r} exists with other objectives; use another --study name")
+    _bind_configuration(study, spec, created=created, allow_different=allow_different_spec)
     if created or "spec" not in study.user_attrs:
         study.set_metric_names([OBJECTIVE_NAMES[o] for o in spec.search.objectives])
         study.set_user_attr("spec", _redacted_spec(spec))
@@ -142,6 +156,69 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
         for params in spec.search.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+CREATOR_WAIT_S = 5.0
+"""How long a worker joining a study without trials waits for its creator (which may have
+just made it) to record the fixed configuration."""
+
+
+def _recorded_configuration(study: optuna.Study, created: bool) -> dict[str, Any] | None:
+    """The fixed configuration the study records; None when it records none (a study made
+    before configurations were recorded, or one just made by this process)."""
+    if created:
+        return None
+    deadline = time.monotonic() + CREATOR_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if "fixed_config" in attrs:
+            return dict(attrs["fixed_config"])
+        if time.monotonic() > deadline or study.get_trials(deepcopy=False):
+            return None
+        time.sleep(0.2)
+
+
+def _bind_configuration(study: optuna.Study, spec: Spec, *, created: bool, allow_different: bool) -> None:
+    """Record ``spec``'s fixed configuration in ``study`` when it records none yet; else
+    check that it is the same (see :func:`open_study`).
+
+    Raises:
+        ConfigMismatch: it differs and ``allow_different`` is false.
+    """
+    mine = fixed_configuration(spec)
+    digest = config_digest(mine)
+    recorded = _recorded_configuration(study, created)
+    if recorded is None:
+        study.set_user_attr("fixed_config", mine)
+        study.set_user_attr("fixed_config_digest", digest)
+        return
+    recorded_digest = study.user_attrs.get("fixed_config_digest") or config_digest(recorded)
+    if recorded_digest == digest:
+        return
+    differences = config_differences(recorded, mine)
+    if not allow_different:
+        raise ConfigMismatch(mismatch_message(study.study_name, differences))
+    mixed = set(study.user_attrs.get("mixed_configs", [recorded_digest]))
+    if digest not in mixed:
+        study.set_user_attr("mixed_configs", sorted({*mixed, digest}))
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def mismatch_message(study_name: str, differences: list[tuple[str, Any, Any]]) -> str:
+    """Return the refusal of a worker whose fixed configuration differs from its study's:
+    each differing key with both values, and the ways out."""
+    lines = [f"study {study_name!r} was made with another configuration; "
+             f"{len(differences)} key(s) differ (study's value -> this worker's):"]
+    lines += [f"  {name}: {_shown(old)} -> {_shown(new)}" for name, old, new in differences]
+    sets = set_arguments(differences)
+    if sets:
+        lines.append("to join it, give its values: " + " ".join(f"--set {shlex.quote(s)}" for s in sets))
+    lines.append("or use another --study; --allow-different-spec joins anyway (status and report then "
+                 "flag the study as mixed)")
+    return "\n".join(lines)
 
 
 def _redacted_spec(spec: Spec) -> dict[str, Any]:

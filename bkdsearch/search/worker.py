@@ -51,7 +51,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from ..core.engine.trainer import Progress, Stopped
-from ..errors import BadInput, TrialsKeepFailing
+from ..errors import BadInput, Terminated, TrialsKeepFailing, interrupt_exit_code
 from ..progress import clock, make_progress
 from ..ranks import RankLost
 from ..spec import Spec
@@ -110,10 +110,11 @@ class Worker:
         def displays(label: str) -> Progress:
             return make_progress(label, log, terminal=terminal)
 
+        self._interrupt_lock = threading.Lock()
         self.objective = TrialObjective(spec, study, device=device, studies_dir=Path(studies_dir),
                                         artifacts=FileSystemArtifactStore(str(artifacts)), stop=self.stop,
                                         progress=displays if progress else None, log=log,
-                                        slot=slot or [device])
+                                        slot=slot or [device], checkpoint_lock=self._interrupt_lock)
         self.deadline = time.monotonic() + timeout if timeout else None
         self.log = log
         self.drain = threading.Event()
@@ -124,7 +125,6 @@ class Worker:
         self.error: BaseException | None = None
         self.current: optuna.Trial | None = None
         self._lock = threading.Lock()
-        self._interrupt_lock = threading.Lock()
         self._consecutive_failures = 0
         self.last_failure = ""
         storage = study._storage
@@ -416,8 +416,9 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, slots: list[l
         t.start()
     try:
         _wait(workers)
-    except KeyboardInterrupt:
-        log("interrupted: stopping; the running trials end as failed and are queued to resume "
+    except KeyboardInterrupt as first:
+        what = "terminated (SIGTERM)" if isinstance(first, Terminated) else "interrupted"
+        log(f"{what}: stopping; the running trials end as failed and are queued to resume "
             "(Ctrl-C again to stop at once)")
         for w in workers:
             w.stop.set()
@@ -432,8 +433,8 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, slots: list[l
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
-            os._exit(130)
-        raise KeyboardInterrupt from None
+            os._exit(interrupt_exit_code(first))
+        raise first from None
     errors = [w.error for w in workers if w.error is not None]
     if errors:
         raise errors[0]

@@ -365,6 +365,9 @@ class SearchSettings(_Strict):
     enqueue: list[dict[str, Enqueued]] = Field([], description=(
         "Configurations tried first (a published one, say): each maps parameter names (train.lr, "
         "blockkd.tau...) to a value; a list choice is given as its \"1,2\"-style string."))
+    baseline: dict[str, Enqueued] | None = Field(None, description=(
+        "The configuration `confirm` measures the winner against, always confirmed with the same seeds "
+        "(null: the first enqueued one, else every searched parameter at its default); names as in enqueue."))
     fidelity: Fidelity | None = Field(None, description="A cheaper recipe for search trials (null: the full one).")
     pruner_warmup_fraction: float | None = Field(None, gt=0, lt=1, description=(
         "Share of a cosine or constant run before the pruner may act (default 0.5); a multistep "
@@ -372,10 +375,10 @@ class SearchSettings(_Strict):
     confirm_top: int = Field(3, ge=1, le=50, description="Configurations `confirm` re-trains (by validation).")
     confirm_seeds: int = Field(3, ge=1, le=20, description="Fresh seeds per confirmed configuration.")
 
-    @field_validator("enqueue")
+    @field_validator("enqueue", "baseline")
     @classmethod
-    def _finite_enqueued(cls, v: list[dict[str, Enqueued]]) -> list[dict[str, Enqueued]]:
-        """Return ``v`` when no enqueued parameter is nan or inf.
+    def _finite_enqueued(cls, v: Any) -> Any:
+        """Return ``v`` when no enqueued (or baseline) parameter is nan or inf.
 
         Raises:
             ValueError: naming the non-finite value.

@@ -15,22 +15,23 @@ import torch
 
 from ..recipe.data import folder, sources
 from ..recipe.data import synthetic as synthetic_set
-from ..recipe.data.arrays import ArrayDataset, _check_split
+from ..recipe.data.arrays import DEFAULT_ROOT, ArrayDataset, _check_split
 from ..recipe.data.build import DataBundle, array_loaders
 from ..recipe.data.synthetic import SyntheticConfig
 from ..recipe.distributed import Ranks
+from ..recipe.errors import DataError
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
 """Names accepted by :func:`build_data`."""
 
-ArraySource = Callable[[Path, str, bool, int, Any], ArrayDataset]
-"""``source(root, split, download, seed, options) -> ArrayDataset``: one in-memory dataset."""
+ArraySource = Callable[[Path | None, str, bool, int, Any], ArrayDataset]
+"""``source(root, split, download, seed, options) -> ArrayDataset``: one in-memory dataset;
+``root`` is None when the user set none (the source then looks in its default places)."""
 
 _SOURCES: dict[str, ArraySource] = {
     "cifar10": sources.load_cifar10, "cifar100": sources.load_cifar100,
     "fashion_mnist": sources.load_fashion_mnist, "synthetic": synthetic_set.load_synthetic,
 }
-_DEFAULT_ROOT = "./data"
 
 
 def register_source(name: str) -> Callable[[ArraySource], ArraySource]:
@@ -64,11 +65,12 @@ def load_arrays(name: str, root: str | Path | None, split: str, *, download: boo
 
     Args:
         name: ``cifar10``, ``cifar100``, ``fashion_mnist`` or ``synthetic``.
-        root: data folder for the torchvision datasets (``./data`` when None); ignored for
-            ``synthetic``. For ``fashion_mnist`` the idx files are searched in
-            ``root/FashionMNIST/raw`` (torchvision's layout), ``root/fashion-mnist``,
-            ``root/fashion_mnist`` and ``root``, then in Debian's
-            ``/usr/share/datasets/fashion-mnist``.
+        root: data folder for the torchvision datasets; ignored for ``synthetic``. For
+            ``fashion_mnist`` the idx files are searched in ``root/FashionMNIST/raw``
+            (torchvision's layout), ``root/fashion-mnist``, ``root/fashion_mnist`` and
+            ``root``. When None: ``./data`` the same way, then (Fashion-MNIST) Debian's
+            ``/usr/share/datasets/fashion-mnist``. A root that is set is never replaced
+            by another folder.
         split: ``"train"`` or ``"test"``.
         download: let torchvision download CIFAR / Fashion-MNIST into ``root`` when absent.
         seed: generation seed of the synthetic dataset (ignored otherwise).
@@ -80,20 +82,26 @@ def load_arrays(name: str, root: str | Path | None, split: str, *, download: boo
         its single 28x28 channel). ``mean``/``std`` are those of the training split.
 
     Raises:
-        DataError: the data is missing (and ``download`` is off), the download failed, or a
-            file is corrupt or truncated.
+        DataError: ``root`` is set but is not a folder (and ``download`` is off), the data
+            is missing, the download failed, or a file is corrupt or truncated.
         ValueError: unknown ``name`` or ``split``; ``imagefolder`` (not an in-memory set).
     """
     _check_split(split)
     if isinstance(synthetic, Mapping):
         synthetic = tuple(sorted(synthetic.items()))
-    path = Path(_DEFAULT_ROOT if root is None else root).expanduser().resolve()
+    path = None if root is None else Path(root).expanduser().resolve()
+    if path is not None and name != "synthetic" and not download and not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        debian = ", then /usr/share/datasets/fashion-mnist" if name == "fashion_mnist" else ""
+        defaults = f"{DEFAULT_ROOT.resolve()}{debian}"
+        raise DataError(f"data root {path} {what}; fix data.root, remove it to read {name} from the default "
+                        f"places ({defaults}), or pass download: true to fetch it into {path}")
     return _cached_load(name, path, split, bool(download), int(seed) if name == "synthetic" else 0,
                         synthetic if name == "synthetic" else None)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_load(name: str, root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+def _cached_load(name: str, root: Path | None, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     return array_source(name)(root, split, download, seed, options)
 
 

@@ -61,7 +61,7 @@ def load_data(cfg: RunConfig, device: torch.device, ranks: Ranks = SINGLE) -> Da
         source = load_fashion_mnist
     else:
         source = load_synthetic
-    root = Path(d.root or "./data").expanduser().resolve()
+    root = None if d.root is None else Path(d.root).expanduser().resolve()  # None: the source's default places
     full, test = (source(root, split, d.download, d.split_seed, d.synthetic) for split in ("train", "test"))
     return array_loaders(full, test, val_fraction=d.val_fraction, batch_size=d.batch_size,
                          eval_batch_size=d.eval_batch_size, seed=cfg.seed, device=device, augment=d.augment,

@@ -4,6 +4,7 @@ data module draws its random streams from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,3 +80,7 @@ def _cpu_generator(*parts: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(_derive_seed(*parts))
     return g
+
+
+DEFAULT_ROOT = Path("./data")
+"""Where the torchvision datasets are looked for (and downloaded to) when no root is set."""

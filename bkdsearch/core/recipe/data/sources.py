@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .arrays import ArrayDataset
+from .arrays import DEFAULT_ROOT, ArrayDataset
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` package installs the idx files."""
@@ -29,27 +29,28 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def load_cifar10(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+def load_cifar10(root: Path | None, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return CIFAR-10's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
     images, labels, classes = _load_cifar("cifar10", root, split, download)
     return ArrayDataset(images, labels, classes, *_STATS["cifar10"], "cifar10")
 
 
-def load_cifar100(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+def load_cifar100(root: Path | None, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return CIFAR-100's ``split`` from ``root`` (torchvision's layout; downloaded when allowed)."""
     images, labels, classes = _load_cifar("cifar100", root, split, download)
     return ArrayDataset(images, labels, classes, *_STATS["cifar100"], "cifar100")
 
 
-def load_fashion_mnist(root: Path, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
+def load_fashion_mnist(root: Path | None, split: str, download: bool, seed: int, options: Any) -> ArrayDataset:
     """Return Fashion-MNIST's ``split`` (1x28x28) from idx files under ``root`` or Debian's package."""
     images, labels = _load_fashion_mnist(root, split, download)
     return ArrayDataset(images, labels, 10, *_STATS["fashion_mnist"], "fashion_mnist")
 
 
-def _load_cifar(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _load_cifar(name: str, root: Path | None, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
     from torchvision import datasets
 
+    root = DEFAULT_ROOT if root is None else root
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     pretty = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
     folder = root / cls.base_folder
@@ -129,17 +130,15 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _fashion_mnist_dirs(root: Path) -> list[Path]:
-    return [
-        root / "FashionMNIST" / "raw",
-        root / "fashion-mnist",
-        root / "fashion_mnist",
-        root,
-        DEBIAN_FASHION_MNIST_DIR,
-    ]
+def _fashion_mnist_dirs(root: Path | None) -> list[Path]:
+    # Debian's folder only stands in for a root the user did not set: a root they set is
+    # the data they meant, and reading other files without a word would hide that.
+    base = DEFAULT_ROOT if root is None else root
+    dirs = [base / "FashionMNIST" / "raw", base / "fashion-mnist", base / "fashion_mnist", base]
+    return dirs + [DEBIAN_FASHION_MNIST_DIR] if root is None else dirs
 
 
-def _load_fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_fashion_mnist(root: Path | None, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     img_stem, lbl_stem = _IDX_NAMES[split]
     for folder in _fashion_mnist_dirs(root):
         img_path, lbl_path = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
@@ -153,7 +152,7 @@ def _load_fashion_mnist(root: Path, split: str, download: bool) -> tuple[torch.T
             )
         return _fashion_from_idx(img_path, lbl_path)
     if download:
-        return _download_fashion_mnist(root, split)
+        return _download_fashion_mnist(DEFAULT_ROOT if root is None else root, split)
     looked = ", ".join(str(d) for d in _fashion_mnist_dirs(root))
     raise DataError(
         f"Fashion-MNIST not found: looked for {img_stem}[.gz] and {lbl_stem}[.gz] in {looked}. "
