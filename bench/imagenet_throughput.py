@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bkdsearch.core.data.folder import FolderLoader, open_image_folder  # noqa: E402
+from bkdsearch.core.recipe.data.folder import FolderLoader, open_image_folder  # noqa: E402
 
 
 def make_folder(root: Path, images: int, classes: int = 8) -> Path:

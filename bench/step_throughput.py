@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import damped_teacher  # noqa: E402
 
-from bkdsearch.core.trainer import Trainer  # noqa: E402
+from bkdsearch.core.engine.trainer import Trainer  # noqa: E402
 from bkdsearch.spec import (  # noqa: E402
     BlockKDConfig,
     DataConfig,
@@ -87,7 +87,7 @@ def exactness(teacher: str, device: str) -> dict[str, float]:
             "num_classes": 100, "train_size": 640, "test_size": 64}})})
         trainer = Trainer(cfg, tempfile.mkdtemp(), teacher_weights=teacher)
         trace = []
-        from bkdsearch.core.optim import lr_at
+        from bkdsearch.core.recipe.optim import lr_at
 
         steps = len(trainer.data.train)
         trainer.method.train()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_byom_families import FAST, SLOW  # noqa: E402
 
-from bkdsearch.core.traced import trace  # noqa: E402
+from bkdsearch.core.recipe.traced import trace  # noqa: E402
 from bkdsearch.zoo import atom_shapes, create_model, list_models, model_entry  # noqa: E402
 
 

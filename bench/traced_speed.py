@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bkdsearch.core.losses import blockkd_loss, kd_loss, stone_weights  # noqa: E402
-from bkdsearch.core.partitions import Partition  # noqa: E402
-from bkdsearch.core.stones import SteppingStones  # noqa: E402
-from bkdsearch.core.traced import trace  # noqa: E402
-from bkdsearch.core.traced_stones import TracedStones  # noqa: E402
+from bkdsearch.core.recipe.losses import blockkd_loss, kd_loss, stone_weights  # noqa: E402
+from bkdsearch.core.recipe.partitions import Partition  # noqa: E402
+from bkdsearch.core.recipe.stones import SteppingStones  # noqa: E402
+from bkdsearch.core.recipe.traced import trace  # noqa: E402
+from bkdsearch.core.recipe.traced_stones import TracedStones  # noqa: E402
 from bkdsearch.zoo import create_model  # noqa: E402
 
 CUTS = Partition(("layer1.2", "layer2.3", "layer3.5"), ("layer1.1", "layer2.1", "layer3.1"))

@@ -4,7 +4,7 @@ The public API, imported on first use (``import bkdsearch`` stays cheap)::
 
     from bkdsearch import create_model, load_spec, resolve, Defaults, Trainer
 
-Rooms (DESIGN.md "Layout"): :mod:`bkdsearch.core` the torch-only runtime,
+Rooms (docs/design.md "Layout"): :mod:`bkdsearch.core` the torch-only runtime (recipe and engine),
 :mod:`bkdsearch.spec` the declarative side, :mod:`bkdsearch.search` the orchestration,
 :mod:`bkdsearch.report` and :mod:`bkdsearch.export` the outputs, :mod:`bkdsearch.cli`.
 """
@@ -18,12 +18,12 @@ __version__ = "0.1.0"
 
 _API = {
     "create_model": "bkdsearch.zoo",
-    "list_models": "bkdsearch.core.zoo",
-    "decompose": "bkdsearch.core.zoo",
-    "load_weights": "bkdsearch.core.zoo",
-    "build_data": "bkdsearch.core.data",
-    "Trainer": "bkdsearch.core.trainer",
-    "RunResult": "bkdsearch.core.trainer",
+    "list_models": "bkdsearch.core.engine.models",
+    "decompose": "bkdsearch.core.recipe.zoo",
+    "load_weights": "bkdsearch.core.engine.weights",
+    "build_data": "bkdsearch.core.engine.data",
+    "Trainer": "bkdsearch.core.engine.trainer",
+    "RunResult": "bkdsearch.core.engine.trainer",
     "Spec": "bkdsearch.spec",
     "RunConfig": "bkdsearch.spec",
     "Defaults": "bkdsearch.spec",

@@ -72,7 +72,7 @@ def run_comparison(spec: Spec, methods: Sequence[str], seeds: Sequence[int], *, 
         SpecError: see :func:`comparison_configs`. WeightsError, DataError: a bad teacher or
             missing data. RunFailure: a run failed (a non-finite loss, say).
     """
-    from .core.trainer import Trainer
+    from .core.engine.trainer import Trainer
 
     configs = comparison_configs(spec, methods, seeds, overrides)
     results = {m: MethodResult(m) for m in methods}

@@ -1,13 +1,13 @@
 """Every error bkdsearch raises on purpose, in one hierarchy that the CLI maps by class:
 :class:`BadInput` exits with 2, :class:`RunFailure` with 1.
 
-The root and the runtime's own errors live in :mod:`bkdsearch.core.errors` (an exported
+The root and the runtime's own errors live in :mod:`bkdsearch.core.recipe.errors` (an exported
 script carries them); this module adds those of the spec, the search and the outputs.
 """
 
 from __future__ import annotations
 
-from .core.errors import (
+from .core.recipe.errors import (
     BadInput,
     BkdsearchError,
     CheckpointError,

@@ -23,10 +23,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
-from .core.data import input_size_of
-from .core.partitions import Partition
-from .core.stones import SteppingStones
-from .core.zoo import atom_shapes, create_model, decompose
+from .core.engine.data import input_size_of
+from .core.engine.models import create_model
+from .core.recipe.partitions import Partition
+from .core.recipe.stones import SteppingStones
+from .core.recipe.zoo import atom_shapes, decompose
 
 COUNTER = "fvcore FlopCountAnalysis (1 multiply-add = 1 flop)"
 

@@ -275,8 +275,8 @@ def _weights_problem(role: str, arch: str, path: str, num_classes: int | None, f
     ``arch``, or None when it does."""
     import torch
 
-    from .core.zoo import create_model
-    from .core.zoo.weights import check_fits, read_state_dict
+    from .core.engine.models import create_model
+    from .core.engine.weights import check_fits, read_state_dict
     from .errors import WeightsError
 
     file = Path(path)
@@ -358,7 +358,8 @@ def _data_problems(data: Any, seed: int, search: bool,
                    fractions: list[tuple[str, float]]) -> tuple[int | None, list[tuple[str, str]]]:
     """(class count or None, problems) of the data section, opened as the trainer opens it
     (the whole training split; each of ``fractions`` is then checked to keep a full batch)."""
-    from .core.data import SyntheticConfig, build_data, dataset_info
+    from .core.engine.data import build_data, dataset_info
+    from .core.recipe.data import SyntheticConfig
     from .errors import DataError
 
     problems: list[tuple[str, str]] = []

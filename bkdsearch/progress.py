@@ -1,4 +1,4 @@
-"""Progress displays for runs (what :class:`bkdsearch.core.trainer.Progress` is told): a
+"""Progress displays for runs (what :class:`bkdsearch.core.engine.trainer.Progress` is told): a
 rich bar that moves with every step on a terminal, one log line per epoch otherwise; and the
 log lines themselves: on a terminal, wrapped to its width between their items (never inside a
 word, a path or a URL) and printed above a moving bar, never onto it."""
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI formats with this module without importing torch
-    from .core.trainer import Progress
+    from .core.engine.trainer import Progress
 
 
 def epoch_line(label: str, row: Mapping[str, float], epochs: int, elapsed_s: float, eta_s: float | None) -> str:

@@ -5,7 +5,7 @@ ranks, so a rank runs exactly as under ``torchrun --nproc_per_node G``. The laun
 rank and joins no process group; several runs may be launched side by side from the threads
 of one worker. Rank 0 tells the launcher of its steps and epochs through a pipe and waits, at
 every epoch's end, for the launcher's answer (go on, or stop: a pruned trial, Ctrl-C); the
-other ranks follow rank 0 through the process group (:mod:`bkdsearch.core.trainer`). When a
+other ranks follow rank 0 through the process group (:mod:`bkdsearch.core.engine.trainer`). When a
 rank fails the launcher stops the others and says which rank ended how; a rank that dies
 without a word (SIGKILL, the OOM killer) is :class:`RankLost`, which a study retries from the
 last epoch checkpoint.
@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .core import errors as core_errors
-from .core.distributed import end_group, rank_device, ranks_from_env, start_group
-from .core.trainer import EpochCallback, Progress, RunResult, Stopped, Trainer
+from .core.engine.processes import start_group
+from .core.engine.trainer import EpochCallback, Progress, RunResult, Stopped, Trainer
+from .core.recipe import errors as core_errors
+from .core.recipe.distributed import end_group, rank_device, ranks_from_env
 from .errors import BadInput, RunFailure
 
 if TYPE_CHECKING:  # the spec package is imported only when a rank runs (main)

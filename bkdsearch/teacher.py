@@ -63,7 +63,7 @@ def data_content_id(data: DataConfig) -> str | None:
 def _content_id(dataset: str, root: str | None, download: bool) -> str:
     digest = hashlib.sha256()
     if dataset == "imagefolder":
-        from .core.data import open_image_folder
+        from .core.recipe.data import open_image_folder
 
         if root is None:
             raise DataError("imagefolder needs data.root (a folder with train/<class>/ and val/<class>/)")
@@ -73,7 +73,7 @@ def _content_id(dataset: str, root: str | None, download: bool) -> str:
             relative = Path(path).relative_to(base).as_posix()
             digest.update(f"{relative}\0{os.path.getsize(path)}\0{label}\n".encode())
     else:
-        from .core.data import load_arrays
+        from .core.engine.data import load_arrays
 
         train = load_arrays(dataset, root, "train", download=download)
         digest.update(train.images.numpy().tobytes())
@@ -116,7 +116,7 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     Raises:
         WeightsError: the named checkpoint does not exist, or no cached teacher and
             ``train_if_missing`` is False.
-        bkdsearch.core.trainer.Stopped: ``should_stop`` returned True (the teacher's last
+        bkdsearch.core.engine.trainer.Stopped: ``should_stop`` returned True (the teacher's last
             finished epoch stays checkpointed in its folder).
     """
     if cfg.teacher is None or cfg.method == "ce":
@@ -135,7 +135,7 @@ def teacher_weights(cfg: RunConfig, cache_dir: str | Path, *, train_if_missing: 
     if not train_if_missing:
         raise WeightsError(f"no teacher checkpoint and no cached teacher at {cached}; "
                            "run `bkdsearch teacher SPEC` first")
-    from .core.trainer import Trainer
+    from .core.engine.trainer import Trainer
     from .progress import make_progress
 
     tcfg = teacher_run_config(cfg)
@@ -156,9 +156,10 @@ def teacher_test_accuracy(cfg: RunConfig, path: str | Path, device: str | None =
         WeightsError: ``path`` does not load into the teacher's architecture.
         DataError: the dataset cannot be read.
     """
-    from .core.data import build_data
-    from .core.trainer import evaluate, pick_device
-    from .core.zoo import create_model, load_weights
+    from .core.engine.data import build_data
+    from .core.engine.trainer import evaluate, pick_device
+    from .core.engine.weights import load_weights
+    from .zoo import create_model
 
     assert cfg.teacher is not None
     target = pick_device(device or cfg.runtime.device)

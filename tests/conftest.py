@@ -77,7 +77,7 @@ def teacher_ckpt(tmp_path_factory) -> str:
 
 
 # --------------------------------------------------------------------------- database servers
-# (added for the worker/failure tests: fresh databases on the servers of DESIGN.md)
+# (added for the worker/failure tests: fresh databases on the servers of docs/design.md)
 
 SERVERS = {
     "postgresql": ("postgresql+psycopg://postgres@127.0.0.1:5432/test", 5432, "PostgreSQL"),
@@ -102,7 +102,7 @@ def _server_up(kind: str) -> bool:
 @pytest.fixture
 def db_url(request):
     """``db_url(kind)`` -> the URL of a fresh, empty database on the PostgreSQL
-    (``postgresql``) or MariaDB (``mysql``) server of DESIGN.md, dropped after the test.
+    (``postgresql``) or MariaDB (``mysql``) server of docs/design.md, dropped after the test.
     Unreachable server: skip on a laptop, fail in CI."""
     import uuid
 
@@ -112,7 +112,7 @@ def db_url(request):
 
     def make(kind: str) -> str:
         url, port, label = SERVERS[kind]
-        require(_server_up(kind), f"{label} on 127.0.0.1:{port} (see DESIGN.md) is not reachable")
+        require(_server_up(kind), f"{label} on 127.0.0.1:{port} (see docs/design.md) is not reachable")
         name = f"bkd_{uuid.uuid4().hex[:12]}"
         engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:

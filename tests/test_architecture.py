@@ -18,7 +18,7 @@ RUNTIME_IMPORTS = {"torch", "torchvision", "numpy", "PIL"}
 MAX_MODULE_LINES = 550  # "about 500": one job per module
 
 # Rooms and their order: a module may import its own room and the rooms before it only
-# (cli -> search/report/export -> spec -> core, DESIGN.md "Layout").
+# (cli -> search/report/export -> spec -> core, docs/design.md "Layout").
 LAYERS = [
     ("core",),
     ("errors", "urls", "zoo", "data", "progress", "gain"),
@@ -82,6 +82,42 @@ def test_core_imports_only_torch_torchvision_numpy_and_the_standard_library() ->
             elif root not in RUNTIME_IMPORTS and root not in sys.stdlib_module_names:
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
     assert not offenders, "core must stay torch-only:\n" + "\n".join(offenders)
+
+
+RECIPE = "bkdsearch.core.recipe"
+ENGINE = "bkdsearch.core.engine"
+
+
+def recipe_offenders(modules: dict[str, Path]) -> list[str]:
+    """Every import, in the recipe's modules among ``modules`` (name -> file), of a bkdsearch
+    module outside the recipe: the engine, the spec, the search, the CLI... (the recipe is what
+    an exported script inlines)."""
+    offenders = []
+    for name, path in modules.items():
+        if name != RECIPE and not name.startswith(RECIPE + "."):
+            continue
+        for target, line in _imports(name, path):
+            if target.split(".")[0] == "bkdsearch" and not (target == RECIPE or target.startswith(RECIPE + ".")):
+                offenders.append(f"{path.name}:{line} imports {target}")
+    return offenders
+
+
+def test_the_recipe_imports_nothing_of_the_engine_spec_search_or_cli() -> None:
+    offenders = recipe_offenders(MODULES)
+    assert offenders == [], "the recipe must stay plain:\n" + "\n".join(offenders)
+    # Everything in core is one of the two layers, and the engine does use the recipe.
+    core = [n for n in MODULES if n.startswith("bkdsearch.core.")]
+    assert all(n.startswith((RECIPE, ENGINE)) for n in core), core
+    assert any(t.startswith(RECIPE) for n in core if n.startswith(ENGINE) for t, _ in _imports(n, MODULES[n]))
+
+
+def test_the_recipe_check_catches_an_engine_import(tmp_path: Path) -> None:
+    # The recipe's losses with one import of the engine added (a copy; the package is untouched).
+    bad = tmp_path / "losses.py"
+    bad.write_text(MODULES[RECIPE + ".losses"].read_text(encoding="utf-8")
+                   + "\nfrom ..engine.trainer import Trainer\nfrom ...spec import RunConfig\n", encoding="utf-8")
+    found = recipe_offenders({RECIPE + ".losses": bad})
+    assert [o.split(" imports ")[1] for o in found] == ["bkdsearch.core.engine.trainer", "bkdsearch.spec"]
 
 
 def _graph() -> dict[str, set[str]]:

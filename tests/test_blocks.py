@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkdsearch.core.partitions import Partition, per_stage, stage_aligned, uniform
-from bkdsearch.core.stones import SteppingStones, make_connector
+from bkdsearch.core.recipe.partitions import Partition, per_stage, stage_aligned, uniform
+from bkdsearch.core.recipe.stones import SteppingStones, make_connector
 from bkdsearch.errors import PartitionError
 from bkdsearch.zoo import create_model, decompose
 

@@ -13,13 +13,13 @@ import torch
 import torchvision
 from torch import nn
 
-from bkdsearch.core.chained import ChainedNet
-from bkdsearch.core.errors import BadInput, PartitionError, WeightsError
-from bkdsearch.core.external import TIMM_EXTRA, ModelSourceError
-from bkdsearch.core.layouts import Layout, infer_layout, make_layout_connector
-from bkdsearch.core.partitions import Partition
-from bkdsearch.core.traced import TraceFailure, trace
-from bkdsearch.core.traced_stones import TracedStones, traced_partition
+from bkdsearch.core.engine.external import TIMM_EXTRA, ModelSourceError
+from bkdsearch.core.recipe.chained import ChainedNet
+from bkdsearch.core.recipe.errors import BadInput, PartitionError, WeightsError
+from bkdsearch.core.recipe.layouts import Layout, infer_layout, make_layout_connector
+from bkdsearch.core.recipe.partitions import Partition
+from bkdsearch.core.recipe.traced import TraceFailure, trace
+from bkdsearch.core.recipe.traced_stones import TracedStones, traced_partition
 from bkdsearch.zoo import create_model
 
 # -- naming models ---------------------------------------------------------------------------
@@ -300,8 +300,8 @@ def test_every_zoo_atom_is_a_traced_cut_with_the_same_features(arch, size, stem)
 
 
 def test_stones_for_keeps_the_zoo_path_for_zoo_pairs_and_traces_any_other_pair() -> None:
-    from bkdsearch.core.stones import SteppingStones
-    from bkdsearch.core.traced_stones import stones_for
+    from bkdsearch.core.recipe.stones import SteppingStones
+    from bkdsearch.core.recipe.traced_stones import stones_for
 
     zoo_pair = stones_for(create_model("resnet14", 10), create_model("resnet8", 10),
                           Partition(("layer1.1",), ("layer1.0",)))

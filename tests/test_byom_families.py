@@ -12,10 +12,10 @@ import pytest
 import timm
 import torch
 
-from bkdsearch.core.losses import blockkd_loss, kd_loss, stone_weights
-from bkdsearch.core.partitions import Partition
-from bkdsearch.core.traced import TracedNet, trace
-from bkdsearch.core.traced_stones import TracedStones
+from bkdsearch.core.recipe.losses import blockkd_loss, kd_loss, stone_weights
+from bkdsearch.core.recipe.partitions import Partition
+from bkdsearch.core.recipe.traced import TracedNet, trace
+from bkdsearch.core.recipe.traced_stones import TracedStones
 
 VIT = {"img_size": 32, "patch_size": 4, "depth": 2}
 FAST = {

@@ -9,9 +9,9 @@ import timm
 import torch
 from torch import nn
 
-from bkdsearch.core.losses import blockkd_loss, kd_loss, stone_weights
-from bkdsearch.core.traced import trace
-from bkdsearch.core.traced_stones import TracedStones, traced_partition
+from bkdsearch.core.recipe.losses import blockkd_loss, kd_loss, stone_weights
+from bkdsearch.core.recipe.traced import trace
+from bkdsearch.core.recipe.traced_stones import TracedStones, traced_partition
 
 CLASSES = 4
 SIZE = (3, 32, 32)

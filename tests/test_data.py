@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bkdsearch.core import data
+from bkdsearch import data
 from bkdsearch.data import (
     ArrayDataset,
     DataError,
@@ -447,7 +447,7 @@ def test_a_data_root_that_is_set_is_never_replaced(tmp_path: Path) -> None:
 
 
 def test_fashion_mnist_missing_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data.sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr("bkdsearch.core.recipe.data.sources.DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
     with pytest.raises(DataError, match="download: true") as err:
         load_arrays("fashion_mnist", tmp_path, "train")
     assert "dataset-fashion-mnist" in str(err.value) and str(tmp_path) in str(err.value)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import TINY_SPEC, write_spec
 
-from bkdsearch.core.data import build_data
-from bkdsearch.core.distributed import SINGLE, GlobalBatchNorm, Ranks, ranks_from_env, sync_batchnorm
-from bkdsearch.core.errors import NonFiniteLoss
-from bkdsearch.core.trainer import Stopped, Trainer
+from bkdsearch.core.engine.data import build_data
+from bkdsearch.core.engine.trainer import Stopped, Trainer
+from bkdsearch.core.recipe.distributed import SINGLE, GlobalBatchNorm, Ranks, ranks_from_env, sync_batchnorm
+from bkdsearch.core.recipe.errors import NonFiniteLoss
 from bkdsearch.errors import BadInput
 from bkdsearch.ranks import train_on_ranks
 from bkdsearch.search.worker import device_slots
@@ -127,7 +127,7 @@ def test_image_folder_shards_join_into_the_single_process_batches(tmp_path: Path
 
 
 def test_sync_batchnorm_keeps_state_and_leaves_frozen_norms() -> None:
-    from bkdsearch.core.zoo import create_model
+    from bkdsearch.core.engine.models import create_model
 
     student, teacher = create_model("resnet8", num_classes=10), create_model("resnet8", num_classes=10)
     teacher.requires_grad_(False)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TINY_SPEC, write_spec
 
-from bkdsearch.core.optim import lr_at
-from bkdsearch.core.trainer import Stopped, Trainer
+from bkdsearch.core.engine.trainer import Stopped, Trainer
+from bkdsearch.core.recipe.optim import lr_at
 from bkdsearch.errors import CheckpointError
 from bkdsearch.spec import Defaults, Recipe, RuntimeConfig, Spec, resolve
 from bkdsearch.zoo import WeightsError
@@ -95,7 +95,7 @@ def test_lr_schedules():
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
 def test_capturable_sgd_matches_torch_sgd(nesterov, weight_decay):
-    from bkdsearch.core.optim import CapturableSGD
+    from bkdsearch.core.engine.cuda_graph import CapturableSGD
 
     torch.manual_seed(0)
     ref = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
@@ -347,7 +347,7 @@ def _first_losses(method, epochs):
 
 
 def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
-    from bkdsearch.core.losses import dkd_loss
+    from bkdsearch.core.recipe.losses import dkd_loss
 
     cfg = _dkd_cfg(**{"train.epochs": 2, "blockkd.dkd_warmup": 4, "blockkd.beta": 2.0})
     trainer = Trainer(cfg, tmp_path, teacher_weights=teacher_ckpt)
@@ -363,8 +363,8 @@ def test_dkd_warmup_scales_the_dkd_part_of_the_loss(teacher_ckpt, tmp_path):
 
 
 def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
-    from bkdsearch.core.losses import blockkd_loss, dkd_loss, kd_loss
-    from bkdsearch.core.trainer import build_method_for
+    from bkdsearch.core.engine.trainer import build_method_for
+    from bkdsearch.core.recipe.losses import blockkd_loss, dkd_loss, kd_loss
 
     cfg = _cfg(**{"blockkd.logit_loss": "dkd", "blockkd.dkd_warmup": 4, "blockkd.gamma": 0.5})
     method = build_method_for(cfg, 10, (3, 32, 32), teacher_ckpt).eval()  # eval: repeatable forwards
@@ -392,8 +392,8 @@ def test_blockkd_dkd_warmup_scales_the_dkd_terms_only(teacher_ckpt):
 @pytest.mark.parametrize("method", ["dkd", "blockkd"])
 def test_dkd_warmup_zero_is_bit_identical_to_the_unramped_loss(method, teacher_ckpt, tmp_path, monkeypatch):
     """dkd_warmup 0 (also when not set) trains exactly as the loss did before warm-up existed."""
-    from bkdsearch.core import methods
-    from bkdsearch.core.losses import dkd_loss
+    from bkdsearch.core.recipe import methods
+    from bkdsearch.core.recipe.losses import dkd_loss
 
     extra = {"blockkd.logit_loss": "dkd"} if method == "blockkd" else {}
     cfg = _dkd_cfg(method=method, **{"train.epochs": 1}, **extra)

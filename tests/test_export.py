@@ -9,6 +9,7 @@ import ast
 import copy
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
-from bkdsearch.core.optim import scale_milestones
-from bkdsearch.core.trainer import Trainer
-from bkdsearch.core.zoo import create_model
+from bkdsearch.core.engine.models import create_model
+from bkdsearch.core.engine.trainer import Trainer
+from bkdsearch.core.recipe.optim import scale_milestones
 from bkdsearch.errors import ExportError
 from bkdsearch.export import fixed_config, render_script, roots
 from bkdsearch.export.inliner import check_external, inline, render_module
@@ -46,7 +47,24 @@ def _imports(text: str) -> set[str]:
 def _write(tmp_path: Path, cfg, name: str = "train.py") -> Path:
     script = tmp_path / name
     script.write_text(render_script(cfg, {"study": "test", "trial": 0}))
+    script.chmod(0o755)  # as export_trial writes it
     return script
+
+
+# The ratchet of every ready spec's script (lines, docstrings kept): a script may shrink, never
+# grow back. Issue 21 asks for r110_r32 at most 1,000; lower these as the recipe gets leaner.
+SCRIPT_LINES = {
+    "fashion_mnist": 1524, "quickstart": 1616, "r110_r32": 1458, "r32x4_r8x4": 1455, "r32x4_shufflev2": 1557,
+    "r34_r18_imagenet": 1827, "r56_r20": 1455, "vgg13_vgg8": 1462, "wrn40_2_wrn16_2": 1451,
+}
+# What a script's reader does not have: the library's module paths, its documentation's
+# cross-references, its design document, its commands and its environment variables.
+FOREIGN = re.compile(r"^# --- |:(class|func|meth|mod|data|attr|exc):`|DESIGN\.md|design\.md|bkdsearch (train|run)"
+                     r"|BKDSEARCH_|bkdsearch\.", re.MULTILINE)
+
+
+def test_the_ratchet_covers_every_ready_spec() -> None:
+    assert set(SCRIPT_LINES) == {p.stem for p in SPECS}
 
 
 @pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
@@ -55,28 +73,36 @@ def test_every_ready_spec_exports_a_plain_script(spec_path: Path, tmp_path: Path
     script = _write(tmp_path, cfg)
     text = script.read_text()
     assert _imports(text) - set(sys.stdlib_module_names) <= {"torch", "torchvision", "numpy", "PIL"}
-    # Only the trial's own model families are inlined.
-    arch_files = {f"zoo/{n}.py" for n in ("resnet_cifar", "wrn", "vgg", "mobilenetv2", "shufflenet", "imagenet")}
-    used = {f for f in arch_files if f"core/{f}" in text}
-    archs = {cfg.student.arch} | ({cfg.teacher.arch} if cfg.teacher and cfg.method != "ce" else set())
-    from bkdsearch.core.zoo import model_entry
+    lines = text.count("\n")
+    assert lines <= SCRIPT_LINES[spec_path.stem], f"{spec_path.stem}: {lines} lines"
+    assert not FOREIGN.findall(text), [m.group(0) for m in FOREIGN.finditer(text)]
+    # Only the trial's own models are built: its builders, and no other family's.
+    from bkdsearch.core.engine.models import list_models, model_entry
 
-    expected = {f"zoo/{model_entry(a).builder.__module__.rsplit('.', 1)[1]}.py" for a in archs}
-    assert used == expected
+    archs = {cfg.student.arch} | ({cfg.teacher.arch} if cfg.teacher and cfg.method != "ce" else set())
+    builders = {model_entry(a).builder.__name__ for a in list_models()}
+    defined = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)}
+    assert defined & builders == {model_entry(a).builder.__name__ for a in archs}
     lint = subprocess.run([RUFF, "check", *RUFF_RULES, str(script)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    # ruff's default rules, as a user's editor runs them on the script alone.
+    lint = subprocess.run([RUFF, "check", "--isolated", str(script)], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
     # Outside the repository, with nothing of bkdsearch on the path.
     r = subprocess.run([sys.executable, "-I", str(script), "--help"], capture_output=True, text=True,
                        cwd=tmp_path, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--teacher-checkpoint" in r.stdout and "(default:" in r.stdout
+    assert "--resume" in r.stdout and "--compile" in r.stdout
 
 
 def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
     cfg = resolve(Spec.model_validate(TINY_SPEC), Defaults())
     text = _write(tmp_path, cfg).read_text()
     defined = {n.name for n in ast.parse(text).body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    assert {"BlockKD", "SteppingStones", "Trainer", "CifarResNet", "load_synthetic", "main"} <= defined
+    assert {"BlockKD", "SteppingStones", "fit", "train_one_epoch", "CifarResNet", "load_synthetic", "main"} <= defined
+    # The engine stays behind: no trainer class, no graph capture, no progress hooks.
+    assert not defined & {"Trainer", "GraphedStep", "CapturableSGD", "Progress", "Stopped"}
     # Other methods, data sources and model families are not carried along, nor DKD's warm-up
     # and loss for a KL logit loss.
     assert cfg.loss.logit_loss == "kl"
@@ -87,7 +113,7 @@ def test_the_script_keeps_only_what_the_trial_reaches(tmp_path: Path) -> None:
 def test_names_defined_in_two_modules_are_renamed_not_clashing(tmp_path: Path) -> None:
     # resnet_cifar and shufflenet both define a private _stage_ends: a script needing both
     # (here: asked for both) gets them under two names.
-    zoo = "bkdsearch.core.zoo"
+    zoo = "bkdsearch.core.recipe.zoo"
     inlined = inline([(f"{zoo}.resnet_cifar", "CifarResNet"), (f"{zoo}.resnet_cifar", "_stage_ends"),
                       (f"{zoo}.shufflenet", "ShuffleNetV2"), (f"{zoo}.shufflenet", "_stage_ends")])
     clashing = {key: name for key, name in inlined.renames.items() if name != key[1]}
@@ -123,7 +149,7 @@ def test_a_class_keeps_only_the_methods_something_calls(tmp_path: Path) -> None:
     # forward (by nn.Module.__call__), dunders, and what the loop calls.
     assert {"decompose", "forward", "_make_layer"} <= _methods(defs["CifarResNet"])
     assert {"__init__", "train", "forward"} <= _methods(defs["SteppingStones"])
-    assert {"step"} <= _methods(defs["CapturableSGD"]) and "__post_init__" in _methods(defs["ArrayDataset"])
+    assert "__post_init__" in _methods(defs["ArrayDataset"])
     # BlockKD never asks the teacher alone for logits; KD does.
     assert "_teacher_logits" not in _methods(defs["Method"])
     kd = copy.deepcopy(TINY_SPEC)
@@ -200,16 +226,6 @@ def test_the_config_literal_and_docstring_summaries_keep_what_matters(tmp_path: 
     assert "    Raises:" not in text and "    Args:" not in text
 
 
-# A ratchet, not the goal: issue 9 asks for at most 1,200 lines; the script must not grow back
-# past what it is now (2,040 lines, folded, with multi-GPU runs); lower this as the runtime gets leaner.
-SCRIPT_LINES = 2050
-
-
-def test_the_r110_r32_script_does_not_grow(tmp_path: Path) -> None:
-    lines = _write(tmp_path, _spec_cfg("r110_r32")).read_text().count("\n")
-    assert lines <= SCRIPT_LINES, f"the r110_r32 script has {lines} lines (at most {SCRIPT_LINES})"
-
-
 def test_an_import_the_script_cannot_use_is_refused() -> None:
     check_external("torch.nn.functional", "x")
     check_external("collections.abc", "x")
@@ -276,3 +292,78 @@ def test_heterogeneous_export_trains_bit_identically_to_train(tmp_path: Path) ->
     a = torch.load(tmp_path / "exported" / "student.pt", weights_only=True)
     b = torch.load(trained.student_path, weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tiny_one_epoch(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """The tiny pair's script for one epoch, a teacher checkpoint, and the common flags."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["data"]["synthetic"].update(train_size=320, test_size=64)
+    spec["train"] = {"epochs": 1, "lr": 0.05, "schedule": "multistep"}
+    cfg = resolve(Spec.model_validate(spec), Defaults())
+    torch.manual_seed(5)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(create_model(cfg.teacher.arch, num_classes=10).state_dict(), teacher)
+    return _write(tmp_path, cfg), teacher, ["--teacher-checkpoint", str(teacher), "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_a_compiled_script_run_matches_the_eager_one(tmp_path: Path) -> None:
+    script, _, flags = _tiny_one_epoch(tmp_path)
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        r = subprocess.run([sys.executable, str(script), *flags, "--out", str(tmp_path / name), *extra],
+                           capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+    eager = torch.load(tmp_path / "eager" / "student.pt", weights_only=True)
+    compiled = torch.load(tmp_path / "compiled" / "student.pt", weights_only=True)
+    assert eager.keys() == compiled.keys()
+    # torch.compile fuses and reorders float operations, and ten SGD steps with momentum carry
+    # the difference along: close after an epoch, not equal (measured: at most ~2.5e-3 apart).
+    for key in eager:
+        if eager[key].is_floating_point():
+            assert torch.allclose(eager[key], compiled[key], rtol=0, atol=1e-2), key
+        else:
+            assert torch.equal(eager[key], compiled[key]), key
+
+
+def test_the_script_resumes_from_its_own_last_checkpoint(tmp_path: Path) -> None:
+    script, _, flags = _tiny_one_epoch(tmp_path)
+    two = [*flags, "--epochs", "2", "--milestones", "1"]
+    run = tmp_path / "run"
+    # Interrupted once its first epoch is reported (its checkpoint is written before the report).
+    proc = subprocess.Popen([sys.executable, str(script), *two, "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=ENV, cwd=tmp_path)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("epoch 1/2"):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    r = subprocess.run([sys.executable, str(script), *two, "--out", str(run), "--resume"], capture_output=True,
+                       text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/2" not in r.stdout and "epoch 2/2" in r.stdout
+    r = subprocess.run([sys.executable, str(script), *two, "--out", str(tmp_path / "straight")],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    resumed = torch.load(run / "student.pt", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "student.pt", weights_only=True)
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_recipe_keeps_the_rules_the_exporter_relies_on(tmp_path: Path) -> None:
+    from bkdsearch.export.rules import recipe_violations
+
+    assert recipe_violations() == []
+    # Each rule it checks, broken once in a module of the recipe (a copy outside the package).
+    bad = tmp_path / "bad.py"
+    bad.write_text('from ..engine.trainer import Trainer\nimport optuna\n\n\ndef f():\n'
+                   '    """Plain; see docs/design.md."""\n    from .losses import kd_loss\n    return kd_loss\n')
+    found = recipe_violations({"bkdsearch.core.recipe.bad": bad})
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "imports bkdsearch.core.engine.trainer, outside the recipe (rule 1)",
+        "imports optuna, which a script cannot (rule 1)",
+        "f's docstring cites docs/ (rule 5)",
+        "a relative import inside a function (rule 2)",
+    ]

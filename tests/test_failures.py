@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from workerkit import quick_spec
 
 from bkdsearch.cli import main
-from bkdsearch.core.trainer import Trainer
+from bkdsearch.core.engine.trainer import Trainer
 from bkdsearch.search import (
     MAX_CONSECUTIVE_FAILURES,
     StorageError,

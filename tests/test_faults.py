@@ -30,8 +30,8 @@ from workerkit import (
     trials,
 )
 
-from bkdsearch.core.errors import DiskFull
-from bkdsearch.core.trainer import Trainer
+from bkdsearch.core.engine.trainer import Trainer
+from bkdsearch.core.recipe.errors import DiskFull
 from bkdsearch.search import (
     StorageError,
     TrialSuggest,
@@ -375,7 +375,7 @@ _ARTIFACT = """
 import sys, os, pathlib, torch
 from bkdsearch.search import Worker, open_study
 from bkdsearch.spec import load_spec
-from bkdsearch.core.errors import DiskFull
+from bkdsearch.core.recipe.errors import DiskFull
 spec = load_spec(sys.argv[1])
 study = open_study(spec, "sqlite:///:memory:", "art")
 worker = Worker(spec, study, n_trials=1, device=torch.device("cpu"), studies_dir=pathlib.Path("studies"),

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from conftest import TINY_SPEC, write_spec
 
 from bkdsearch.cli import main
-from bkdsearch.core.zoo.weights import load_safely, unpickler_finding
+from bkdsearch.core.engine.weights import load_safely, unpickler_finding
 from bkdsearch.errors import WeightsError
 from bkdsearch.spec import Defaults, SpecError, load_spec, parse_overrides, parse_spec, resolve
 from bkdsearch.spec.config import DEVICE_FORMS, check_device

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bkdsearch.core.losses import (
+from bkdsearch.core.recipe.losses import (
     blockkd_loss,
     dkd_loss,
     dkd_warmup_factor,

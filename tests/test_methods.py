@@ -8,9 +8,9 @@ import copy
 import torch
 from conftest import TINY_SPEC
 
-from bkdsearch.core.partitions import stage_aligned
-from bkdsearch.core.stones import SteppingStones
-from bkdsearch.core.trainer import Trainer, evaluate
+from bkdsearch.core.engine.trainer import Trainer, evaluate
+from bkdsearch.core.recipe.partitions import stage_aligned
+from bkdsearch.core.recipe.stones import SteppingStones
 from bkdsearch.spec import Defaults, Spec, resolve
 from bkdsearch.zoo import create_model
 

@@ -100,7 +100,7 @@ def test_run_set_is_fixed_for_every_trial_and_recorded(tmp_path):
 
 def test_teacher_training_resumes_after_a_stop(tmp_path):
     """A stopped teacher keeps its last epoch checkpoint and its next training resumes from it."""
-    from bkdsearch.core.trainer import Stopped
+    from bkdsearch.core.engine.trainer import Stopped
 
     spec = copy.deepcopy(TINY_SPEC)
     spec["teacher"] = {"arch": "resnet8", "recipe": {"epochs": 2, "lr": 0.1}}

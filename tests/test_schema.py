@@ -18,8 +18,8 @@ import yaml
 from conftest import TINY_SPEC
 
 import bkdsearch.spec as spec_package
-from bkdsearch.core.data import SyntheticConfig
-from bkdsearch.core.zoo import list_models
+from bkdsearch.core.engine.models import list_models
+from bkdsearch.core.recipe.data import SyntheticConfig
 from bkdsearch.spec import Defaults, RunConfig, SpecError, parse_spec, resolve, spec_json_schema
 from bkdsearch.spec.arch_names import ARCH_NAMES
 from bkdsearch.spec.config import SYNTHETIC_OPTIONS

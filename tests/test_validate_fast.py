@@ -18,11 +18,13 @@ import yaml
 from conftest import TINY_SPEC, write_spec
 from pydantic import TypeAdapter
 
-from bkdsearch.core.cuts import Cuts
-from bkdsearch.core.data import SyntheticConfig, input_size_of
-from bkdsearch.core.partitions import Partition, build_partition
-from bkdsearch.core.stones import SteppingStones, make_connector
-from bkdsearch.core.zoo import atom_shapes, create_model, list_models
+from bkdsearch.core.engine.data import input_size_of
+from bkdsearch.core.engine.models import create_model, list_models
+from bkdsearch.core.recipe.cuts import Cuts
+from bkdsearch.core.recipe.data import SyntheticConfig
+from bkdsearch.core.recipe.partitions import Partition, build_partition
+from bkdsearch.core.recipe.stones import SteppingStones, make_connector
+from bkdsearch.core.recipe.zoo import atom_shapes
 from bkdsearch.errors import PartitionError
 from bkdsearch.spec import SpecError, load_spec, parse_spec
 from bkdsearch.spec import atom_table as table_module

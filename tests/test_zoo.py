@@ -247,7 +247,7 @@ def test_vgg_pool3_only_for_64px_inputs() -> None:
 
 
 def test_channel_shuffle_interleaves_groups() -> None:
-    from bkdsearch.core.zoo.shufflenet import channel_shuffle
+    from bkdsearch.core.recipe.zoo.shufflenet import channel_shuffle
 
     x = torch.arange(6.0).view(1, 6, 1, 1)
     assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
@@ -326,7 +326,7 @@ def _upstream_vgg_init(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", ["vgg8", "vgg13", "MobileNetV2"])
 def test_vgg_style_init_is_upstreams_loop_bit_for_bit(name: str) -> None:
-    from bkdsearch.core.zoo.registry import init_vgg_style
+    from bkdsearch.core.recipe.zoo.atoms import init_vgg_style
 
     torch.manual_seed(0)
     model = create_model(name)

@@ -14,7 +14,7 @@ def check_environment() -> None:
         BadInput: the first variable whose value its reader refuses (the message names it
             and the values it takes).
     """
-    from ..core.distributed import collective_timeout
+    from ..core.engine.processes import collective_timeout
     from ..search.heartbeat import heartbeat_settings
     from ..search.objective import keep_checkpoints
     from ..search.patient import patience_setting

@@ -14,39 +14,37 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..core.data import dataset_entry
-from ..core.methods import method_class
-from ..core.zoo import model_entry
+from ..core.engine.models import model_entry
 from ..errors import ExportError
 from ..spec import RunConfig
 from ..urls import redact
 from .fold import fixed_values
 from .inliner import Inlined, inline, render_module
-from .layout import import_lines, literal
+from .layout import import_lines, literal, plain_roles
 from .script import FLAG_KEYS
 
 SCRIPT = "bkdsearch.export.script"
-_PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT"}
+_PLACEHOLDERS = {"CONFIG", "TEACHER_CHECKPOINT", "STUDENT_MODEL", "TEACHER_MODEL"}
 
+_R, _E = "bkdsearch.core.recipe", "bkdsearch.core.engine"
 # Script sections, in reading order: (heading, module prefixes).
 _SECTIONS = [
-    ("Errors", ("bkdsearch.core.errors",)),
-    ("Models", ("bkdsearch.core.zoo",)),
-    ("Partition and stepping-stones", ("bkdsearch.core.cuts", "bkdsearch.core.partitions", "bkdsearch.core.stones")),
-    ("Loss and method", ("bkdsearch.core.losses", "bkdsearch.core.methods")),
+    ("Errors", (_R + ".errors",)),
+    ("Models", (_R + ".zoo",)),
+    ("Partition and stepping-stones", (_R + ".cuts", _R + ".partitions", _R + ".stones")),
+    ("Loss and method", (_R + ".losses", _R + ".methods")),
     # The loaders shard batches across processes, so the processes come before the data.
-    ("Processes (one run on several GPUs)", ("bkdsearch.core.distributed",)),
-    ("Data", ("bkdsearch.core.data",)),
-    ("Training and evaluation", ("bkdsearch.core.optim", "bkdsearch.core.cuda_graph", "bkdsearch.core.trainer")),
+    ("Processes (one run on several GPUs)", (_R + ".distributed",)),
+    ("Data", (_R + ".data",)),
+    ("Training and evaluation", (_R + ".optim", _R + ".loop")),
     ("Main", (SCRIPT,)),
 ]
 # Within the zoo, shared pieces before the families.
-_ZOO_FIRST = ("bkdsearch.core.zoo.atoms", "bkdsearch.core.zoo.registry", "bkdsearch.core.zoo.weights")
+_ZOO_FIRST = (_R + ".zoo.atoms", _R + ".zoo.weights")
 
 
 def _section(module: str) -> int:
@@ -60,22 +58,27 @@ def _rank(module: str) -> int:
     return 10 * _section(module) + (0 if module in _ZOO_FIRST else 1)
 
 
+def _builder(arch: str) -> tuple[str, str]:
+    """(module, name) of the top-level function building ``arch``."""
+    try:
+        builder = model_entry(arch).builder
+    except KeyError as exc:
+        raise ExportError(str(exc.args[0])) from None
+    return builder.__module__, builder.__name__
+
+
+def _models(cfg: RunConfig) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """The builders of ``cfg``'s student and (when it distils) teacher."""
+    distils = cfg.teacher is not None and cfg.method != "ce"
+    return _builder(cfg.student.arch), _builder(cfg.teacher.arch) if distils else None  # type: ignore[union-attr]
+
+
 def roots(cfg: RunConfig) -> list[tuple[str, str]]:
-    """Return the entry points of ``cfg``'s script: the script's ``main``, each model's
-    builder (from the registry), the method class and the data source."""
-    out = [(SCRIPT, "main"), (SCRIPT, "Config")]
-    archs = [cfg.student.arch] + ([cfg.teacher.arch] if cfg.teacher is not None and cfg.method != "ce" else [])
-    for arch in archs:
-        try:
-            builder = model_entry(arch).builder
-        except KeyError as exc:
-            raise ExportError(str(exc.args[0])) from None
-        out.append((builder.__module__, builder.__qualname__.split(".")[0]))
-    cls = method_class(cfg.method)
-    out.append((cls.__module__, cls.__name__))
-    source = dataset_entry(cfg.data.dataset)
-    out.append((source.__module__, source.__name__))
-    return out
+    """Return the entry points of ``cfg``'s script: the script's ``main`` and ``Config`` and
+    each model's builder (from the registry). The method and the data source are reached
+    through the recipe's ``if`` chains on the configuration, folded to the trial's."""
+    student, teacher = _models(cfg)
+    return [(SCRIPT, "main"), (SCRIPT, "Config"), student, *([teacher] if teacher else [])]
 
 
 def fixed_config(cfg: RunConfig) -> dict[str, Any]:
@@ -98,16 +101,8 @@ def _body(inlined: Inlined) -> str:
         if index != section:
             section = index
             banner = f"# {'=' * 77}\n# {_SECTIONS[index][0]}\n# {'=' * 77}\n\n"
-        where = "/".join(mod.name.split(".")) + ".py"
-        about = "\n".join(textwrap.wrap(f"--- {where}: {_first_sentence(mod.doc)}", 118, initial_indent="# ",
-                                         subsequent_indent="# "))
-        parts.append(f"{banner}{about}\n" + render_module(inlined, mod))
+        parts.append(banner + render_module(inlined, mod))
     return "\n\n\n".join(parts) + "\n"
-
-
-def _first_sentence(text: str) -> str:
-    """``text`` up to the end of its first sentence (a full stop before a capital or the end)."""
-    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", text, maxsplit=1)[0]
 
 
 def _placeholder(node: Any) -> bool:
@@ -126,6 +121,9 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
             the script may not use).
     """
     inlined = inline(roots(cfg), rank={m: _rank(m) for m in _all_modules(cfg)}, fixed=fixed_config(cfg))
+    student, teacher = _models(cfg)
+    body = re.sub(r"\bSTUDENT_MODEL\b", inlined.renames.get(student, student[1]), plain_roles(_body(inlined)))
+    body = re.sub(r"\bTEACHER_MODEL\b", inlined.renames.get(teacher, teacher[1]) if teacher else "None", body)
     head = "\n".join(f"    {k}: {_oneline(v)}" for k, v in header.items())
     config = literal(cfg.model_dump(mode="json"))
     imports = "\n\n".join(import_lines(inlined.external))
@@ -140,7 +138,7 @@ def render_script(cfg: RunConfig, header: dict[str, Any], teacher_checkpoint: st
         f"# {'=' * 77}\n# Configuration (plain data: the trial's resolved RunConfig)\n# {'=' * 77}\n"
         f"CONFIG = {config}\n\n"
         f"TEACHER_CHECKPOINT = {teacher_checkpoint!r}\n\n\n"
-        + _body(inlined)
+        + body
     )
 
 

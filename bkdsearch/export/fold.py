@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-RUN_CONFIG = "RunConfig"
+from .rules import RUN_CONFIG
+
 Rewrite = Callable[[list[str]], list[str]]
 """Lines of the source (names already renamed) -> what the script holds in their place."""
 _UNKNOWN = object()

@@ -26,8 +26,8 @@ from typing import Any
 from ..errors import ExportError
 from .fold import Fold, Rewrite, folds
 from .layout import docstring_summary, is_stdlib, refill
+from .rules import ALLOWED_THIRD_PARTY
 
-ALLOWED_THIRD_PARTY = frozenset({"torch", "torchvision", "numpy", "PIL"})
 PACKAGE = "bkdsearch"
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def check_external(module: str, where: str) -> None:
 
 
 def module_path(name: str) -> Path:
-    """Return the source file of the package module ``name`` (``bkdsearch.core.losses``)."""
+    """Return the source file of the package module ``name`` (``bkdsearch.core.recipe.losses``)."""
     rel = Path(*name.split(".")[1:])
     package = _PACKAGE_DIR / rel / "__init__.py"
     return package if package.is_file() else _PACKAGE_DIR / rel.with_suffix(".py")

@@ -135,6 +135,16 @@ def _rewrap(rows: list[str]) -> list[str] | None:
     return out
 
 
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc):`~?(?:[\w.]*\.)?(\w+)`")
+
+
+def plain_roles(text: str) -> str:
+    """Return ``text`` with every Sphinx cross-reference (``:class:`~pkg.Name` ``) written as
+    the bare name in double backquotes: the script's reader has no documentation to follow
+    it to, and the name is defined in the script or is torch's."""
+    return _ROLE.sub(r"``\1``", text)
+
+
 def docstring_summary(doc: list[str]) -> list[str]:
     """A docstring's lines cut to its first paragraph (with the literal block that paragraph
     introduces when it ends in ``::``): the script keeps what each definition is for; the

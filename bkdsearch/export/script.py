@@ -1,9 +1,10 @@
 """The entry point of exported scripts: command-line flags over the embedded configuration,
-then one training run.
+then one training run of the recipe (:func:`bkdsearch.core.recipe.loop.fit`).
 
-The exporter copies this module's definitions after the inlined runtime and writes the
+The exporter copies this module's definitions after the inlined recipe and writes the
 trial's configuration as the literal ``CONFIG`` (and ``TEACHER_CHECKPOINT``) at the top of
-the script; the values here are placeholders.
+the script, and the trial's model builders (``resnet32``...) in place of ``STUDENT_MODEL``
+and ``TEACHER_MODEL``; the values here are placeholders.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bkdsearch.core.distributed import end_group, rank_device, ranks_from_env, start_group
-from bkdsearch.core.optim import scale_milestones
-from bkdsearch.core.trainer import Trainer
+from torch import nn
+
+from bkdsearch.core.recipe.distributed import end_group, rank_device, ranks_from_env, start_group
+from bkdsearch.core.recipe.loop import fit
+from bkdsearch.core.recipe.optim import scale_milestones
 
 CONFIG: dict[str, Any] = {}
 TEACHER_CHECKPOINT: str | None = None
+STUDENT_MODEL: Callable[[int], nn.Module] = nn.Identity
+TEACHER_MODEL: Callable[[int], nn.Module] | None = None
 FLAG_KEYS = ("train.epochs", "train.milestones", "data.root", "data.val_fraction", "runtime.device")
 """The configuration values :func:`parse_args` may set from flags; the script fixes all others."""
 
 
 class Config(dict):
-    """Attribute access over the embedded configuration (the fields of bkdsearch's RunConfig)."""
+    """Attribute access over the embedded configuration: ``cfg.train.lr`` reads CONFIG["train"]["lr"]."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -87,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--out", default="run", help="output folder (checkpoints, metrics.jsonl, student.pt)")
     parser.add_argument("--val-fraction", type=_FRACTION, default=0.0,
                         help="validation share of the training set (0: train on all of it)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     args = parser.parse_args(argv)
     if needs_teacher and not args.teacher_checkpoint:
         parser.error("--teacher-checkpoint is required: this trial distils from a teacher "
@@ -110,27 +117,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train the exported configuration and print each epoch and the test accuracy (rank 0
-    alone when torchrun starts several: ``torchrun --nproc_per_node G train.py``)."""
+    """Train the exported configuration, printing each epoch and the test accuracy (rank 0
+    alone when torchrun starts several processes: ``torchrun --nproc_per_node G train.py``)."""
     args, cfg = parse_args(argv)
     ranks = ranks_from_env()
-    device = rank_device(ranks, args.device) if ranks.active else None
-    if device is not None:
-        start_group(ranks, device)
+    device = rank_device(ranks, args.device)
+    start_group(ranks, device)
 
-    def report(epoch: int, row: dict[str, float]) -> None:
+    def report(row: dict[str, float]) -> None:
         val = f", val {row['val_acc']:.2f}%" if "val_acc" in row else ""
-        print(f"epoch {epoch}/{args.epochs}: loss {row['loss']:.4f}{val} ({row['images_per_s']:.0f} img/s)",
+        print(f"epoch {row['epoch']}/{args.epochs}: loss {row['loss']:.4f}{val} ({row['images_per_s']:.0f} img/s)",
               flush=True)
 
-    trainer = Trainer(Config(cfg), args.out, teacher_weights=args.teacher_checkpoint if cfg["method"] != "ce"
-                      else None, on_epoch=report, device=device, ranks=ranks)
     try:
-        result = trainer.fit(resume=True)
+        test_acc = fit(Config(cfg), args.out, STUDENT_MODEL, TEACHER_MODEL, teacher_weights=args.teacher_checkpoint,
+                       device=device, ranks=ranks, resume=args.resume, compile=args.compile, log=report)
     finally:
         end_group()
     if ranks.is_main:
-        print(f"test accuracy {result.test_acc:.2f}%; student weights: {result.student_path}")
+        print(f"test accuracy {test_acc:.2f}%; student weights: {Path(args.out) / 'student.pt'}")
 
 
 if __name__ == "__main__":

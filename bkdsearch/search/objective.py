@@ -23,9 +23,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .. import __version__
-from ..core.errors import DiskFull
-from ..core.trainer import Progress, Stopped, Trainer
-from ..core.zoo.weights import first_line, load_safely
+from ..core.engine.trainer import Progress, Stopped, Trainer
+from ..core.engine.weights import first_line, load_safely
+from ..core.recipe.errors import DiskFull
 from ..errors import BadInput, NonFiniteLoss, SpecError
 from ..flops import run_flops
 from ..ranks import RankFailed, RankLost, train_on_ranks

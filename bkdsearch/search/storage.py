@@ -115,7 +115,7 @@ def make_storage(url: str, *, create: bool = True) -> BaseStorage:
             if attempt < attempts - 1 and _creation_race(exc):
                 time.sleep(0.2 + random.random())
                 continue
-            from ..core.zoo.weights import first_line  # here: reading commands open storages without torch
+            from ..core.engine.weights import first_line  # here: reading commands open storages without torch
 
             raise StorageError(f"cannot open storage {shown}: {clean(first_line(exc), secrets)}") from None
     if isinstance(storage, RDBStorage):  # SQLite

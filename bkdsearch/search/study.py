@@ -67,7 +67,7 @@ def first_prunable_step(spec: Spec) -> int:
     recipe = spec.train
     epochs = search_epochs(spec)
     if _fixed(recipe.schedule) == "multistep":
-        from ..core.optim import scale_milestones  # here: reading a study needs no torch
+        from ..core.recipe.optim import scale_milestones  # here: reading a study needs no torch
 
         full = int(_fixed(recipe.epochs))
         given = recipe.milestones and (scale_milestones(recipe.milestones, full, epochs) if full != epochs
@@ -138,7 +138,7 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None, *,
             study = optuna.load_study(storage=storage, study_name=name, sampler=make_sampler(
                 spec, worker_seed(spec.seed)), pruner=make_pruner(spec))
     except Exception as exc:  # noqa: BLE001 - database errors of any driver
-        from ..core.zoo.weights import first_line
+        from ..core.engine.weights import first_line
 
         raise StorageError(f"cannot create study {name!r} in {clean(storage_url, secrets)}: "
                            f"{clean(first_line(exc), secrets)}") from None

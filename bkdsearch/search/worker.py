@@ -18,7 +18,7 @@ Failures:
 - Ctrl-C: the running trials are queued again and end FAIL (``interrupted``), so the next
   ``bkdsearch run`` resumes them from their last epoch; nothing is left RUNNING;
 - a full disk: a checkpoint or artifact that cannot be written fails the trial with
-  ``no space left on DIR (needed ~X MB)`` (:class:`bkdsearch.core.errors.DiskFull`);
+  ``no space left on DIR (needed ~X MB)`` (:class:`bkdsearch.core.recipe.errors.DiskFull`);
 - a trial on several processes (``--gpus-per-trial``) whose rank was killed ends FAIL
   (``rank 1 of 2 was killed by SIGKILL``) and is queued again, like a trial whose worker died,
   to resume from its last epoch checkpoint; a rank that raised fails it like any error.
@@ -49,7 +49,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from ..core.trainer import Progress, Stopped
+from ..core.engine.trainer import Progress, Stopped
 from ..errors import BadInput, Terminated, TrialsKeepFailing, interrupt_exit_code
 from ..progress import clock, make_progress
 from ..ranks import RankLost

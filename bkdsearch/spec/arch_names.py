@@ -1,7 +1,7 @@
 """The names of the model zoo's architectures, without importing torch: the ``enum`` of the
 ``arch`` fields in the spec's JSON Schema (editor completion).
 
-The registry (:func:`bkdsearch.core.zoo.list_models`) stays the authority: a spec is checked
+The registry (:func:`bkdsearch.core.recipe.zoo.list_models`) stays the authority: a spec is checked
 against it (``unknown model ...; known: ...``), and a test asserts this tuple equals it, so
 registering a model means adding its name here too.
 """
@@ -33,4 +33,4 @@ ARCH_NAMES: tuple[str, ...] = (
     "wrn_40_1",
     "wrn_40_2",
 )
-"""Every registered architecture name, sorted as :func:`bkdsearch.core.zoo.list_models` returns them."""
+"""Every registered architecture name, sorted as :func:`bkdsearch.core.recipe.zoo.list_models` returns them."""

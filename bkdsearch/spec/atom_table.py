@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.cuts import Atom, Shape
+from ..core.recipe.cuts import Atom, Shape
 
 TABLE_PATH = Path(__file__).with_name("atom_table.json")
 """Where the table is stored (package data)."""
@@ -75,7 +75,8 @@ def _atoms(arch: str, input_size: Shape) -> tuple[Atom, ...]:
     stored = stored_table()["models"].get(arch, {}).get("atoms", {}).get(size_key(input_size))
     if stored is not None:
         return tuple((name, tuple(shape)) for name, shape in stored)
-    from ..core.zoo import atom_shapes, create_model
+    from ..core.engine.models import create_model
+    from ..core.recipe.zoo import atom_shapes
 
     # Shapes and atom names do not depend on the number of classes.
     return tuple(atom_shapes(create_model(arch, num_classes=10).eval(), input_size))
@@ -91,7 +92,7 @@ def arch_facts(arch: str) -> tuple[str, Shape]:
     entry = stored_table()["models"].get(arch)
     if entry is not None:
         return entry["family"], tuple(entry["input_size"])
-    from ..core.zoo import model_entry
+    from ..core.engine.models import model_entry
 
     found = model_entry(arch)
     return found.family, found.input_size
@@ -104,7 +105,7 @@ def synthetic_defaults() -> dict[str, Any]:
 
 def model_input_size(data: Any) -> Shape:
     """Return the (C, H, W) the models see for a data section, as
-    :func:`bkdsearch.core.data.input_size_of` does but without torch (a test holds the two
+    :func:`bkdsearch.core.recipe.data.input_size_of` does but without torch (a test holds the two
     equal). ``data`` needs ``dataset`` and ``synthetic`` attributes; an ``image_size`` one,
     where present, sets the crop of image folders.
 
@@ -128,7 +129,8 @@ def measure(arch: str) -> dict[str, Any]:
     Raises:
         KeyError: ``arch`` is not a registered model.
     """
-    from ..core.zoo import atom_shapes, create_model, model_entry
+    from ..core.engine.models import create_model, model_entry
+    from ..core.recipe.zoo import atom_shapes
 
     entry = model_entry(arch)
     model = create_model(arch, num_classes=10).eval()
@@ -141,15 +143,15 @@ def measure(arch: str) -> dict[str, Any]:
 
 
 def measured_synthetic_defaults() -> dict[str, Any]:
-    """Return the defaults of :class:`bkdsearch.core.data.SyntheticConfig` (imports torch)."""
-    from ..core.data import SyntheticConfig
+    """Return the defaults of :class:`bkdsearch.core.recipe.data.SyntheticConfig` (imports torch)."""
+    from ..core.recipe.data import SyntheticConfig
 
     return {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
 
 
 def generate() -> dict[str, Any]:
     """Return the whole table measured on the zoo (imports torch; builds every model)."""
-    from ..core.zoo import list_models
+    from ..core.engine.models import list_models
 
     return {"regenerate": REGENERATE, "synthetic_defaults": measured_synthetic_defaults(),
             "models": {arch: measure(arch) for arch in list_models()}}

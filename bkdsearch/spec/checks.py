@@ -3,7 +3,7 @@ synthetic-data options, and candidate partitions that cannot be built or connect
 order, connector or stone set the spec allows.
 
 They need no torch: the atoms come from the stored table (:mod:`.atom_table`), the partitions
-from :mod:`bkdsearch.core.cuts`, and the runtime's own refusals (``SyntheticConfig``,
+from :mod:`bkdsearch.core.recipe.cuts`, and the runtime's own refusals (``SyntheticConfig``,
 ``SteppingStones``, ``make_connector``) are repeated here on plain data, with the same
 messages; ``tests/test_validate_fast.py`` holds each to its original.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..core.cuts import Atom, Cuts, Shape, cut_bounds
+from ..core.recipe.cuts import Atom, Cuts, Shape, cut_bounds
 from ..errors import PartitionError
 from .arch_names import ARCH_NAMES
 from .atom_table import arch_facts, atoms, model_input_size, synthetic_defaults
@@ -100,7 +100,7 @@ _SYNTHETIC_RULES: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...] = 
     (lambda o: 0.0 <= o["max_shift"] <= 0.5, "max_shift must be in [0, 0.5]"),
     (lambda o: 0.0 <= o["max_rotation"] <= 180.0, "max_rotation must be in [0, 180]"),
 )
-"""The ranges :class:`bkdsearch.core.data.SyntheticConfig` enforces, in its order."""
+"""The ranges :class:`bkdsearch.core.recipe.data.SyntheticConfig` enforces, in its order."""
 
 
 def synthetic_problem(options: Mapping[str, Any] | None) -> str | None:

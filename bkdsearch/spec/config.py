@@ -76,7 +76,7 @@ _Number = Annotated[StrictInt | StrictFloat, WithJsonSchema({"type": "number"})]
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 class SyntheticOptions(TypedDict, total=False):
     """Options of the built-in synthetic dataset: the fields of
-    :class:`bkdsearch.core.data.SyntheticConfig` (which checks their ranges), every one optional."""
+    :class:`bkdsearch.core.recipe.data.SyntheticConfig` (which checks their ranges), every one optional."""
 
     num_classes: Annotated[StrictInt, Field(le=MAX_SYNTHETIC_CLASSES, description=(
         f"Number of classes, 2..{MAX_SYNTHETIC_CLASSES} (default 10)."))]
@@ -112,7 +112,7 @@ class SyntheticOptions(TypedDict, total=False):
 
 
 SYNTHETIC_OPTIONS: tuple[str, ...] = tuple(SyntheticOptions.__annotations__)
-"""The keys ``data.synthetic`` may have, in :class:`bkdsearch.core.data.SyntheticConfig`'s order."""
+"""The keys ``data.synthetic`` may have, in :class:`bkdsearch.core.recipe.data.SyntheticConfig`'s order."""
 
 
 def _known_synthetic_options(value: Any) -> Any:

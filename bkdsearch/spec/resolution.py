@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from ..core.cuts import Cuts, build_cuts
+from ..core.recipe.cuts import Cuts, build_cuts
 from ..errors import PartitionError, SpecError
 from .atom_table import atoms, model_input_size
 from .config import (
@@ -31,9 +31,9 @@ from .schema import Distribution, PartitionSpec, SearchBlockKD, Spec, _is_dist
 
 
 def scale_milestones(milestones: list[int], epochs: int, new_epochs: int) -> list[int]:
-    """Return :func:`bkdsearch.core.optim.scale_milestones` of the arguments, importing it
+    """Return :func:`bkdsearch.core.recipe.optim.scale_milestones` of the arguments, importing it
     (and torch) only when a schedule is rescaled, so that resolving a spec needs no torch."""
-    from ..core.optim import scale_milestones as scale
+    from ..core.recipe.optim import scale_milestones as scale
 
     return scale(milestones, epochs, new_epochs)
 
