@@ -14,9 +14,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import NotFound
+from .invocation import program
 from .progress import percent
 from .search import format_value, load_study, make_storage, trial_config
 from .search.confirm import confirmed_configurations, gain_of
+from .search.study import was_interrupted
 from .urls import redact
 
 RECENT_FAILURES = 5
@@ -74,7 +76,7 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
         rows.append({
             "study": name,
             "objectives": study.metric_names or ["val_acc"],
-            "counts": {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState},
+            "counts": state_counts(trials),
             "best": [{**_flat(t), "pareto": t.number in pareto} for t in best],
             "configurations": confirmed_rows(study),
             "gain": gain_row(study),
@@ -82,10 +84,24 @@ def study_status(storage_url: str, study_name: str | None = None) -> list[dict[s
             "mixed": mixed_configurations(study, trials),
             "running": [_running(t) for t in trials if t.state == TrialState.RUNNING],
             "failed": [{"number": t.number, "reason": t.user_attrs.get("fail_reason", "-")}
-                       for t in trials if t.state == TrialState.FAIL
+                       for t in trials if t.state == TrialState.FAIL and not was_interrupted(t)
                        and not t.user_attrs.get("fail_reason", "").startswith("surplus")][-RECENT_FAILURES:],
         })
     return rows
+
+
+def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """Return the trials per state (``complete``, ``pruned``, ``fail``, ``running``,
+    ``waiting``), with the trials that failed only because their worker was stopped and were
+    queued again counted apart as ``interrupted``, never as ``fail``."""
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    counts["interrupted"] = sum(1 for t in trials if was_interrupted(t))
+    counts["fail"] -= counts["interrupted"]
+    return counts
+
+
+def _interrupted_text(counts: dict[str, int]) -> str:
+    return f", {counts['interrupted']} interrupted (queued again)" if counts["interrupted"] else ""
 
 
 def mixed_configurations(study: optuna.Study, trials: list[FrozenTrial]) -> list[str]:
@@ -157,7 +173,7 @@ def render_status(rows: list[dict[str, Any]], console: Any) -> None:
     for row in rows:
         c = row["counts"]
         console.print(f"[bold]{escape(row['study'])}[/]: {c['complete']} complete, {c['pruned']} pruned, "
-                      f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting")
+                      f"{c['fail']} failed{_interrupted_text(c)}, {c['running']} running, {c['waiting']} waiting")
         if row.get("mixed"):
             console.print("[bold yellow]" + escape(MIXED_NOTE.format(n=len(row["mixed"]),
                                                                      digests=", ".join(row["mixed"]))) + "[/]")
@@ -264,9 +280,10 @@ def write_report(storage_url: str, study_name: str, out_dir: Path) -> list[Path]
 def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], files: list[Path],
              skipped: list[str], storage_url: str) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    counts = state_counts(trials)
     lines = [f"# Study `{study.study_name}`", "",
-             f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed trials.",
+             f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+             f"{_interrupted_text(counts)} trials.",
              "Selection used validation accuracy only; test accuracy is reported, never selected on."]
     mixed = mixed_configurations(study, trials)
     if mixed:
@@ -296,8 +313,8 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial], names: list[str], f
     lines += [f"- [{p.stem}]({p.name})" for p in files]
     lines += [f"- {why}" for why in skipped]
     lines += ["", "## Next", "", "Export the best configuration as a plain training script:", "",
-              f"    bkdsearch export --storage {shlex.quote(redact(storage_url))} --study "
-              f"{shlex.quote(study.study_name)} --trial best -o train_best.py", ""]
+              "    " + shlex.join([*program(), "export", "--storage", redact(storage_url), "--study",
+                                     study.study_name, "--trial", "best", "-o", "train_best.py"]), ""]
     return "\n".join(lines)
 
 
@@ -336,14 +353,14 @@ def _against_enqueued(study: optuna.Study, complete: list[FrozenTrial]) -> list[
 
 
 def _failures(study: optuna.Study, trials: list[FrozenTrial]) -> str:
-    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    counts = state_counts(trials)
     reasons: dict[str, list[int]] = {}
     for t in trials:
-        if t.state == TrialState.FAIL:
+        if t.state == TrialState.FAIL and not was_interrupted(t):
             reasons.setdefault(t.user_attrs.get("fail_reason", "no reason recorded"), []).append(t.number)
     lines = [f"# Study `{study.study_name}`: no complete trial yet", "",
-             f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed, "
-             f"{counts['running']} running trials.", ""]
+             f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+             f"{_interrupted_text(counts)}, {counts['running']} running trials.", ""]
     if reasons:
         lines += ["## Why trials failed", "", "| trials | count | reason |", "|---|---|---|"]
         for reason, numbers in sorted(reasons.items(), key=lambda kv: -len(kv[1])):

@@ -3,11 +3,12 @@ columns."""
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
+from .invocation import program
 from .progress import percent
 from .search import format_value
+from .search.study import was_interrupted
 
 if TYPE_CHECKING:
     import optuna
@@ -57,46 +58,6 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
     pool = study.best_trials if len(study.directions) > 1 else complete
     return max(pool or complete, key=lambda t: t.values[0])
-
-
-def program() -> list[str]:
-    """Return the words that start this tool again from the shell it was started in: plain
-    ``bkdsearch`` when that name on ``PATH`` is this installation, else the path it was
-    invoked by (``.venv/bin/bkdsearch``, relative when it was given so), else
-    ``PYTHON -m bkdsearch`` with the interpreter that runs now (``python -m bkdsearch``)."""
-    import os
-    import shutil
-
-    invoked = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    on_path = shutil.which("bkdsearch")
-    if os.path.basename(invoked) == "bkdsearch":  # the console script
-        if on_path and _same_file(on_path, invoked):
-            return ["bkdsearch"]
-        return [invoked if os.sep in invoked else os.path.abspath(invoked)]
-    # `python -m bkdsearch`: the script beside this interpreter is the same installation.
-    if on_path and _same_file(os.path.dirname(on_path), os.path.dirname(sys.executable)):
-        return ["bkdsearch"]
-    python = shutil.which("python")
-    return ["python" if python and _same_file(python, sys.executable) else sys.executable, "-m", "bkdsearch"]
-
-
-def _same_file(a: str, b: str) -> bool:
-    """True when paths ``a`` and ``b`` name one file (False when either is missing)."""
-    import os
-
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def was_interrupted(trial: FrozenTrial) -> bool:
-    """True for a trial that failed only because its worker was stopped (Ctrl-C) and was
-    queued again to resume: not a failure of its configuration."""
-    from optuna.trial import TrialState
-
-    reason = trial.user_attrs.get("fail_reason") or ""
-    return trial.state == TrialState.FAIL and reason.startswith("interrupted")
 
 
 def confirmed_lines(study: optuna.Study) -> list[str]:
@@ -185,7 +146,9 @@ def run_summary(study: optuna.Study, report: WorkerReport, *, cap: int, spec_pat
     lines = _wrap([f"summary of study {study.study_name}: {complete} complete", f"{pruned} pruned",
                    f"{count[TrialState.FAIL] - stopped} failed",
                    *([f"{stopped} interrupted (queued again)"] if stopped else []), *others], indent="")
-    lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed")
+    stopped_here = f", {report.interrupted} interrupted" if report.interrupted else ""
+    lines.append(f"this worker: {report.complete} complete, {report.pruned} pruned, {report.failed} failed"
+                 + stopped_here)
     best = _best_trial(study)
     if best is None:
         lines.append("no complete trial yet")
@@ -202,7 +165,7 @@ def run_summary(study: optuna.Study, report: WorkerReport, *, cap: int, spec_pat
             lines += _wrap([f"{k}={format_value(v)}" for k, v in best.params.items()])
     lines += confirmed_lines(study)
     if finished >= cap:
-        trained = report.complete + report.pruned + report.failed
+        trained = report.complete + report.pruned + report.failed + report.interrupted
         lines.append(f"the cap of {cap} finished trials " + ("was already reached: nothing was run"
                                                               if not trained else "is reached"))
         lines.append(f"to train more, raise it (--n-trials larger than {finished}):")

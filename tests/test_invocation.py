@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bkdsearch.summary import next_command, program
+from bkdsearch.invocation import program
+from bkdsearch.summary import next_command
 
 BIN = Path(sys.executable).parent
 

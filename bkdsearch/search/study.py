@@ -298,3 +298,10 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
     if name not in names:
         raise NotFound(f"no study {name!r} in {redact(storage_url)}; studies: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def was_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """True for a trial that failed only because its worker was stopped (Ctrl-C) and was
+    queued again to resume: not a failure of its configuration."""
+    reason = trial.user_attrs.get("fail_reason") or ""
+    return trial.state == TrialState.FAIL and reason.startswith("interrupted")

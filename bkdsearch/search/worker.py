@@ -73,6 +73,8 @@ class WorkerReport:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    interrupted: int = 0
+    """Trials stopped by Ctrl-C or SIGTERM and queued again: not failures of their configuration."""
     trials: list[int] = field(default_factory=list)
 
 
@@ -309,7 +311,7 @@ class Worker:
         self.current = None
         if not self._tell(trial, TrialState.FAIL):
             return  # another worker had failed it (its retry is queued once all the same)
-        self.report.failed += 1
+        self.report.interrupted += 1
         self.log(f"trial {trial.number} {INTERRUPTED}; queued again to resume")
 
     def abandon(self) -> None:
@@ -448,6 +450,7 @@ def run_workers(spec: Spec, study: optuna.Study, *, n_trials: int, slots: list[l
         total.complete += w.report.complete
         total.pruned += w.report.pruned
         total.failed += w.report.failed
+        total.interrupted += w.report.interrupted
         total.trials += w.report.trials
     return total
 
