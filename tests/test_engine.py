@@ -406,7 +406,7 @@ def test_dkd_warmup_zero_is_bit_identical_to_the_unramped_loss(method, teacher_c
         t = self._teacher_logits(x)
         loss = self.alpha * torch.nn.functional.cross_entropy(logits.float(), y) + self.beta * dkd_loss(
             logits, t, y, self.tau, self.dkd_alpha, self.dkd_beta)
-        return methods.StepOut(loss, logits)
+        return methods.StepOut(loss, logits, {})
 
     unscaled = methods.blockkd_loss
     monkeypatch.setattr(methods.DKD, "forward", dkd_forward)
