@@ -132,6 +132,7 @@ def test_the_issue_scenario_run_with_set_then_without_is_refused_naming_the_keys
     mixed = _run("--storage", storage_url, "--study", "m", "--n-trials", "3", "--allow-different-spec")
     assert mixed.exit_code == 0, mixed.output
     assert "--allow-different-spec" in " ".join(_to_train_more(mixed.stdout))
+    assert "the study is mixed" in mixed.stdout
     rows = json.loads(CliRunner().invoke(main, ["status", "--storage", storage_url, "--study", "m",
                                                 "--json"]).stdout)
     assert len(rows[0]["mixed"]) == 2
