@@ -239,7 +239,13 @@ def test_should_stop_stops_the_ranks_within_an_epoch(tmp_path: Path) -> None:
 
 
 def test_an_error_on_the_ranks_names_the_rank(tmp_path: Path) -> None:
-    cfg = _cfg(method="ce", **{"train.lr": 1e30})
+    # A student starting from NaN weights (an overflowing lr is refused by the spec's limits).
+    from bkdsearch.zoo import create_model
+
+    state = create_model("resnet8", num_classes=10).state_dict()
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+               tmp_path / "nan.pt")
+    cfg = _cfg(method="ce", student={"arch": "resnet8", "checkpoint": str(tmp_path / "nan.pt")})
     with pytest.raises(NonFiniteLoss, match=r"rank \d of 2: training loss is"):
         train_on_ranks(cfg, tmp_path / "run", world_size=2)
 

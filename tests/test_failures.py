@@ -54,19 +54,44 @@ def _spec(tmp_path, **search) -> Spec:
 def test_nan_and_raising_trials_fail_with_reasons_and_the_worker_goes_on(tmp_path):
     spec = _spec(tmp_path)
     study = open_study(spec, f"sqlite:///{tmp_path}/s.db", "failing")
-    study.enqueue_trial({"train.lr": 1e6})  # the loss overflows in the first epoch
-    study.enqueue_trial({"train.momentum": 1.5})  # resolution fails: momentum must be < 1
+    # Values outside the limits, enqueued behind the spec's back: each trial's resolution refuses
+    # them (an lr that would overflow is bounded, issue 25.4), naming the value and the limit.
+    study.enqueue_trial({"train.lr": 1e6})
+    study.enqueue_trial({"train.momentum": 1.5})  # momentum must be < 1
     logs = []
     worker = Worker(spec, study, n_trials=2, device=CPU, studies_dir=tmp_path / "studies",
                     progress=False, log=logs.append)
     report = worker.run()
     ts = study.get_trials()
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert ts[0].user_attrs["fail_reason"].startswith("non-finite loss")
-    assert "nan" in ts[0].user_attrs["fail_reason"] or "inf" in ts[0].user_attrs["fail_reason"]
+    assert ts[0].user_attrs["fail_reason"].startswith("invalid configuration")
+    assert "lr" in ts[0].user_attrs["fail_reason"] and "10" in ts[0].user_attrs["fail_reason"]
     assert ts[1].user_attrs["fail_reason"].startswith("invalid configuration")
     assert "momentum" in ts[1].user_attrs["fail_reason"]
     assert (report.failed, report.complete) == (2, 2)
+    assert any("trial 0 failed: invalid configuration" in line for line in logs)
+
+
+def test_a_non_finite_loss_fails_the_trial_with_its_reason(tmp_path):
+    """A student whose weights hold NaN (what preflight refuses on the command line; a
+    program can still start from one): each trial fails at its first step saying so, and
+    the worker stops once trials keep failing."""
+    from bkdsearch.zoo import create_model
+
+    state = create_model("resnet8", num_classes=10).state_dict()
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "nan.pt")
+    spec = _spec(tmp_path)
+    spec = spec.model_copy(update={"student": spec.student.model_copy(update={"checkpoint": str(tmp_path / "nan.pt")})})
+    study = open_study(spec, f"sqlite:///{tmp_path}/s.db", "nan")
+    logs = []
+    worker = Worker(spec, study, n_trials=1, device=CPU, studies_dir=tmp_path / "studies",
+                    progress=False, log=logs.append)
+    with pytest.raises(TrialsKeepFailing, match="non-finite loss"):
+        worker.run()
+    reasons = [t.user_attrs["fail_reason"] for t in study.get_trials()]
+    assert len(reasons) == MAX_CONSECUTIVE_FAILURES
+    assert all(r.startswith("non-finite loss") and ("nan" in r or "inf" in r) for r in reasons), reasons
     assert any("trial 0 failed: non-finite loss" in line for line in logs)
 
 

@@ -131,6 +131,7 @@ def test_the_issue_scenario_run_with_set_then_without_is_refused_naming_the_keys
     mixed = _run("--storage", storage_url, "--study", "m", "--n-trials", "3", "--allow-different-spec")
     assert mixed.exit_code == 0, mixed.output
     assert "--allow-different-spec" in " ".join(_to_train_more(mixed.stdout))
+    assert "the study is mixed" in mixed.stdout
     rows = json.loads(CliRunner().invoke(main, ["status", "--storage", storage_url, "--study", "m",
                                                 "--json"]).stdout)
     assert len(rows[0]["mixed"]) == 2
@@ -139,3 +140,15 @@ def test_the_issue_scenario_run_with_set_then_without_is_refused_naming_the_keys
     report = CliRunner().invoke(main, ["report", "--storage", storage_url, "--study", "m", "-o", "rep"])
     assert report.exit_code == 0, report.output
     assert "MIXED" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+def test_a_study_made_before_configurations_were_recorded_takes_the_first_joining_workers(tmp_path):
+    """An older study (no fixed_config attr, trials already there): the first worker to join
+    records its configuration, which binds the next ones."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=url, study_name="old", direction="maximize")
+    old.tell(old.ask(), 50.0)
+    joined = open_study(_spec(train__epochs=1), url, "old")
+    assert joined.user_attrs["fixed_config"]["train.epochs"] == 1
+    with pytest.raises(ConfigMismatch, match="train.epochs: 1 -> 2"):
+        open_study(_spec(), url, "old")

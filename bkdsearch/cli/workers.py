@@ -127,9 +127,19 @@ class Workers:
                   else {}, folders={"studies folder": STUDIES, artifact_label: artifact_path},
                   teacher_cache=STUDIES / "teachers", search=True)
         self.study = open_study(self.spec, self.url, name, allow_different_spec=allow_different_spec)
+        self._note_mixed()
         self.timeout, self.trials_per_device, self.quiet = timeout, trials_per_device, quiet
         # Worker takes the study's own folder; without the option it falls back to the env var.
         self.artifacts = Path(artifact_dir) / self.study.study_name if artifact_dir else None
+
+    def _note_mixed(self) -> None:
+        """Say so when this worker joins (with --allow-different-spec) a study of another configuration."""
+        from ..spec.fixed import config_digest, fixed_configuration
+
+        mine, study = config_digest(fixed_configuration(self.spec)), self.study.user_attrs.get("fixed_config_digest")
+        if study is not None and mine != study:
+            out.print(f"note: this worker's configuration {mine} differs from the study's {study} "
+                      "(--allow-different-spec): the study is mixed; status and report say so", soft_wrap=True)
 
     def banner(self, cap: int, what: str = "cap") -> None:
         # soft_wrap: a narrow terminal or a log file must not break a path or URL in two.
