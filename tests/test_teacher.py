@@ -151,3 +151,31 @@ def test_a_data_root_that_does_not_exist_is_exit_2_naming_it(tmp_path):
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert time.monotonic() - started < 120
+
+
+def test_a_lower_fidelity_shares_of_the_full_runs_data():
+    """search.fidelity.train_fraction is a share of what the full run trains on: with
+    data.train_fraction 0.5 a fidelity of 0.5 trains on a quarter, and a fidelity of epochs
+    alone keeps the half (it used to reset it to the whole split)."""
+    from bkdsearch.spec.resolution import at_fidelity
+
+    cfg = _cfg(train_fraction=0.5)
+    assert at_fidelity(cfg, None, 0.5).data.train_fraction == 0.25
+    assert at_fidelity(cfg, 1).data.train_fraction == 0.5
+
+
+def test_a_search_trial_at_a_lower_fidelity_distils_from_the_full_recipes_teacher(tmp_path):
+    """The teacher of a trial trained on a fidelity share of the data is the one its
+    confirmations use (keyed by the full recipe's data), not a second, weaker one."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["train"]["epochs"] = 1
+    spec["search"] = {"n_trials": 1, "pruner": "none", "fidelity": {"train_fraction": 0.5}}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    storage = f"sqlite:///{tmp_path / 'studies' / 'f.db'}"
+    rc, out, err = finish(start(run_cmd(path, storage, "f", 1), tmp_path), timeout=300)
+    assert rc == 0, err
+    trial = optuna.load_study(study_name="f", storage=storage).trials[0]
+    assert trial.user_attrs["run_config"]["data"]["train_fraction"] == 0.5  # it searched at the fidelity
+    full = resolve(Spec.model_validate(spec), Defaults())
+    cached = sorted((tmp_path / "studies" / "teachers").glob("*/student.pt"))
+    assert cached == [cached_teacher_path(full, tmp_path / "studies" / "teachers")]

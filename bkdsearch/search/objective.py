@@ -116,7 +116,10 @@ class TrialObjective:
         _clear_run_dir(run_dir)  # leftovers of an older study of the same name never resume
         saved = self._resume_from_failed(trial, run_dir, cfg)
         started = time.monotonic()
-        weights = self._teacher(cfg)
+        # The teacher of the full recipe's data: a search trial at a lower fidelity distils
+        # from the same teacher as the confirmations of its configuration.
+        weights = self._teacher(cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"train_fraction": self.spec.data.train_fraction})}))
         # Training (or waiting for) the teacher is not the trial's own time; set on every trial,
         # so a retry does not keep the value it inherits from the trial it resumes.
         trial.set_user_attr("teacher_s", round(time.monotonic() - started, 1))

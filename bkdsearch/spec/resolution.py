@@ -202,7 +202,8 @@ def _milestones(milestones: list[int] | None, spec_epochs: Any, epochs: int,
 def at_fidelity(cfg: RunConfig, epochs: int | None, train_fraction: float = 1.0) -> RunConfig:
     """Return ``cfg`` at a lower fidelity: ``epochs`` long (explicit lr milestones, lr warm-up
     and DKD warm-up at the same fractions of the run) and trained on ``train_fraction`` of
-    its training split.
+    what the full run trains on (``data.train_fraction`` x ``train_fraction`` of the split:
+    a search trial never trains on more data than its confirmation).
 
     Raises:
         SpecError: the scaled schedule is invalid (a warm-up as long as the run, say).
@@ -216,7 +217,7 @@ def at_fidelity(cfg: RunConfig, epochs: int | None, train_fraction: float = 1.0)
         train = train.model_copy(update={"epochs": epochs, "milestones": milestones,
                                          "warmup_epochs": round(train.warmup_epochs * epochs / full)})
         loss = loss.model_copy(update={"dkd_warmup": round(loss.dkd_warmup * epochs / full)})
-    data = data.model_copy(update={"train_fraction": train_fraction})
+    data = data.model_copy(update={"train_fraction": data.train_fraction * train_fraction})
     try:
         return RunConfig.model_validate({**cfg.model_dump(), "train": train.model_dump(),
                                          "loss": loss.model_dump(), "data": data.model_dump()})
