@@ -11,8 +11,7 @@ Rooms (docs/design.md "Layout"): :mod:`bkdsearch.core` the torch-only runtime (r
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -42,14 +41,4 @@ _API = {
 __all__ = ["__version__", *sorted(_API)]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name on first use.
-
-    Raises:
-        AttributeError: ``name`` is not part of the public API.
-    """
-    if name not in _API:
-        raise AttributeError(f"module 'bkdsearch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _API, __all__)

@@ -21,7 +21,7 @@ MAX_MODULE_LINES = 550  # "about 500": one job per module
 # (cli -> search/report/export -> spec -> core, docs/design.md "Layout").
 LAYERS = [
     ("core",),
-    ("errors", "urls", "zoo", "data", "progress", "gain", "invocation"),
+    ("errors", "urls", "zoo", "data", "progress", "gain", "invocation", "lazy"),
     ("spec",),
     ("flops", "teacher", "ranks", "plots"),
     ("search",),

@@ -8,8 +8,9 @@ resume) and ``worker`` (cap, ask/tell, failures, threads, Ctrl-C).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
     from ..errors import NotFound, StorageError, TrialsKeepFailing
@@ -61,19 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the public name ``name`` from its module on first use (then cached here).
-
-    Raises:
-        AttributeError: ``name`` is not one of :data:`__all__`.
-    """
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the lazy public ones included."""
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, __all__)

@@ -15,8 +15,9 @@ The submodule is not called ``resolve``: importing it would set the package's at
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
     from ..errors import SpecError
@@ -92,20 +93,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the public name ``name`` from its module on first use (then cached here).
-
-    Raises:
-        AttributeError: ``name`` is not one of :data:`__all__`.
-    """
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the lazy public ones included."""
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, __all__)
 
