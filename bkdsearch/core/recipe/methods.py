@@ -44,12 +44,6 @@ class Method(nn.Module):
             self.teacher.eval()
         return self
 
-    @classmethod
-    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
-                    input_size: tuple[int, int, int]) -> Method:
-        """Return the method of ``cfg`` around ``student`` (and the frozen ``teacher``)."""
-        raise NotImplementedError
-
     def start_epoch(self, epoch: int) -> None:
         """Prepare for the 1-based ``epoch``: the training loop calls this before
         each epoch's first step, including the first epoch of a resumed run, so per-epoch

@@ -34,17 +34,6 @@ class Decomposition:
         """Return the atom names in execution order."""
         return [name for name, _ in self.atoms]
 
-    def index(self, name: str) -> int:
-        """Return the position of atom ``name``.
-
-        Raises:
-            KeyError: when the model has no atom of that name (the message lists them).
-        """
-        for i, (atom_name, _) in enumerate(self.atoms):
-            if atom_name == name:
-                return i
-        raise KeyError(f"no atom named {name!r}; atoms are: {', '.join(self.names)}")
-
 
 class Chain(nn.Module):
     """Runs modules (or plain tensor functions) in sequence without owning a state dict entry
