@@ -36,12 +36,12 @@ class Decomposition:
 
 
 class Chain(nn.Module):
-    """Runs modules (or plain tensor functions) in sequence without owning a state dict entry
-    of its own: used to assemble atoms out of a model's existing submodules."""
+    """Runs modules in sequence without owning a state dict entry of its own: used to assemble
+    atoms out of a model's existing submodules (a plain tensor function goes in as ``Fn(f)``)."""
 
-    def __init__(self, *steps: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, *steps: nn.Module) -> None:
         super().__init__()
-        self.steps = nn.ModuleList(s if isinstance(s, nn.Module) else Fn(s) for s in steps)
+        self.steps = nn.ModuleList(steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
