@@ -37,7 +37,10 @@ class Decomposition:
 
 class Chain(nn.Module):
     """Runs modules in sequence without owning a state dict entry of its own: used to assemble
-    atoms out of a model's existing submodules (a plain tensor function goes in as ``Fn(f)``)."""
+    atoms out of a model's existing submodules.
+
+    A plain tensor function goes in wrapped, as ``Fn(f)``.
+    """
 
     def __init__(self, *steps: nn.Module) -> None:
         super().__init__()
