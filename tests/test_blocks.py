@@ -101,11 +101,11 @@ def test_heterogeneous_stones_equal_atom_composition(pair, order):
     with torch.no_grad():
         for k, i in enumerate(net.active):
             h = x
-            stop = first.index(first_cuts[i - 1]) + 1 if i <= len(first_cuts) else len(first.atoms)
+            stop = first.names.index(first_cuts[i - 1]) + 1 if i <= len(first_cuts) else len(first.atoms)
             for _, m in first.atoms[:stop]:
                 h = m(h)
             h = net.connectors[str(i)](h)
-            start = second.index(second_cuts[i - 1]) + 1 if i <= len(second_cuts) else len(second.atoms)
+            start = second.names.index(second_cuts[i - 1]) + 1 if i <= len(second_cuts) else len(second.atoms)
             for _, m in second.atoms[start:]:
                 h = m(h)
             assert torch.allclose(out.stones[k], second.head(h), atol=1e-4)

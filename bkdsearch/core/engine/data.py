@@ -16,13 +16,18 @@ import torch
 from ..recipe.data import folder, sources
 from ..recipe.data import synthetic as synthetic_set
 from ..recipe.data.arrays import DEFAULT_ROOT, ArrayDataset, _check_split
-from ..recipe.data.build import DataBundle, array_loaders
+from ..recipe.data.build import DataBundle, array_loaders, as_cifar_input
 from ..recipe.data.synthetic import SyntheticConfig
 from ..recipe.distributed import Ranks
 from ..recipe.errors import DataError
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion_mnist", "imagefolder", "synthetic")
 """Names accepted by :func:`build_data`."""
+
+# Horizontal flips preserve the label of natural photos and of the synthetic set (it is
+# generated mirror-symmetric); Fashion-MNIST's garments are centred and upright and are
+# conventionally trained without flips.
+_DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": True}
 
 ArraySource = Callable[[Path | None, str, bool, int, Any], ArrayDataset]
 """``source(root, split, download, seed, options) -> ArrayDataset``: one in-memory dataset;
@@ -218,8 +223,11 @@ def build_data(
         )
     full = load_arrays(name, root, "train", download=download, seed=data_seed, synthetic=synthetic)
     test = load_arrays(name, root, "test", download=download, seed=data_seed, synthetic=synthetic)
+    if name == "fashion_mnist":
+        full, test = as_cifar_input(full), as_cifar_input(test)
     return array_loaders(full, test, val_fraction=val_fraction, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         seed=seed, device=device, augment=augment, crop_padding=crop_padding, flip=flip,
+                         seed=seed, device=device, augment=augment, crop_padding=crop_padding,
+                         flip=_DEFAULT_FLIP[name] if flip is None else flip,
                          data_seed=data_seed, train_fraction=train_fraction, ranks=ranks)
 
 

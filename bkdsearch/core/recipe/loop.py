@@ -21,6 +21,7 @@ from torch import nn
 from .data import (
     DataBundle,
     array_loaders,
+    as_cifar_input,
     build_folder_data,
     load_cifar10,
     load_cifar100,
@@ -63,9 +64,15 @@ def load_data(cfg: RunConfig, device: torch.device, ranks: Ranks = SINGLE) -> Da
         source = load_synthetic
     root = None if d.root is None else Path(d.root).expanduser().resolve()  # None: the source's default places
     full, test = (source(root, split, d.download, d.split_seed, d.synthetic) for split in ("train", "test"))
+    flip = True
+    if cfg.data.dataset == "fashion_mnist":
+        # 1x28x28 garments, padded to the CIFAR zoo's 3x32x32; centred and upright, they are
+        # conventionally trained without flips.
+        full, test = as_cifar_input(full), as_cifar_input(test)
+        flip = False
     return array_loaders(full, test, val_fraction=d.val_fraction, batch_size=d.batch_size,
                          eval_batch_size=d.eval_batch_size, seed=cfg.seed, device=device, augment=d.augment,
-                         data_seed=d.split_seed, train_fraction=d.train_fraction, ranks=ranks)
+                         flip=flip, data_seed=d.split_seed, train_fraction=d.train_fraction, ranks=ranks)
 
 
 def make_method(cfg: RunConfig, student_model: Builder, teacher_model: Builder | None, num_classes: int,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .losses import LogitLoss, blockkd_loss, dkd_loss, dkd_warmup_factor, kd_loss, stone_weights
 from .partitions import Partition
-from .stones import SteppingStones
+from .stones import DeepFirstStones, ShallowFirstStones, Stones
 
 RunConfig = Any
 """A resolved run configuration (:class:`bkdsearch.spec.RunConfig` or the same attributes)."""
@@ -43,12 +43,6 @@ class Method(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
-                    input_size: tuple[int, int, int]) -> Method:
-        """Return the method of ``cfg`` around ``student`` (and the frozen ``teacher``)."""
-        raise NotImplementedError
 
     def start_epoch(self, epoch: int) -> None:
         """Prepare for the 1-based ``epoch``: the training loop calls this before
@@ -171,7 +165,7 @@ class BlockKD(Method):
     """Block-wise logit distillation through stepping-stones; with the ``dkd``
     logit loss, its logit-loss terms are ramped in over ``cfg.loss.dkd_warmup`` epochs."""
 
-    def __init__(self, stones: SteppingStones, cfg: RunConfig) -> None:
+    def __init__(self, stones: Stones, cfg: RunConfig) -> None:
         super().__init__(stones.student, stones.teacher)
         self.warmup = None
         if cfg.loss.logit_loss == "dkd":  # the warm-up belongs to the DKD terms: a KL loss is never ramped
@@ -196,7 +190,11 @@ class BlockKD(Method):
         b = cfg.blockkd
         if b is None:
             raise ValueError("method 'blockkd' needs a blockkd section (partition)")
-        stones = SteppingStones(_needs(teacher, "blockkd"), student,
+        if cfg.blockkd.order == "shallow_first":
+            kind: type[Stones] = ShallowFirstStones
+        else:
+            kind = DeepFirstStones
+        stones = kind(_needs(teacher, "blockkd"), student,
                                 Partition(tuple(b.partition.teacher), tuple(b.partition.student)),
                                 order=b.order, connector=b.connector, active=b.stones, input_size=input_size)
         return cls(stones, cfg)

@@ -63,13 +63,13 @@ class StoneOutputs(NamedTuple):
     stones: list[Tensor]
 
 
-class SteppingStones(nn.Module):
-    """Teacher, student and the connectors of the active stepping-stones: ``forward(x)`` runs
-    the student and the teacher once each (the teacher under ``no_grad``, its BN in eval mode)
-    and every active stone on the features cached at its cut.
+class Stones(nn.Module):
+    """Teacher, student and the connectors of the active stepping-stones; each order's subclass
+    has the forward, which runs the student and the teacher once each (the teacher under
+    ``no_grad``, its BN in eval mode) and every active stone on the features cached at its cut.
 
-    Gradients of ``shallow_first`` stones flow *through* the frozen teacher's blocks into the
-    student; the teacher's weights get none.
+    The subclasses are :class:`ShallowFirstStones` and :class:`DeepFirstStones` (a run's
+    method builds the one of its order), and :class:`SteppingStones` (either order).
 
     Raises (constructor):
         PartitionError: a cut whose features cannot be connected, or a stone index outside
@@ -113,22 +113,36 @@ class SteppingStones(nn.Module):
                 raise PartitionError(f"stone {i} ({order}): student cut {s_cut!r} {s_shapes[i - 1]} cannot be "
                                      f"connected to teacher cut {t_cut!r} {t_shapes[i - 1]}: {exc}") from None
 
-    def train(self, mode: bool = True) -> SteppingStones:
+    def train(self, mode: bool = True) -> Stones:
         """Set train mode on student and connectors; the teacher always stays in eval."""
         super().train(mode)
         self.teacher.eval()
         return self
 
+
+
+class ShallowFirstStones(Stones):
+    """Stone i runs the student's first i blocks, connector C_i, then the teacher's remaining
+    blocks: its gradients flow *through* the frozen teacher's blocks into the student; the
+    teacher's weights get none."""
+
     def forward(self, x: Tensor) -> StoneOutputs:
         """Return student, teacher and active-stone logits for the batch ``x``."""
-        if self.order == "shallow_first":
-            feats = _features(self._s_blocks, x)
-            y_s = self._s_head(feats[-1])
-            with torch.no_grad():
-                y_t = self._t_head(_run(self._t_blocks, x))
-            stones = [self._t_head(_run(self._t_blocks[i:], self.connectors[str(i)](feats[i - 1])))
-                      for i in self.active]
-            return StoneOutputs(y_s, y_t, stones)
+        feats = _features(self._s_blocks, x)
+        y_s = self._s_head(feats[-1])
+        with torch.no_grad():
+            y_t = self._t_head(_run(self._t_blocks, x))
+        stones = [self._t_head(_run(self._t_blocks[i:], self.connectors[str(i)](feats[i - 1])))
+                  for i in self.active]
+        return StoneOutputs(y_s, y_t, stones)
+
+
+class DeepFirstStones(Stones):
+    """Stone i runs the frozen teacher's first i blocks, connector C_i, then the student's
+    remaining blocks."""
+
+    def forward(self, x: Tensor) -> StoneOutputs:
+        """Return student, teacher and active-stone logits for the batch ``x``."""
         with torch.no_grad():
             feats = _features(self._t_blocks, x)
             y_t = self._t_head(feats[-1])
@@ -141,6 +155,16 @@ class SteppingStones(nn.Module):
             with batch_stats_only(self._s_norms[i]):
                 stones.append(self._s_head(_run(self._s_blocks[i:], self.connectors[str(i)](feats[i - 1]))))
         return StoneOutputs(y_s, y_t, stones)
+
+
+class SteppingStones(Stones):
+    """The stepping-stones of either order: the forward of :class:`ShallowFirstStones` or
+    :class:`DeepFirstStones`, by ``order``."""
+
+    def forward(self, x: Tensor) -> StoneOutputs:
+        """Return student, teacher and active-stone logits for the batch ``x``."""
+        kind = DeepFirstStones if self.order == "deep_first" else ShallowFirstStones
+        return kind.forward(self, x)  # the order's forward, on this instance
 
 
 @contextlib.contextmanager

@@ -42,12 +42,6 @@ class DataBundle:
     classes: tuple[str, ...] | None = field(default=None)
 
 
-# Horizontal flips preserve the label of natural photos and of the synthetic set (it is
-# generated mirror-symmetric); Fashion-MNIST's garments are centred and upright and are
-# conventionally trained without flips.
-_DEFAULT_FLIP = {"cifar10": True, "cifar100": True, "fashion_mnist": False, "synthetic": True}
-
-
 def as_cifar_input(ds: ArrayDataset) -> ArrayDataset:
     """Return 1x28x28 images zero-padded to 32x32 and repeated to 3 channels, so the CIFAR
     zoo models (3-channel stem, 8x8 final pooling) take them unchanged."""
@@ -59,12 +53,12 @@ def as_cifar_input(ds: ArrayDataset) -> ArrayDataset:
 
 def array_loaders(full: ArrayDataset, test: ArrayDataset, *, val_fraction: float, batch_size: int,
                   eval_batch_size: int, seed: int, device: str | torch.device, augment: bool = True,
-                  crop_padding: int = 4, flip: bool | None = None, data_seed: int = 0, train_fraction: float = 1.0,
+                  crop_padding: int = 4, flip: bool = True, data_seed: int = 0, train_fraction: float = 1.0,
                   ranks: Ranks | None = None) -> DataBundle:
     """Return the loaders of an in-memory dataset: ``full`` (its training split) cut into
     train and validation (``val_fraction``, stratified by ``data_seed``), the train part cut to
-    ``train_fraction``, and ``test``. Fashion-MNIST's 1x28x28 images come zero-padded to
-    3x32x32 (:func:`as_cifar_input`), so the CIFAR zoo takes them unchanged.
+    ``train_fraction``, and ``test``; ``flip``: random horizontal flips in training (with
+    ``augment``).
 
     Raises:
         DataError: a training set that cannot fill one batch.
@@ -72,13 +66,10 @@ def array_loaders(full: ArrayDataset, test: ArrayDataset, *, val_fraction: float
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if full.name == "fashion_mnist":
-        full, test = as_cifar_input(full), as_cifar_input(test)
     train, val = split_train_val(full, val_fraction, data_seed)
     train = keep_fraction(train, train_fraction, data_seed)
-    use_flip = _DEFAULT_FLIP[full.name] if flip is None else flip
     train_loader = DeviceLoader(train, batch_size, device, train=True, seed=seed,
-                                crop_padding=crop_padding if augment else 0, flip=use_flip and augment, ranks=ranks)
+                                crop_padding=crop_padding if augment else 0, flip=flip and augment, ranks=ranks)
 
     def eval_loader(ds: ArrayDataset) -> DeviceLoader:
         return DeviceLoader(ds, eval_batch_size, device, train=False, seed=seed, ranks=ranks)

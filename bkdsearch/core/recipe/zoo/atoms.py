@@ -34,25 +34,17 @@ class Decomposition:
         """Return the atom names in execution order."""
         return [name for name, _ in self.atoms]
 
-    def index(self, name: str) -> int:
-        """Return the position of atom ``name``.
-
-        Raises:
-            KeyError: when the model has no atom of that name (the message lists them).
-        """
-        for i, (atom_name, _) in enumerate(self.atoms):
-            if atom_name == name:
-                return i
-        raise KeyError(f"no atom named {name!r}; atoms are: {', '.join(self.names)}")
-
 
 class Chain(nn.Module):
-    """Runs modules (or plain tensor functions) in sequence without owning a state dict entry
-    of its own: used to assemble atoms out of a model's existing submodules."""
+    """Runs modules in sequence without owning a state dict entry of its own: used to assemble
+    atoms out of a model's existing submodules.
 
-    def __init__(self, *steps: nn.Module | Callable[[torch.Tensor], torch.Tensor]) -> None:
+    A plain tensor function goes in wrapped, as ``Fn(f)``.
+    """
+
+    def __init__(self, *steps: nn.Module) -> None:
         super().__init__()
-        self.steps = nn.ModuleList(s if isinstance(s, nn.Module) else Fn(s) for s in steps)
+        self.steps = nn.ModuleList(steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
