@@ -498,3 +498,25 @@ def test_a_study_rides_out_a_30s_outage(tmp_path, outage, kind):
     assert len(set(params)) == n
     assert all(sorted(t.intermediate_values) == [1, 2] for t in ts)
     print("study:", [(t.number, t.state.name, round(t.value, 2)) for t in ts])
+
+
+def test_the_pools_reset_errors_during_an_outage_are_one_line_without_traceback(db_url):
+    """SQLAlchemy's pool logs a connection it cannot reset after the server went away with a
+    whole traceback ("Exception during reset or similar"), which reached the user's terminal
+    in a 30 s outage; a storage on a server makes each one a single line."""
+    import logging
+
+    make_storage(db_url("mysql"))
+    pool = logging.getLogger("sqlalchemy.pool")
+    assert not pool.propagate and pool.handlers
+    try:
+        raise sqlalchemy.exc.OperationalError("ROLLBACK", {}, Exception("(2013, 'Lost connection to MySQL server')"))
+    except sqlalchemy.exc.OperationalError:
+        import sys
+
+        record = logging.getLogger("sqlalchemy.pool.impl.QueuePool").makeRecord(
+            "sqlalchemy.pool.impl.QueuePool", logging.ERROR, __file__, 0, "Exception during reset or similar", (),
+            sys.exc_info())
+    shown = pool.handlers[0].format(record)
+    assert shown.startswith("storage: Exception during reset or similar (OperationalError: ")
+    assert "Traceback" not in shown and "\n" not in shown

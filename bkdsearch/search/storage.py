@@ -8,7 +8,9 @@ Storages on a server (PostgreSQL, MySQL/MariaDB) wait for it through outages
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,7 @@ def make_storage(url: str, *, create: bool = True) -> BaseStorage:
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         kwargs = {"connect_args": {"timeout": 60}}
     elif server:
+        _pool_errors_on_one_line()
         kwargs["pool_recycle"] = POOL_RECYCLE_S
         kwargs["connect_args"] = _server_connect_args(backend, parsed.get_driver_name(), set(parsed.query))
     attempts = 6
@@ -162,3 +165,28 @@ def url_secrets(url: str) -> list[str]:
         if key.lower() in _QUERY_SECRETS:
             found += [value] if isinstance(value, str) else list(value)
     return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+class _FirstLineOnly(logging.Formatter):
+    """``message (ErrorType: first line of the error)``: no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text += f" ({type(error).__name__}: {redact(str(error).splitlines()[0] if str(error) else '')})"
+        return f"storage: {text}"
+
+
+def _pool_errors_on_one_line() -> None:
+    """During a server outage SQLAlchemy's pool logs each connection it cannot reset with a
+    whole traceback ("Exception during reset or similar"); the patient storage already says
+    that the server is out and when it is back, so those become one line each on stderr."""
+    pool = logging.getLogger("sqlalchemy.pool")
+    if any(isinstance(h.formatter, _FirstLineOnly) for h in pool.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FirstLineOnly())
+    handler.setLevel(logging.WARNING)
+    pool.addHandler(handler)
+    pool.propagate = False
