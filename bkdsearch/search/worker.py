@@ -65,6 +65,10 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 INTERRUPTED = "interrupted (Ctrl-C)"
 
+ABANDON_WAIT_S = 5.0
+"""How long a second Ctrl-C waits for a worker's ask under way (longer only in an outage:
+then the stale-trial check ends that trial later)."""
+
 
 @dataclass
 class WorkerReport:
@@ -316,11 +320,22 @@ class Worker:
 
     def abandon(self) -> None:
         """From another thread, when this worker cannot stop in time: fail its running trial
-        as interrupted (and queue it again)."""
-        trial = self.current
-        if trial is not None:
-            with carry_on("ending it as interrupted", trial.number, self.log):
-                self._interrupted(trial)
+        as interrupted (and queue it again).
+
+        Waits for an interrupt this worker's thread has under way (it clears ``current``
+        before it tells the study), and briefly for an ask under way (``current`` is set just
+        after the trial exists): reading ``current`` in between would leave that trial
+        RUNNING when the process ends."""
+        asking = self._lock.acquire(timeout=ABANDON_WAIT_S)
+        try:
+            with self._interrupt_lock:
+                trial = self.current
+                if trial is not None:
+                    with carry_on("ending it as interrupted", trial.number, self.log):
+                        self._interrupt(trial)
+        finally:
+            if asking:
+                self._lock.release()
 
     def _line(self) -> None:
         self.log(study_line(self.study, self.n_trials))
