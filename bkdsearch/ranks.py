@@ -51,6 +51,17 @@ class RankLost(RunFailure):
     last epoch checkpoint, unlike an error the configuration would raise again."""
 
 
+def leave_together() -> None:
+    """After a run that ended well on every rank: wait for all ranks before any leaves the
+    group. A rank that tears its gloo group down while another still finishes its last
+    collective (rank 0 reports and writes files first) aborts ("terminate called without an
+    active exception", seen under load)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def train_run(cfg: RunConfig, run_dir: Path, *, teacher_weights: str | None, processes: int = 1,
               device: str | None = None, resume: bool = True, progress: Progress | None = None) -> RunResult | None:
     """Train ``cfg`` the way ``bkdsearch train`` does: in this process; as this process's
@@ -94,6 +105,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, teacher_weights: str | None, pro
     try:
         result = Trainer(cfg, run_dir, teacher_weights=teacher_weights, device=where or device,
                          ranks=ranks, progress=progress).fit(resume=resume)
+        leave_together()
     finally:
         end_group()
     return result if ranks.is_main else None
@@ -350,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.run_dir / "ranks" / "result.json"
             out.with_suffix(".tmp").write_text(json.dumps(dataclasses.asdict(result)))
             os.replace(out.with_suffix(".tmp"), out)
+        leave_together()
         code = 0
     except Stopped:
         code = STOPPED_EXIT
